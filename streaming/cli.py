@@ -1,0 +1,60 @@
+"""The ``streamlearn`` command: one entry point, a subcommand per task.
+
+Subcommands are imported only when chosen, so that ``streamlearn versions``
+starts without torch or Beam.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+# name -> ("module:function", one-line summary). The function takes the
+# remaining arguments and returns an exit code.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {}
+
+USAGE = """usage: streamlearn SUBCOMMAND [ARGS...]
+
+Streaming online learning: Pub/Sub events to validated, versioned weights.
+
+subcommands:
+{rows}
+
+Run 'streamlearn SUBCOMMAND --help' for the options of one subcommand.
+"""
+
+
+def _usage() -> str:
+    width = max((len(name) for name in SUBCOMMANDS), default=0)
+    rows = "\n".join(
+        f"  {name.ljust(width)}  {summary}"
+        for name, (_, summary) in sorted(SUBCOMMANDS.items())
+    )
+    return USAGE.format(rows=rows)
+
+
+def _resolve(target: str) -> Callable[[list[str]], int]:
+    module_name, function_name = target.split(":")
+    module = importlib.import_module(module_name)
+    function: Callable[[list[str]], int] = getattr(module, function_name)
+    return function
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand and return its exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    name, rest = args[0], args[1:]
+    if name not in SUBCOMMANDS:
+        choices = ", ".join(sorted(SUBCOMMANDS))
+        print(f"streamlearn: unknown subcommand {name!r}; choose from: {choices}",
+              file=sys.stderr)
+        return 2
+    return _resolve(SUBCOMMANDS[name][0])(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
