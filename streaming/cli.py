@@ -50,8 +50,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     name, rest = args[0], args[1:]
     if name not in SUBCOMMANDS:
         choices = ", ".join(sorted(SUBCOMMANDS))
-        print(f"streamlearn: unknown subcommand {name!r}; choose from: {choices}",
-              file=sys.stderr)
+        print(
+            f"streamlearn: unknown subcommand {name!r}; choose from: {choices}",
+            file=sys.stderr,
+        )
         return 2
     return _resolve(SUBCOMMANDS[name][0])(rest)
 
