@@ -1,0 +1,138 @@
+"""The Pub/Sub topics and subscriptions of one streaming job, and their set-up.
+
+Every name starts with the job name, so several jobs (and test runs) share
+one emulator without seeing each other's messages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+
+from google.api_core.exceptions import AlreadyExists, NotFound
+from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient
+
+logger = logging.getLogger(__name__)
+
+EMULATOR_VARIABLE = "PUBSUB_EMULATOR_HOST"
+DEFAULT_PROJECT = "streamlearn-local"
+
+
+class TopicSetupError(RuntimeError):
+    """The topics could not be created or reached."""
+
+
+@dataclass(frozen=True)
+class JobTopics:
+    """Fully qualified topic and subscription paths of one job."""
+
+    project: str
+    job_name: str
+
+    def _topic(self, suffix: str) -> str:
+        return f"projects/{self.project}/topics/{self.job_name}-{suffix}"
+
+    def _subscription(self, suffix: str) -> str:
+        return f"projects/{self.project}/subscriptions/{self.job_name}-{suffix}"
+
+    @property
+    def events_topic(self) -> str:
+        return self._topic("events")
+
+    @property
+    def events_subscription(self) -> str:
+        return self._subscription("events")
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return self._topic("dead-letter")
+
+    @property
+    def dead_letter_subscription(self) -> str:
+        return self._subscription("dead-letter")
+
+    @property
+    def predictions_topic(self) -> str:
+        return self._topic("predictions")
+
+    @property
+    def predictions_subscription(self) -> str:
+        return self._subscription("predictions")
+
+    @property
+    def model_versions_topic(self) -> str:
+        return self._topic("model-versions")
+
+    @property
+    def model_versions_subscription(self) -> str:
+        return self._subscription("model-versions")
+
+    @property
+    def ticks_topic(self) -> str:
+        return self._topic("ticks")
+
+    @property
+    def ticks_subscription(self) -> str:
+        return self._subscription("ticks")
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """Return every (topic, subscription) pair the job uses."""
+        return [
+            (self.events_topic, self.events_subscription),
+            (self.dead_letter_topic, self.dead_letter_subscription),
+            (self.predictions_topic, self.predictions_subscription),
+            (self.model_versions_topic, self.model_versions_subscription),
+            (self.ticks_topic, self.ticks_subscription),
+        ]
+
+
+def require_emulator() -> str:
+    """Return the emulator address, or raise when none is configured.
+
+    Local commands call this first so that they never reach Google Cloud.
+    """
+    host = os.environ.get(EMULATOR_VARIABLE, "")
+    if not host:
+        raise TopicSetupError(
+            f"{EMULATOR_VARIABLE} is not set; start the emulator with "
+            "'eval \"$(scripts/emulator)\"' or pass the address of one"
+        )
+    return host
+
+
+def ensure_topics(topics: JobTopics, ack_deadline_s: int = 60) -> None:
+    """Create the job's topics and subscriptions where they do not exist."""
+    publisher = PublisherClient()
+    subscriber = SubscriberClient()
+    try:
+        for topic, subscription in topics.pairs():
+            try:
+                publisher.create_topic(name=topic)
+                logger.info("created topic %s", topic)
+            except AlreadyExists:
+                pass
+            try:
+                subscriber.create_subscription(
+                    name=subscription, topic=topic, ack_deadline_seconds=ack_deadline_s
+                )
+                logger.info("created subscription %s", subscription)
+            except AlreadyExists:
+                pass
+    finally:
+        subscriber.close()
+
+
+def delete_topics(topics: JobTopics) -> None:
+    """Delete the job's subscriptions and topics; missing ones are skipped."""
+    publisher = PublisherClient()
+    subscriber = SubscriberClient()
+    try:
+        for topic, subscription in topics.pairs():
+            with contextlib.suppress(NotFound):
+                subscriber.delete_subscription(subscription=subscription)
+            with contextlib.suppress(NotFound):
+                publisher.delete_topic(topic=topic)
+    finally:
+        subscriber.close()
