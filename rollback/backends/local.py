@@ -1,0 +1,159 @@
+"""A registry in a local folder.
+
+Every write goes to a temporary file in the target's folder, is flushed with
+fsync and then renamed (or hard-linked, for create-only writes) into place,
+so a reader sees the old object or the new one, never part of one, even if
+the writer is killed. Compare-and-swap holds an exclusive ``flock`` on
+``.lock`` in the registry folder; the kernel drops the lock when its holder
+dies, so a killed writer leaves no stale lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+from rollback.backends.base import Blob
+from rollback.errors import NotARegistry, RegistryError, RegistryNotWritable
+
+LOCK_NAME = ".lock"
+
+
+class LocalStorage:
+    """Objects as files under ``root``; see the module docstring."""
+
+    def __init__(self, root: str | Path) -> None:
+        self._root = Path(root).expanduser().absolute()
+
+    @property
+    def url(self) -> str:
+        return str(self._root)
+
+    def exists(self) -> bool:
+        if self._root.exists() and not self._root.is_dir():
+            raise NotARegistry(
+                f"registry path {self._root} is a file, not a folder; "
+                "pass a folder or a gs://bucket/prefix URL"
+            )
+        return self._root.is_dir()
+
+    def read(self, key: str) -> Blob | None:
+        try:
+            data = self._path(key).read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except PermissionError as error:
+            raise RegistryError(
+                f"cannot read {key} in registry {self._root}: {error.strerror}; "
+                "check the folder's permissions"
+            ) from error
+        return Blob(data=data, generation=hashlib.sha256(data).hexdigest())
+
+    def create(self, key: str, data: bytes) -> bool:
+        path = self._path(key)
+        with self._writing(key):
+            temporary = self._write_temporary(path, data)
+            try:
+                # link() fails if the target exists, which makes the
+                # create-only write atomic without a lock.
+                os.link(temporary, path)
+            except FileExistsError:
+                return False
+            finally:
+                temporary.unlink()
+            _fsync_folder(path.parent)
+        return True
+
+    def swap(self, key: str, data: bytes, expected: str | None) -> bool:
+        with self._writing(key), self._locked():
+            current = self.read(key)
+            current_generation = None if current is None else current.generation
+            if current_generation != expected:
+                return False
+            self._replace(self._path(key), data)
+        return True
+
+    def put(self, key: str, data: bytes) -> None:
+        with self._writing(key):
+            self._replace(self._path(key), data)
+
+    def list(self, prefix: str) -> list[str]:
+        start = self._path(prefix) if prefix else self._root
+        if not start.is_dir():
+            start = start.parent
+        keys = []
+        for folder, subfolders, names in os.walk(start):
+            subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+            relative = Path(folder).relative_to(self._root).as_posix()
+            for name in names:
+                if name.startswith("."):
+                    continue  # temporary files and the lock
+                key = name if relative == "." else f"{relative}/{name}"
+                if key.startswith(prefix):
+                    keys.append(key)
+        return keys
+
+    def is_empty(self) -> bool:
+        return not any(
+            not entry.name.startswith(".") for entry in os.scandir(self._root)
+        )
+
+    def _path(self, key: str) -> Path:
+        return self._root / key
+
+    def _replace(self, path: Path, data: bytes) -> None:
+        temporary = self._write_temporary(path, data)
+        os.replace(temporary, path)
+        _fsync_folder(path.parent)
+
+    def _write_temporary(self, path: Path, data: bytes) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}"
+        with open(temporary, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        return temporary
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        descriptor = os.open(self._root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(descriptor)  # closing releases the flock
+
+    @contextlib.contextmanager
+    def _writing(self, key: str) -> Iterator[None]:
+        try:
+            yield
+        except PermissionError as error:
+            raise self._not_accessible(key, error) from error
+        except OSError as error:
+            if error.errno in (errno.EROFS, errno.ENOSPC, errno.EDQUOT):
+                raise self._not_accessible(key, error) from error
+            raise
+
+    def _not_accessible(self, key: str, error: OSError) -> RegistryNotWritable:
+        return RegistryNotWritable(
+            f"cannot write {key} in registry {self._root}: {error.strerror}; "
+            "check the folder's permissions and free space, or pass another "
+            "--registry"
+        )
+
+
+def _fsync_folder(folder: Path) -> None:
+    # Makes the rename itself durable across a power loss. A killed process
+    # needs no fsync at all, since the kernel keeps its writes.
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -1,0 +1,742 @@
+"""The versioned weight registry.
+
+Weights are bytes here: a version is a set of named files plus a manifest
+the registry writes. Loading returns bytes whose SHA-256 has been checked;
+the registry never unpickles anything, and the learner deserialises its
+state from safetensors or JSON.
+
+The API the streaming job uses::
+
+    from rollback.registry import open_registry, ManifestFields
+
+    registry = open_registry("gs://bucket/models", create=True)   # or a path
+    registry.set_running_fingerprint(fingerprint, actor="job")    # at start
+    version = registry.publish(
+        {"weights.safetensors": weights, "learner.json": learner},
+        ManifestFields(fingerprint=fingerprint, events_count=4096, ...),
+        actor="job", reason="holdout accuracy 0.91 > champion 0.89",
+    )                                 # -> 13; also moves the pointer to v13
+    registry.serving()                # -> 13, or None before any version
+    registry.read(13)                 # -> LoadedVersion, SHA-256 checked
+    registry.set_serving(12, actor="job", reason="accuracy fell to 0.61",
+                         kind="auto_rollback", details={"accuracy": 0.61},
+                         expected=13)  # compare-and-swap on the pointer
+    registry.versions(); registry.describe(12); registry.history()
+    registry.pause(actor="ops:ana", reason="incident"); registry.is_paused()
+    registry.resume(actor="ops:ana")
+
+Guarantees, for both backends (a local folder and ``gs://bucket/prefix``):
+
+- A version appears whole or not at all: its files are written first and
+  its manifest last, with a create-only write; a version without a manifest
+  does not exist for readers.
+- Version numbers are never reused: each publish takes its number from a
+  counter advanced by compare-and-swap, also after a rollback or a crash
+  (a crashed publish leaves a gap).
+- The pointer, the pause flag and the pointer history form one object that
+  is only replaced by compare-and-swap (see rollback/state.py), so racing
+  changes are applied one after the other, never lost. With ``expected``
+  a caller instead gets PointerConflict if the pointer moved since it read
+  it.
+- The pointer only moves to a version whose files all match their SHA-256
+  and whose fingerprint matches the running job's (or, if no job recorded
+  one, the serving version's).
+- While automatic promotion is paused, ``publish`` stores the version but
+  leaves the pointer, and ``set_serving(kind="promote")`` raises
+  PromotionPaused. Rollbacks, manual or automatic, still move the pointer.
+
+Every pointer change and pause is sent to the announcer, if one is given
+(rollback/announce.py sends them to a Pub/Sub topic). An announcement that
+fails is logged and kept in ``last_announce_error``; the change stands.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+from rollback.backends.base import Blob, Storage
+from rollback.errors import (
+    AlreadyServing,
+    AnnounceError,
+    ContentionError,
+    CorruptVersion,
+    IncompatibleVersion,
+    InvalidInput,
+    NoPreviousVersion,
+    NotARegistry,
+    PointerConflict,
+    PromotionPaused,
+    RegistryError,
+    RegistryNotFound,
+    VersionNotFound,
+)
+from rollback.manifest import (
+    MANIFEST_NAME,
+    FileEntry,
+    Manifest,
+    ManifestFields,
+    check_file_name,
+)
+from rollback.names import format_version, parse_version
+from rollback.state import (
+    POINTER_KINDS,
+    PROMOTION_KINDS,
+    PointerChange,
+    ServingState,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_REGISTRY = "./runs/registry"
+MARKER_KEY = "registry.json"
+MARKER_FORMAT = "streamlearn-registry/1"
+COUNTER_KEY = "counter.json"
+STATE_KEY = "state.json"
+RUNNING_KEY = "running.json"
+VERSIONS_PREFIX = "versions/"
+
+Clock = Callable[[], datetime]
+
+
+class _AnyVersion:
+    """Type of ANY: ``expected=ANY`` skips the compare of the pointer."""
+
+    def __repr__(self) -> str:
+        return "ANY"
+
+
+ANY: Final = _AnyVersion()
+Expected = int | str | None | _AnyVersion
+
+
+class Announcer(Protocol):
+    """Receives every committed pointer change and pause."""
+
+    def announce(self, change: PointerChange, serving: int | None, url: str) -> None:
+        """Send ``change``; raise AnnounceError on failure."""
+        ...
+
+
+@dataclass(frozen=True)
+class LoadedVersion:
+    """A version's manifest and its files, every SHA-256 checked."""
+
+    manifest: Manifest
+    files: Mapping[str, bytes]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def version_key(version: int, name: str) -> str:
+    """Return the storage key of one file of a version."""
+    return f"{VERSIONS_PREFIX}v{version:06d}/{name}"
+
+
+def open_storage(url: str | Path) -> Storage:
+    """Return the backend for a registry URL: ``gs://...`` or a local path."""
+    text = str(url)
+    if text.startswith("gs://"):
+        from rollback.backends.gcs import GcsStorage  # loads google-cloud-storage
+
+        return GcsStorage(text)
+    if "://" in text and not text.startswith("file://"):
+        raise RegistryError(
+            f"unsupported registry URL {text!r}: use a local path, file://PATH "
+            "or gs://bucket/prefix"
+        )
+    from rollback.backends.local import LocalStorage
+
+    return LocalStorage(text.removeprefix("file://"))
+
+
+def open_registry(
+    url: str | Path | None = None,
+    *,
+    create: bool = False,
+    announcer: Announcer | None = None,
+    clock: Clock = utc_now,
+    rng: random.Random | None = None,
+) -> Registry:
+    """Open the registry at ``url`` (default ``./runs/registry``).
+
+    With ``create=True`` a missing local folder, or an empty folder or
+    bucket prefix, becomes a new registry; a GCS bucket must exist. Raises
+    RegistryNotFound or NotARegistry with the URL and what to do.
+    """
+    storage = open_storage(DEFAULT_REGISTRY if url is None else url)
+    _check_marker(storage, create)
+    return Registry(storage, announcer=announcer, clock=clock, rng=rng)
+
+
+def _check_marker(storage: Storage, create: bool) -> None:
+    url = storage.url
+    if not storage.exists():
+        if not create or url.startswith("gs://"):
+            raise RegistryNotFound(
+                f"no registry at {url}: it does not exist; pass --registry, set "
+                "STREAMLEARN_REGISTRY, or let the job publish a first version"
+            )
+    else:
+        marker = storage.read(MARKER_KEY)
+        if marker is not None:
+            _check_marker_content(url, marker)
+            return
+        if not storage.is_empty():
+            raise NotARegistry(
+                f"{url} is not a registry: it holds other files but no "
+                f"{MARKER_KEY}; pass an empty or new folder, or an existing registry"
+            )
+        if not create:
+            raise RegistryNotFound(
+                f"registry {url} is empty: no version has been published yet"
+            )
+    body = json.dumps({"format": MARKER_FORMAT}).encode()
+    if not storage.create(MARKER_KEY, body):
+        marker = storage.read(MARKER_KEY)  # created by a racing process
+        if marker is not None:
+            _check_marker_content(url, marker)
+    logger.info("created registry at %s", url)
+
+
+def _check_marker_content(url: str, marker: Blob) -> None:
+    try:
+        found = json.loads(marker.data).get("format")
+    except (ValueError, AttributeError):
+        found = None
+    if found != MARKER_FORMAT:
+        raise NotARegistry(
+            f"{url} is not a registry of this kind: {MARKER_KEY} has format "
+            f"{found!r}, expected {MARKER_FORMAT!r}"
+        )
+
+
+class Registry:
+    """Numbered, immutable versions and a serving pointer; see the module."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        announcer: Announcer | None = None,
+        clock: Clock = utc_now,
+        rng: random.Random | None = None,
+        max_attempts: int = 200,
+    ) -> None:
+        self.storage = storage
+        self.announcer = announcer
+        self.clock = clock
+        self.max_attempts = max_attempts
+        self.last_announce_error: AnnounceError | None = None
+        self._rng = random.Random() if rng is None else rng
+
+    @property
+    def url(self) -> str:
+        return self.storage.url
+
+    # Reading
+
+    def versions(self) -> list[int]:
+        """Return the numbers of all complete versions, oldest first."""
+        numbers = set()
+        for key in self.storage.list(VERSIONS_PREFIX):
+            folder, _, name = key[len(VERSIONS_PREFIX) :].partition("/")
+            if name == MANIFEST_NAME and folder[1:].isdigit():
+                numbers.add(int(folder[1:]))
+        return sorted(numbers)
+
+    def describe(self, version: int | str) -> Manifest:
+        """Return the manifest of ``version`` without reading its files."""
+        number = parse_version(version)
+        blob = self.storage.read(version_key(number, MANIFEST_NAME))
+        if blob is None:
+            raise VersionNotFound(self._not_found_message(number))
+        return Manifest.from_json(blob.data, number)
+
+    def read(self, version: int | str) -> LoadedVersion:
+        """Return a version's manifest and files after checking every SHA-256.
+
+        Raises CorruptVersion, naming the version and the file, when a file
+        is missing, truncated or altered.
+        """
+        manifest = self.describe(version)
+        files = {
+            entry.name: self._read_file(manifest, entry)
+            for entry in manifest.files.values()
+        }
+        return LoadedVersion(manifest=manifest, files=files)
+
+    def verify(self, version: int | str) -> Manifest:
+        """Check every file of ``version`` as ``read`` does; return its manifest."""
+        return self.read(version).manifest
+
+    def serving(self) -> int | None:
+        """Return the serving version, or None if no version serves."""
+        return self._state().serving
+
+    def history(self) -> list[PointerChange]:
+        """Return every pointer change and pause, oldest first."""
+        return list(self._state().history)
+
+    def state(self) -> ServingState:
+        """Return the pointer, pause flag and history as one consistent read."""
+        return self._state()
+
+    def is_paused(self) -> bool:
+        return self._state().paused
+
+    def running_fingerprint(self) -> str | None:
+        """Return the fingerprint the job last recorded, or None."""
+        blob = self.storage.read(RUNNING_KEY)
+        if blob is None:
+            return None
+        try:
+            fingerprint = json.loads(blob.data)["fingerprint"]
+        except (ValueError, KeyError, TypeError) as error:
+            raise RegistryError(
+                f"{RUNNING_KEY} in registry {self.url} is damaged ({error}); the "
+                "job rewrites it with set_running_fingerprint at its next start"
+            ) from error
+        return str(fingerprint)
+
+    def previous_version(self) -> int:
+        """Return the version that served before the current one.
+
+        Taken from the pointer history, skipping versions that a rollback
+        moved away from; raises NoPreviousVersion if there is none.
+        """
+        state = self._state()
+        previous = state.previous_version()
+        if previous is None:
+            raise NoPreviousVersion(
+                f"no earlier version to return to in registry {self.url}: the "
+                f"history holds no served version besides "
+                f"{_name(state.serving)} that was not rolled back; pass --to vN"
+            )
+        return previous
+
+    # Writing
+
+    def publish(
+        self,
+        files: Mapping[str, bytes],
+        manifest_fields: ManifestFields | Mapping[str, Any],
+        actor: str,
+        reason: str,
+        *,
+        move_pointer: bool = True,
+        expected: Expected = ANY,
+    ) -> int:
+        """Store a new immutable version and return its number.
+
+        With ``move_pointer`` the pointer then moves to it (kind "publish"),
+        unless promotion is paused: the version is then only stored, and a
+        warning logged. If ``expected`` is given and the pointer no longer
+        points there, raises PointerConflict whose ``version`` is the stored
+        version.
+        """
+        fields = _manifest_fields(manifest_fields)
+        _check_files(files)
+        _check_actor(actor)
+        parent = fields.parent if fields.parent is not None else self.serving()
+        if parent is not None and fields.parent is not None:
+            self.describe(parent)  # raises VersionNotFound for a bad parent
+
+        number = self._allocate_number()
+        entries = {}
+        for name, data in files.items():
+            self.storage.put(version_key(number, name), data)
+            entries[name] = FileEntry(name, _sha256(data), len(data))
+        manifest = Manifest(
+            version=number,
+            parent=parent,
+            created_at=self.clock(),
+            fields=replace(fields, parent=parent),
+            files=entries,
+        )
+        if not self.storage.create(
+            version_key(number, MANIFEST_NAME), manifest.to_json()
+        ):
+            raise RegistryError(
+                f"version {format_version(number)} already exists in {self.url} "
+                f"although {COUNTER_KEY} had just handed out its number; the "
+                "counter was edited by hand: set next_version above every version"
+            )
+        logger.info("published %s to %s", manifest.name, self.url)
+
+        if move_pointer:
+            try:
+                self._move_pointer(number, actor, reason, "publish", expected, {})
+            except PromotionPaused:
+                logger.warning(
+                    "stored %s but left the pointer: automatic promotion is paused",
+                    manifest.name,
+                )
+            except PointerConflict as conflict:
+                raise PointerConflict(str(conflict), version=number) from conflict
+        return number
+
+    def set_serving(
+        self,
+        version: int | str,
+        actor: str,
+        reason: str,
+        *,
+        expected: Expected = ANY,
+        kind: str = "rollback",
+        details: Mapping[str, Any] | None = None,
+    ) -> PointerChange:
+        """Point serving at ``version`` and record why; return the change.
+
+        Checks that the version exists, is intact and is compatible first.
+        ``expected`` makes it a compare-and-swap: PointerConflict if the
+        pointer does not point at ``expected`` (a version, or None for "no
+        version serves"). ``kind`` is one of publish, promote, rollback,
+        auto_rollback; ``details`` holds the numbers behind an automatic
+        rollback.
+        """
+        number = parse_version(version)
+        if kind not in POINTER_KINDS:
+            raise InvalidInput(
+                f"invalid kind {kind!r}: expected one of {', '.join(POINTER_KINDS)}"
+            )
+        _check_actor(actor)
+        manifest = self.verify(number)
+        self._check_compatible(manifest)
+        return self._move_pointer(number, actor, reason, kind, expected, details or {})
+
+    def plan_rollback(self, to: int | str | None = None) -> tuple[int | None, int]:
+        """Return (serving, target) of a rollback after every check.
+
+        ``to=None`` means the previous version from the history. Raises
+        AlreadyServing, VersionNotFound, CorruptVersion, IncompatibleVersion
+        or NoPreviousVersion; changes nothing.
+        """
+        target = self.previous_version() if to is None else parse_version(to)
+        current = self.serving()
+        if target == current:
+            raise AlreadyServing(
+                f"version {format_version(target)} serves already; nothing to do"
+            )
+        manifest = self.verify(target)
+        self._check_compatible(manifest)
+        return current, target
+
+    def rollback(self, to: int | str | None, actor: str, reason: str) -> PointerChange:
+        """Move the pointer back (or to ``to``) as an operator's rollback.
+
+        Fails with PointerConflict if the pointer moves between the checks
+        and the write, so an operator never overrides a change unseen.
+        """
+        _check_actor(actor)
+        current, target = self.plan_rollback(to)
+        return self._move_pointer(target, actor, reason, "rollback", current, {})
+
+    def pause(self, actor: str, reason: str) -> PointerChange:
+        """Pause automatic promotion; the job keeps training and validating."""
+        return self._set_paused(True, actor, reason)
+
+    def resume(self, actor: str, reason: str = "") -> PointerChange:
+        """Resume automatic promotion."""
+        return self._set_paused(False, actor, reason)
+
+    def set_running_fingerprint(self, fingerprint: str, actor: str) -> None:
+        """Record the fingerprint the job runs with, for compatibility checks."""
+        if not isinstance(fingerprint, str) or not fingerprint:
+            raise InvalidInput(
+                f"invalid fingerprint {fingerprint!r}: expected a non-empty string"
+            )
+        _check_actor(actor)
+        body = {
+            "fingerprint": fingerprint,
+            "actor": actor,
+            "time": self.clock().isoformat(),
+        }
+        self.storage.put(RUNNING_KEY, json.dumps(body).encode())
+
+    # Internals
+
+    def _state_blob(self) -> tuple[ServingState, Blob | None]:
+        blob = self.storage.read(STATE_KEY)
+        if blob is None:
+            return ServingState(), None
+        try:
+            return ServingState.from_json(blob.data), blob
+        except (ValueError, KeyError, TypeError) as error:
+            raise RegistryError(
+                f"{STATE_KEY} in registry {self.url} is damaged ({error}); restore "
+                "it from a backup, the registry never writes it partially"
+            ) from error
+
+    def _state(self) -> ServingState:
+        return self._state_blob()[0]
+
+    def _move_pointer(
+        self,
+        number: int,
+        actor: str,
+        reason: str,
+        kind: str,
+        expected: Expected,
+        details: Mapping[str, Any],
+    ) -> PointerChange:
+        expected_number = _expected_number(expected)
+
+        def build(state: ServingState, change_id: str) -> PointerChange:
+            current = state.serving
+            if expected_number is not ANY and expected_number != current:
+                raise PointerConflict(
+                    f"the pointer moved: {_name(current)} serves, not "
+                    f"{_name(expected_number)} as expected; check "
+                    "'rollback --dry-run' and retry"
+                )
+            if current == number:
+                raise AlreadyServing(
+                    f"version {format_version(number)} serves already; nothing to do"
+                )
+            if state.paused and kind in PROMOTION_KINDS:
+                raise PromotionPaused(
+                    f"automatic promotion is paused; {format_version(number)} was "
+                    "not promoted"
+                )
+            return self._change(
+                state, change_id, actor, kind, current, number, reason, details
+            )
+
+        change = self._update_state(build)
+        logger.info("serving %s in %s", change.describe(), self.url)
+        return change
+
+    def _set_paused(self, paused: bool, actor: str, reason: str) -> PointerChange:
+        _check_actor(actor)
+        kind = "pause" if paused else "resume"
+
+        def build(state: ServingState, change_id: str) -> PointerChange:
+            if state.paused == paused:
+                last = state.last_pause()
+                since = (
+                    ""
+                    if last is None
+                    else f" by {last.actor} at {last.time:%Y-%m-%d %H:%M:%S%z}"
+                )
+                word = "paused" if paused else "running"
+                raise RegistryError(
+                    f"automatic promotion is already {word}{since}; nothing to do"
+                )
+            return self._change(
+                state, change_id, actor, kind, state.serving, state.serving, reason, {}
+            )
+
+        change = self._update_state(build)
+        logger.info("%s automatic promotion in %s: %s", kind, self.url, reason)
+        return change
+
+    def _change(
+        self,
+        state: ServingState,
+        change_id: str,
+        actor: str,
+        kind: str,
+        from_version: int | None,
+        to_version: int | None,
+        reason: str,
+        details: Mapping[str, Any],
+    ) -> PointerChange:
+        return PointerChange(
+            seq=state.next_seq,
+            change_id=change_id,
+            time=self.clock(),
+            actor=actor,
+            kind=kind,
+            from_version=from_version,
+            to_version=to_version,
+            reason=reason,
+            details=dict(details),
+        )
+
+    def _update_state(
+        self, build: Callable[[ServingState, str], PointerChange]
+    ) -> PointerChange:
+        change_id = secrets.token_hex(8)
+        for attempt in range(self.max_attempts):
+            state, blob = self._state_blob()
+            # A write whose response was lost and then retried by the client
+            # fails its precondition although it was applied: find it.
+            for recorded in state.history[-20:]:
+                if recorded.change_id == change_id:
+                    return recorded
+            change = build(state, change_id)
+            new_state = state.with_change(change)
+            generation = None if blob is None else blob.generation
+            if self.storage.swap(STATE_KEY, new_state.to_json(), generation):
+                self._announce(change, new_state.serving)
+                return change
+            self._back_off(attempt)
+        raise ContentionError(
+            f"could not update {STATE_KEY} in {self.url}: other writers won "
+            f"{self.max_attempts} times in a row; retry"
+        )
+
+    def _allocate_number(self) -> int:
+        for attempt in range(self.max_attempts):
+            blob = self.storage.read(COUNTER_KEY)
+            if blob is None:
+                existing = self.versions()
+                number = existing[-1] + 1 if existing else 1
+            else:
+                number = _parse_counter(self.url, blob)
+            body = json.dumps({"next_version": number + 1}).encode()
+            generation = None if blob is None else blob.generation
+            if self.storage.swap(COUNTER_KEY, body, generation):
+                return number
+            self._back_off(attempt)
+        raise ContentionError(
+            f"could not take a version number from {COUNTER_KEY} in {self.url}: "
+            f"other publishers won {self.max_attempts} times in a row; retry"
+        )
+
+    def _back_off(self, attempt: int) -> None:
+        time.sleep(self._rng.uniform(0.0, min(0.05, 0.001 * 2**attempt)))
+
+    def _read_file(self, manifest: Manifest, entry: FileEntry) -> bytes:
+        blob = self.storage.read(version_key(manifest.version, entry.name))
+        where = f"version {manifest.name} is corrupt: file {entry.name}"
+        if blob is None:
+            raise CorruptVersion(f"{where} is missing")
+        if len(blob.data) != entry.size_bytes:
+            raise CorruptVersion(
+                f"{where} has {len(blob.data)} bytes, the manifest records "
+                f"{entry.size_bytes}"
+            )
+        if _sha256(blob.data) != entry.sha256:
+            raise CorruptVersion(
+                f"{where} does not match its SHA-256 {entry.sha256[:12]}..."
+            )
+        return blob.data
+
+    def _check_compatible(self, manifest: Manifest) -> None:
+        reference = self.running_fingerprint()
+        source = "the running job's"
+        if reference is None:
+            serving = self.serving()
+            if serving is None or serving == manifest.version:
+                return
+            reference = self.describe(serving).fields.fingerprint
+            source = f"the serving version {format_version(serving)}'s"
+        if manifest.fields.fingerprint != reference:
+            raise IncompatibleVersion(
+                f"version {manifest.name} is incompatible: its fingerprint "
+                f"{manifest.fields.fingerprint} differs from {source} {reference}"
+                f"{self._compatible_choices(reference)}"
+            )
+
+    def _compatible_choices(self, fingerprint: str) -> str:
+        compatible = []
+        for number in reversed(self.versions()):
+            try:
+                if self.describe(number).fields.fingerprint == fingerprint:
+                    compatible.append(format_version(number))
+            except CorruptVersion:
+                continue
+            if len(compatible) == 5:
+                break
+        if not compatible:
+            return "; no stored version is compatible"
+        return f"; compatible versions, newest first: {', '.join(compatible)}"
+
+    def _not_found_message(self, number: int) -> str:
+        existing = self.versions()
+        if not existing:
+            return (
+                f"unknown version {format_version(number)!r}: the registry "
+                f"{self.url} holds no versions yet"
+            )
+        return (
+            f"unknown version {format_version(number)!r}: the registry holds "
+            f"{format_version(existing[0])}..{format_version(existing[-1])} "
+            f"({len(existing)} versions)"
+        )
+
+    def _announce(self, change: PointerChange, serving: int | None) -> None:
+        if self.announcer is None:
+            return
+        try:
+            self.announcer.announce(change, serving, self.url)
+        except AnnounceError as error:
+            self.last_announce_error = error
+            logger.error(
+                "could not announce change %d (%s) of %s: %s",
+                change.seq,
+                change.describe(),
+                self.url,
+                error,
+            )
+
+
+def _manifest_fields(fields: ManifestFields | Mapping[str, Any]) -> ManifestFields:
+    if isinstance(fields, ManifestFields):
+        return fields
+    return ManifestFields.from_mapping(fields)
+
+
+def _check_files(files: Mapping[str, bytes]) -> None:
+    if not files:
+        raise InvalidInput("no files to publish: a version needs at least one file")
+    for name, data in files.items():
+        check_file_name(name)
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise InvalidInput(
+                f"invalid content of file {name!r}: {type(data).__name__}; "
+                "expected bytes"
+            )
+
+
+def _check_actor(actor: str) -> None:
+    if not isinstance(actor, str) or not actor.strip():
+        raise InvalidInput(
+            f"invalid actor {actor!r}: name who acts, such as 'job' or 'ops:ana'"
+        )
+
+
+def _expected_number(expected: Expected) -> int | _AnyVersion | None:
+    if isinstance(expected, _AnyVersion) or expected is None:
+        return expected
+    return parse_version(expected)
+
+
+def _parse_counter(url: str, blob: Blob) -> int:
+    try:
+        number = json.loads(blob.data)["next_version"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise RegistryError(
+            f"{COUNTER_KEY} in registry {url} is damaged ({error}); set it to "
+            '{"next_version": N} with N above every version number'
+        ) from error
+    if not isinstance(number, int) or number < 1:
+        raise RegistryError(
+            f"{COUNTER_KEY} in registry {url} holds next_version {number!r}; "
+            "expected an int >= 1"
+        )
+    return number
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def _name(version: int | _AnyVersion | None) -> str:
+    if isinstance(version, int):
+        return format_version(version)
+    return "no version" if version is None else "any version"
