@@ -1,0 +1,2 @@
+"""Sinks that receive telemetry: a JSON-lines file, Beam metrics, Cloud
+Monitoring."""
