@@ -12,7 +12,9 @@ from collections.abc import Callable, Sequence
 
 # name -> ("module:function", one-line summary). The function takes the
 # remaining arguments and returns an exit code.
-SUBCOMMANDS: dict[str, tuple[str, str]] = {}
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "versions": ("rollback.cli:versions_main", "list and describe model versions"),
+}
 
 USAGE = """usage: streamlearn SUBCOMMAND [ARGS...]
 

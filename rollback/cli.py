@@ -1,0 +1,225 @@
+"""The operator's commands: ``rollback`` and ``streamlearn versions``.
+
+Both print one line on success (or the listing asked for), one line on
+stderr and a non-zero exit code on failure: 1 when the registry refused the
+request, 2 for invalid arguments. They import neither torch nor Beam, and
+load the Google Cloud libraries only for a ``gs://`` registry or an
+announce topic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rollback.config import ENV_REGISTRY, OperatorConfig, load_config
+from rollback.errors import RegistryError
+from rollback.names import format_version
+from rollback.registry import Registry, open_registry
+
+logger = logging.getLogger(__name__)
+
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+
+ROLLBACK_EXAMPLES = """examples:
+  rollback --to v12 --reason "v14 mislabels returns"   point serving at v12
+  rollback                                   return to the previous version
+  rollback --dry-run                         show what 'rollback' would do
+  rollback --pause --reason "incident 7"     stop automatic promotion
+  rollback --resume                          let the job promote again
+  rollback --status                          show what serves and what is next
+
+The registry is --registry, else $STREAMLEARN_REGISTRY, else 'url' in the
+[registry] table of ./streamlearn.toml (or $STREAMLEARN_CONFIG), else
+./runs/registry.
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``rollback`` and return its exit code."""
+    parser = _rollback_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose)
+    try:
+        return _run_rollback(args)
+    except RegistryError as error:
+        print(f"rollback: {error}", file=sys.stderr)
+        return EXIT_REFUSED
+
+
+def versions_main(argv: Sequence[str] | None = None) -> int:
+    """Run ``streamlearn versions`` and return its exit code."""
+    from rollback.listing import run_versions  # kept apart: listing and rendering
+
+    return run_versions(argv)
+
+
+def _rollback_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rollback",
+        description=(
+            "Point serving at an earlier model version, or pause automatic "
+            "promotion. Checks that the target exists, is intact and is "
+            "compatible with the running job before it moves the pointer."
+        ),
+        epilog=ROLLBACK_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument(
+        "--to",
+        metavar="VERSION",
+        help="version to serve: 12, v12 or V012 (default: the previous version "
+        "from the pointer history)",
+    )
+    action.add_argument(
+        "--pause", action="store_true", help="pause automatic promotion"
+    )
+    action.add_argument(
+        "--resume", action="store_true", help="resume automatic promotion"
+    )
+    action.add_argument(
+        "--status",
+        action="store_true",
+        help="print the serving version, the pause state and the rollback target",
+    )
+    parser.add_argument("--reason", default="", help="why, recorded in the history")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="check and print, change nothing"
+    )
+    add_common_options(parser)
+    parser.add_argument(
+        "--actor",
+        default=None,
+        help="who acts, recorded in the history (default: operator:$USER)",
+    )
+    parser.add_argument(
+        "--announce-topic",
+        metavar="TOPIC",
+        help="Pub/Sub topic projects/P/topics/T to announce the change on "
+        "(default: $STREAMLEARN_ANNOUNCE_TOPIC or the config file)",
+    )
+    return parser
+
+
+def add_common_options(parser: argparse.ArgumentParser) -> None:
+    """Add the options both commands share: --registry and --verbose."""
+    parser.add_argument(
+        "--registry",
+        metavar="URL",
+        help=f"registry folder or gs://bucket/prefix (default: ${ENV_REGISTRY}, "
+        "the config file, or ./runs/registry)",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log what the registry does"
+    )
+
+
+def open_from_options(
+    registry_option: str | None, announce_topic_option: str | None = None
+) -> tuple[Registry, OperatorConfig]:
+    """Open the registry the options, environment or config file name."""
+    config = load_config(registry_option, announce_topic_option, os.environ, Path.cwd())
+    announcer = None
+    if config.announce_topic:
+        from rollback.announce import PubSubAnnouncer
+
+        announcer = PubSubAnnouncer(config.announce_topic)
+    registry = open_registry(config.registry, announcer=announcer)
+    return registry, config
+
+
+def _run_rollback(args: argparse.Namespace) -> int:
+    registry, _ = open_from_options(args.registry, args.announce_topic)
+    actor = args.actor or f"operator:{_user()}"
+    if args.status:
+        print(_status_line(registry))
+        return 0
+    if args.pause or args.resume:
+        return _run_pause(registry, args, actor)
+
+    current, target = registry.plan_rollback(args.to)
+    verb = "roll back" if current is None or target < current else "move"
+    moved = f"serving from {_name(current)} to {format_version(target)}"
+    if args.dry_run:
+        print(f"would {verb} {moved} (dry run, nothing changed)")
+        return 0
+    reason = args.reason or "manual rollback, no reason given"
+    registry.rollback(target, actor, reason)
+    past = "rolled back" if verb == "roll back" else "moved"
+    print(f"{past} {moved}")
+    _warn_if_not_announced(registry)
+    return 0
+
+
+def _run_pause(registry: Registry, args: argparse.Namespace, actor: str) -> int:
+    paused = bool(args.pause)
+    word = "pause" if paused else "resume"
+    if args.dry_run:
+        already = registry.is_paused() == paused
+        state = "no change: it is already" if already else "would"
+        print(f"{state} {word}{'d' if already else ''} automatic promotion (dry run)")
+        return 0
+    if paused:
+        if not args.reason:
+            print("rollback: --pause needs --reason TEXT", file=sys.stderr)
+            return EXIT_USAGE
+        registry.pause(actor, args.reason)
+    else:
+        registry.resume(actor, args.reason)
+    serving = registry.serving()
+    print(f"{word}d automatic promotion; {_name(serving)} serves")
+    _warn_if_not_announced(registry)
+    return 0
+
+
+def _status_line(registry: Registry) -> str:
+    state = registry.state()
+    parts = [f"{_name(state.serving)} serves"]
+    last_pause = state.last_pause()
+    if state.paused and last_pause is not None:
+        parts.append(
+            f"automatic promotion paused by {last_pause.actor} at "
+            f"{last_pause.time:%Y-%m-%d %H:%M:%S %Z} ({last_pause.reason})"
+        )
+    else:
+        parts.append("automatic promotion on")
+    previous = state.previous_version()
+    if previous is not None:
+        parts.append(f"'rollback' would return to {format_version(previous)}")
+    return "; ".join(parts)
+
+
+def _warn_if_not_announced(registry: Registry) -> None:
+    if registry.last_announce_error is not None:
+        print(
+            f"rollback: warning: the change stands but was not announced: "
+            f"{registry.last_announce_error}; followers see it when they next "
+            "read the registry",
+            file=sys.stderr,
+        )
+
+
+def configure_logging(verbose: bool) -> None:
+    """Log to stderr with --verbose; otherwise the one-line errors suffice."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.CRITICAL,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _name(version: int | None) -> str:
+    return "no version" if version is None else format_version(version)

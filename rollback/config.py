@@ -1,0 +1,96 @@
+"""Where the operator's commands find the registry and the announce topic.
+
+The registry URL comes from, in order: the ``--registry`` option, the
+environment variable ``STREAMLEARN_REGISTRY``, the key ``url`` of the
+``[registry]`` table of a config file, and ``./runs/registry``. The config
+file is ``$STREAMLEARN_CONFIG`` if set, else ``./streamlearn.toml`` if it
+exists::
+
+    [registry]
+    url = "gs://my-bucket/models"
+    announce_topic = "projects/my-project/topics/serving-changes"
+
+The announce topic comes from ``--announce-topic``, then
+``STREAMLEARN_ANNOUNCE_TOPIC``, then the config file; without one, pointer
+changes are not announced.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from rollback.errors import RegistryError
+from rollback.registry import DEFAULT_REGISTRY
+
+ENV_REGISTRY = "STREAMLEARN_REGISTRY"
+ENV_CONFIG = "STREAMLEARN_CONFIG"
+ENV_ANNOUNCE_TOPIC = "STREAMLEARN_ANNOUNCE_TOPIC"
+CONFIG_FILE_NAME = "streamlearn.toml"
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """The resolved settings, with where the registry URL came from."""
+
+    registry: str
+    registry_source: str
+    announce_topic: str | None
+
+
+def load_config(
+    registry_option: str | None,
+    announce_topic_option: str | None,
+    environ: Mapping[str, str],
+    working_directory: Path,
+) -> OperatorConfig:
+    """Resolve the settings in the order the module docstring gives."""
+    table = _config_table(environ, working_directory)
+    file_registry = table.get("url")
+    file_topic = table.get("announce_topic")
+
+    if registry_option:
+        registry, source = registry_option, "--registry"
+    elif environ.get(ENV_REGISTRY):
+        registry, source = environ[ENV_REGISTRY], ENV_REGISTRY
+    elif isinstance(file_registry, str) and file_registry:
+        registry, source = file_registry, "the config file"
+    else:
+        registry, source = DEFAULT_REGISTRY, "the default"
+
+    topic = (
+        announce_topic_option
+        or environ.get(ENV_ANNOUNCE_TOPIC)
+        or (file_topic if isinstance(file_topic, str) else None)
+        or None
+    )
+    return OperatorConfig(
+        registry=registry, registry_source=source, announce_topic=topic
+    )
+
+
+def _config_table(
+    environ: Mapping[str, str], working_directory: Path
+) -> Mapping[str, object]:
+    explicit = environ.get(ENV_CONFIG)
+    path = Path(explicit) if explicit else working_directory / CONFIG_FILE_NAME
+    if not path.is_file():
+        if explicit:
+            raise RegistryError(
+                f"config file {path} (from {ENV_CONFIG}) not found; fix or unset "
+                f"{ENV_CONFIG}"
+            )
+        return {}
+    try:
+        document = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise RegistryError(f"cannot read config file {path}: {error}") from error
+    table = document.get("registry", {})
+    if not isinstance(table, dict):
+        raise RegistryError(
+            f"invalid config file {path}: 'registry' must be a table, such as "
+            '[registry] url = "./runs/registry"'
+        )
+    return table

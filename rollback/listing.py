@@ -1,0 +1,281 @@
+"""``streamlearn versions list`` and ``streamlearn versions describe``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from rollback.cli import (
+    EXIT_REFUSED,
+    add_common_options,
+    configure_logging,
+    open_from_options,
+)
+from rollback.errors import CorruptVersion, InvalidInput, RegistryError
+from rollback.filters import Filter, compile_filter, flatten
+from rollback.manifest import Manifest
+from rollback.names import format_version
+from rollback.registry import Registry
+from rollback.state import ROLLBACK_KINDS, ServingState
+
+EXAMPLES = """examples:
+  streamlearn versions list --limit 5
+  streamlearn versions list --filter "metrics.holdout.accuracy>=0.9 AND version>=v10"
+  streamlearn versions list --filter "status=serving OR status='rolled back'"
+  streamlearn versions list --format json
+  streamlearn versions describe v12
+
+Filter keys are the dotted fields of --format json: version, status, parent,
+created_at, events.count, metrics.holdout.NAME, metrics.champion.NAME,
+fingerprint, code_version. Operators: = != < <= > >= : (contains) ~ (regex).
+"""
+
+# Status of a version in the listing, from the pointer history.
+SERVING = "serving"
+ROLLED_BACK = "rolled back"
+RETIRED = "retired"
+NEVER_SERVED = "never served"
+CORRUPT = "corrupt"
+
+
+def run_versions(argv: Sequence[str] | None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose)
+    try:
+        registry, _ = open_from_options(args.registry)
+        if args.command == "list":
+            return _list(registry, args)
+        return _describe(registry, args)
+    except RegistryError as error:
+        print(f"streamlearn versions: {error}", file=sys.stderr)
+        return EXIT_REFUSED
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="streamlearn versions",
+        description="List and describe the model versions in the registry.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    listing = commands.add_parser(
+        "list",
+        help="list versions, newest first",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    listing.add_argument("--filter", metavar="EXPR", help="keep matching versions")
+    listing.add_argument(
+        "--limit", type=_positive_int, metavar="N", help="print at most N versions"
+    )
+    listing.add_argument("--format", choices=("table", "json"), default="table")
+    add_common_options(listing)
+    describe = commands.add_parser(
+        "describe",
+        help="show one version: manifest, metrics, lineage, when it served",
+        epilog="example:\n  streamlearn versions describe v12 --format json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    describe.add_argument("version", help="12, v12 or V012")
+    describe.add_argument("--format", choices=("text", "json"), default="text")
+    add_common_options(describe)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"invalid limit {text!r}: expected N >= 1")
+    return number
+
+
+def version_rows(registry: Registry) -> list[dict[str, Any]]:
+    """Return one JSON-ready row per version, newest first."""
+    state = registry.state()
+    rows = []
+    for number in reversed(registry.versions()):
+        try:
+            manifest = registry.describe(number)
+        except CorruptVersion as error:
+            rows.append({"version": number, "status": CORRUPT, "error": str(error)})
+            continue
+        row = manifest.to_dict()
+        row["status"] = version_status(state, number)
+        rows.append(row)
+    return rows
+
+
+def version_status(state: ServingState, number: int) -> str:
+    """Return serving, rolled back, retired or never served."""
+    if state.serving == number:
+        return SERVING
+    last_exit = None
+    for change in state.pointer_changes():
+        if change.from_version == number:
+            last_exit = change.kind
+    if last_exit is None:
+        return NEVER_SERVED
+    return ROLLED_BACK if last_exit in ROLLBACK_KINDS else RETIRED
+
+
+def _list(registry: Registry, args: argparse.Namespace) -> int:
+    rows = version_rows(registry)
+    if args.filter:
+        rows = _apply_filter(compile_filter(args.filter), rows)
+    if args.limit is not None:
+        rows = rows[: args.limit]
+    if args.format == "json":
+        print(json.dumps([_json_row(row) for row in rows], indent=1))
+    else:
+        print(_table(rows))
+    return 0
+
+
+def _apply_filter(
+    expression: Filter, rows: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    flat_rows = [flatten(row) for row in rows]
+    known = set().union(*flat_rows) if flat_rows else set()
+    unknown = sorted(expression.keys - known)
+    if flat_rows and unknown:
+        raise InvalidInput(
+            f"invalid filter {expression.expression!r}: no version has the key "
+            f"{', '.join(unknown)}; keys are {', '.join(sorted(known))}"
+        )
+    return [
+        row
+        for row, flat in zip(rows, flat_rows, strict=True)
+        if expression.matches(flat)
+    ]
+
+
+def _json_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {"name": format_version(row["version"]), **row}
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    header = ("VERSION", "STATUS", "PARENT", "CREATED", "EVENTS", "HOLDOUT METRICS")
+    lines = [header]
+    for row in rows:
+        if row["status"] == CORRUPT:
+            lines.append((format_version(row["version"]), CORRUPT, "", "", "", ""))
+            continue
+        parent = row["parent"]
+        lines.append(
+            (
+                format_version(row["version"]),
+                row["status"],
+                "-" if parent is None else format_version(parent),
+                row["created_at"][:19].replace("T", " "),
+                str(row["events"]["count"]),
+                _metrics_text(row["metrics"]["holdout"]),
+            )
+        )
+    widths = [max(len(line[column]) for line in lines) for column in range(5)]
+    text_lines = []
+    for line in lines:
+        padded = [cell.ljust(width) for cell, width in zip(line, widths, strict=False)]
+        text_lines.append("  ".join([*padded, line[5]]).rstrip())
+    return "\n".join(text_lines)
+
+
+def _metrics_text(metrics: dict[str, float]) -> str:
+    return " ".join(f"{name}={value:.4g}" for name, value in sorted(metrics.items()))
+
+
+def _describe(registry: Registry, args: argparse.Namespace) -> int:
+    manifest = registry.describe(args.version)
+    state = registry.state()
+    integrity = _integrity(registry, manifest)
+    lineage = _lineage(registry, manifest)
+    intervals = state.served_intervals(manifest.version)
+    if args.format == "json":
+        document = {
+            "name": manifest.name,
+            **manifest.to_dict(),
+            "status": version_status(state, manifest.version),
+            "integrity": integrity,
+            "lineage": [format_version(number) for number in lineage],
+            "served": [
+                {
+                    "start": interval.start.isoformat(),
+                    "end": None if interval.end is None else interval.end.isoformat(),
+                    "ended_by": interval.ended_by,
+                }
+                for interval in intervals
+            ],
+        }
+        print(json.dumps(document, indent=1))
+        return 0
+    print(_describe_text(manifest, state, integrity, lineage))
+    return 0
+
+
+def _integrity(registry: Registry, manifest: Manifest) -> str:
+    try:
+        registry.verify(manifest.version)
+    except CorruptVersion as error:
+        return f"CORRUPT: {error}"
+    return f"ok ({len(manifest.files)} files, SHA-256 checked)"
+
+
+def _lineage(registry: Registry, manifest: Manifest, depth: int = 10) -> list[int]:
+    lineage = [manifest.version]
+    parent = manifest.parent
+    while parent is not None and len(lineage) < depth:
+        lineage.append(parent)
+        try:
+            parent = registry.describe(parent).parent
+        except RegistryError:
+            break
+    return lineage
+
+
+def _describe_text(
+    manifest: Manifest, state: ServingState, integrity: str, lineage: list[int]
+) -> str:
+    fields = manifest.fields
+    event_range = "-"
+    if fields.event_time_min is not None and fields.event_time_max is not None:
+        low, high = fields.event_time_min, fields.event_time_max
+        event_range = f"{low.isoformat()} .. {high.isoformat()}"
+    champion = (
+        "-"
+        if fields.champion_metrics is None
+        else _metrics_text(dict(fields.champion_metrics))
+    )
+    rows = [
+        ("version", manifest.name),
+        ("status", version_status(state, manifest.version)),
+        ("parent", "-" if manifest.parent is None else format_version(manifest.parent)),
+        ("lineage", " <- ".join(format_version(number) for number in lineage)),
+        ("created", manifest.created_at.isoformat()),
+        ("events", f"{fields.events_count}, event time {event_range}"),
+        ("holdout metrics", _metrics_text(dict(fields.holdout_metrics)) or "-"),
+        ("champion metrics", champion),
+        ("labels", ", ".join(fields.label_vocabulary) or "-"),
+        ("fingerprint", fields.fingerprint),
+        ("code version", fields.code_version or "-"),
+        ("integrity", integrity),
+    ]
+    for entry in sorted(manifest.files.values(), key=lambda entry: entry.name):
+        rows.append(
+            ("file", f"{entry.name}  {entry.size_bytes} bytes  sha256 {entry.sha256}")
+        )
+    intervals = state.served_intervals(manifest.version)
+    if not intervals:
+        rows.append(("served", "never"))
+    for interval in intervals:
+        end = "now" if interval.end is None else interval.end.isoformat()
+        ended = "" if interval.ended_by is None else f" (ended by {interval.ended_by})"
+        rows.append(("served", f"{interval.start.isoformat()} .. {end}{ended}"))
+    width = max(len(label) for label, _ in rows) + 1
+    return "\n".join(f"{(label + ':').ljust(width)} {value}" for label, value in rows)
