@@ -1,0 +1,254 @@
+"""Telemetry, the JSON-lines sink, the Beam bridge and the resource sampler."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+import pytest
+from apache_beam.metrics.metric import MetricsFilter
+from monitoring_fake_clock import FakeClock
+
+from streaming import monitoring as mon
+from streaming.monitoring.sinks.beam import BeamMetricsSink
+
+
+class ListSink(mon.Sink):
+    def __init__(self) -> None:
+        self.points: list[mon.Point] = []
+        self.events: list[mon.RecordedEvent] = []
+
+    def write_point(self, point: mon.Point) -> None:
+        self.points.append(point)
+
+    def write_event(self, event: mon.RecordedEvent) -> None:
+        self.events.append(event)
+
+
+def read_records(run_dir: Path) -> list[dict[str, Any]]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def test_counter_totals_per_label(clock: FakeClock) -> None:
+    sink = ListSink()
+    telemetry = mon.Telemetry([sink], clock=clock)
+
+    telemetry.count(mon.EVENTS_DEAD_LETTERED, 2, reason="truncated")
+    clock.advance(5)
+    telemetry.count(mon.EVENTS_DEAD_LETTERED, 3, reason="truncated")
+    telemetry.count(mon.EVENTS_DEAD_LETTERED, 1, reason="trailing_bytes")
+
+    assert telemetry.counter_total(mon.EVENTS_DEAD_LETTERED, reason="truncated") == 5
+    assert telemetry.counter_total(mon.EVENTS_DEAD_LETTERED, reason="other") == 0
+    assert [point.value for point in sink.points] == [2, 5, 1]
+    assert [point.increment for point in sink.points] == [2, 3, 1]
+    assert sink.points[1].start_time_s == sink.points[0].start_time_s
+    assert sink.points[1].time_s == sink.points[0].time_s + 5
+    assert sink.points[2].label_dict() == {"reason": "trailing_bytes"}
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda t: t.set(mon.EVENTS_LEARNED, 1), "is a counter, not a gauge"),
+        (lambda t: t.count(mon.TRAINING_LOSS), "is a gauge, not a counter"),
+        (
+            lambda t: t.count(mon.MICRO_BATCH_LATENCY),
+            "is a distribution, not a counter",
+        ),
+        (lambda t: t.count(mon.EVENTS_LEARNED, -1), "must be >= 0"),
+        (lambda t: t.count(mon.EVENTS_DEAD_LETTERED), "expected labels"),
+        (
+            lambda t: t.count(mon.EVENTS_DEAD_LETTERED, 1, detector="adwin"),
+            "expected labels",
+        ),
+        (lambda t: t.set(mon.TRAINING_LOSS, 1.0, version="v1"), "expected labels"),
+    ],
+)
+def test_calls_checked_against_catalogue(call: Any, message: str) -> None:
+    sink = ListSink()
+    telemetry = mon.Telemetry([sink])
+
+    with pytest.raises(mon.MetricError, match=message):
+        call(telemetry)
+
+    assert sink.points == []
+
+
+def test_event_counts_and_records(clock: FakeClock) -> None:
+    sink = ListSink()
+    telemetry = mon.Telemetry([sink], clock=clock)
+
+    telemetry.record_event(
+        mon.EventKind.ROLLBACK,
+        event_time_ms=1_700_000_000_000,
+        labels={"trigger": mon.TRIGGER_MANUAL},
+        from_version="v5",
+        to_version="v3",
+    )
+
+    assert telemetry.counter_total(mon.ROLLBACKS, trigger="manual") == 1
+    [event] = sink.events
+    assert event.kind is mon.EventKind.ROLLBACK
+    assert event.details == {"from_version": "v5", "to_version": "v3"}
+    assert event.event_time_ms == 1_700_000_000_000
+    with pytest.raises(mon.MetricError, match="expected labels"):
+        telemetry.record_event(mon.EventKind.DRIFT_ALARM)
+
+
+def test_jsonl_records_every_kind(tmp_path: Path, clock: FakeClock) -> None:
+    sink = mon.JsonLinesSink(tmp_path, job="jobs-demo", model="roles", clock=clock)
+    telemetry = mon.Telemetry([sink], clock=clock)
+
+    telemetry.count(mon.EVENTS_LEARNED, 256)
+    clock.advance(2)
+    telemetry.count(mon.EVENTS_LEARNED, 128)
+    telemetry.set(mon.PREQUENTIAL_TOP5, 0.5, event_time_ms=1234)
+    telemetry.observe(mon.MICRO_BATCH_LATENCY, 0.02)
+    telemetry.record_event(
+        mon.EventKind.DRIFT_ALARM, labels={"detector": "adwin"}, event_time_ms=99
+    )
+    telemetry.record_confusion(
+        {("analyst", "engineer"): 3, ("analyst", "analyst"): 9}, version="v2"
+    )
+    telemetry.close()
+
+    records = read_records(tmp_path)
+    assert records[0] == {
+        "type": "run",
+        "time": 1_800_000_000.0,
+        "job": "jobs-demo",
+        "model": "roles",
+    }
+    assert records[1] == {
+        "type": "point",
+        "time": 1_800_000_000.0,
+        "name": "events/learned",
+        "kind": "counter",
+        "labels": {},
+        "value": 256,
+        "start_time": 1_800_000_000.0,
+    }
+    assert records[2]["value"] == 384
+    assert records[2]["start_time"] == 1_800_000_000.0
+    assert records[3]["event_time_ms"] == 1234
+    assert records[3]["kind"] == "gauge"
+    assert records[4]["kind"] == "distribution"
+    assert records[4]["value"] == 0.02
+    assert records[5]["name"] == "drift/alarms"
+    assert records[6] == {
+        "type": "event",
+        "time": 1_800_000_002.0,
+        "event": "drift_alarm",
+        "labels": {"detector": "adwin"},
+        "details": {},
+        "event_time_ms": 99,
+    }
+    assert records[7]["type"] == "confusion"
+    assert records[7]["counts"] == [
+        ["analyst", "analyst", 9],
+        ["analyst", "engineer", 3],
+    ]
+    assert len(records) == 8
+
+
+def test_jsonl_flushes_on_interval(tmp_path: Path, clock: FakeClock) -> None:
+    sink = mon.JsonLinesSink(
+        tmp_path, job="j", model="m", clock=clock, flush_interval_s=5.0
+    )
+    telemetry = mon.Telemetry([sink], clock=clock)
+    telemetry.count(mon.EVENTS_READ, 1)
+    assert len(read_records(tmp_path)) == 0
+
+    clock.advance(5)
+    telemetry.count(mon.EVENTS_READ, 1)
+
+    assert len(read_records(tmp_path)) == 3
+    sink.close()
+
+
+class CountingDoFn(beam.DoFn):
+    def setup(self) -> None:
+        self.telemetry = mon.Telemetry([BeamMetricsSink()])
+
+    def process(self, element: int) -> Any:
+        self.telemetry.count(mon.EVENTS_LEARNED, element)
+        self.telemetry.count(mon.EVENTS_DEAD_LETTERED, 1, reason="truncated")
+        self.telemetry.observe(mon.MICRO_BATCH_LATENCY, element / 1000)
+        self.telemetry.set(mon.SERVING_VERSION, 4)
+        self.telemetry.set(mon.TRAINING_LOSS, 0.5)
+        yield element
+
+
+def test_beam_bridge_counts_in_dofn() -> None:
+    pipeline = beam.Pipeline(runner="DirectRunner")
+    _ = pipeline | beam.Create([10, 20, 30]) | beam.ParDo(CountingDoFn())
+    result = pipeline.run()
+    result.wait_until_finish()
+
+    metrics = result.metrics().query(MetricsFilter().with_namespace("streamlearn"))
+    counters = {c.key.metric.name: c.committed for c in metrics["counters"]}
+    distributions = {d.key.metric.name: d.committed for d in metrics["distributions"]}
+    gauges = {g.key.metric.name: g.committed for g in metrics["gauges"]}
+    assert counters == {
+        "events/learned": 60,
+        "events/dead_lettered[reason=truncated]": 3,
+    }
+    latency = distributions["training/micro_batch_latency_ms"]
+    assert latency.count == 3
+    assert latency.sum == 60
+    assert latency.min == 10
+    assert gauges["registry/serving_version"].value == 4
+    assert "training/loss" not in gauges
+
+
+def test_resource_sampler_writes_gauges(clock: FakeClock) -> None:
+    sink = ListSink()
+    telemetry = mon.Telemetry([sink], clock=clock)
+    sampler = mon.ResourceSampler(telemetry, mon.ResourceSamplerConfig(interval_s=1))
+
+    sampler.sample_once()
+    clock.advance(10)
+    sampler.sample_once()
+
+    names = [point.spec.name for point in sink.points]
+    assert names.count("resource/cpu_utilization") == 1
+    assert names.count("resource/memory_rss") == 2
+    assert names.count("resource/network_sent_bytes") == 2
+    rss = next(p for p in sink.points if p.spec.name == "resource/memory_rss")
+    assert rss.value > 10_000_000
+    ratio = next(p for p in sink.points if p.spec.name == "resource/memory_utilization")
+    assert 0 < ratio.value < 1
+    cpu = next(p for p in sink.points if p.spec.name == "resource/cpu_utilization")
+    assert cpu.value >= 0
+    torch = sys.modules.get("torch")
+    has_gpu = torch is not None and torch.cuda.is_available()
+    assert any(name.startswith("resource/gpu") for name in names) == has_gpu
+
+
+def test_open_telemetry_session(tmp_path: Path) -> None:
+    config = mon.TelemetryConfig(
+        job="jobs-demo", model="roles", run_dir=tmp_path, resource_interval_s=60
+    )
+
+    telemetry = mon.shared_telemetry(config)
+    again = mon.shared_telemetry(config)
+    telemetry.count(mon.EVENTS_READ, 5)
+    mon.close_shared_telemetry()
+
+    assert again is telemetry
+    records = read_records(tmp_path)
+    assert [r["type"] for r in records].count("run") == 1
+    read = [r for r in records if r.get("name") == "events/read"]
+    assert read[0]["value"] == 5
+    # close() takes one last resource sample.
+    assert any(r.get("name") == "resource/memory_rss" for r in records)
+
+
+def test_telemetry_config_rejects_fast_export() -> None:
+    with pytest.raises(ValueError, match="export_interval_s must be >= 5 s"):
+        mon.TelemetryConfig(job="j", model="m", export_interval_s=1.0)
