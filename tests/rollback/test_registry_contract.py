@@ -1,0 +1,344 @@
+"""The registry contract, run against the local folder and the GCS server."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+from registry_helpers import (
+    FINGERPRINT,
+    OTHER_FINGERPRINT,
+    FixedClock,
+    make_fields,
+    make_files,
+)
+
+from rollback.errors import (
+    AlreadyServing,
+    CorruptVersion,
+    IncompatibleVersion,
+    InvalidInput,
+    InvalidVersionName,
+    NoPreviousVersion,
+    PointerConflict,
+    PromotionPaused,
+    RegistryNotFound,
+    VersionNotFound,
+)
+from rollback.registry import Registry, open_registry, version_key
+
+
+@pytest.fixture
+def registry(registry_url: str, clock: FixedClock) -> Registry:
+    return open_registry(registry_url, create=True, clock=clock)
+
+
+def publish_many(registry: Registry, count: int) -> list[int]:
+    return [
+        registry.publish(make_files(seed), make_fields(), "job", f"candidate {seed}")
+        for seed in range(count)
+    ]
+
+
+def test_publish_numbers_from_one(registry: Registry) -> None:
+    assert publish_many(registry, 3) == [1, 2, 3]
+    assert registry.versions() == [1, 2, 3]
+    assert registry.serving() == 3
+
+
+def test_publish_stores_files_and_manifest(registry: Registry) -> None:
+    files = make_files(7)
+    version = registry.publish(files, make_fields(accuracy=0.93), "job", "better")
+
+    loaded = registry.read(f"v{version}")
+
+    assert loaded.files == files
+    manifest = loaded.manifest
+    assert manifest.version == 1
+    assert manifest.parent is None
+    assert manifest.created_at.isoformat() == "2026-03-01T12:00:01+00:00"
+    assert manifest.fields.fingerprint == FINGERPRINT
+    assert manifest.fields.events_count == 4096
+    assert manifest.fields.holdout_metrics == {"accuracy": 0.93, "log_loss": 0.31}
+    assert manifest.fields.champion_metrics == {"accuracy": 0.88, "log_loss": 0.35}
+    assert tuple(manifest.fields.label_vocabulary) == ("buy", "browse", "leave")
+    assert manifest.fields.code_version == "abc1234"
+    assert manifest.files["learner.json"].size_bytes == len(files["learner.json"])
+    assert manifest.files["learner.json"].sha256 == (
+        hashlib.sha256(files["learner.json"]).hexdigest()
+    )
+
+
+def test_parent_defaults_to_serving(registry: Registry) -> None:
+    publish_many(registry, 2)
+    registry.set_serving("v1", "ops:ana", "v2 is worse")
+
+    version = registry.publish(make_files(9), make_fields(), "job", "retrained")
+
+    assert registry.describe(version).parent == 1
+
+
+def test_numbers_never_reused_after_rollback(registry: Registry) -> None:
+    publish_many(registry, 3)
+    registry.set_serving(1, "ops:ana", "bad labels since v2")
+
+    version = registry.publish(make_files(4), make_fields(), "job", "retrained")
+
+    assert version == 4
+    assert registry.versions() == [1, 2, 3, 4]
+
+
+def test_version_names_are_equivalent(registry: Registry) -> None:
+    publish_many(registry, 12)
+    for name in ("12", "v12", "V012", 12):
+        assert registry.describe(name).version == 12
+
+
+@pytest.mark.parametrize("name", ["v-1", "../x", "v12; rm", "v0", "", "12.0"])
+def test_invalid_version_name_rejected(registry: Registry, name: str) -> None:
+    with pytest.raises(InvalidVersionName):
+        registry.describe(name)
+
+
+def test_unknown_version_names_range(registry: Registry) -> None:
+    publish_many(registry, 3)
+
+    with pytest.raises(VersionNotFound) as raised:
+        registry.set_serving("v99", "ops:ana", "try")
+
+    assert str(raised.value) == (
+        "unknown version 'v99': the registry holds v1..v3 (3 versions)"
+    )
+    assert registry.serving() == 3
+
+
+def test_set_serving_records_history(registry: Registry) -> None:
+    publish_many(registry, 3)
+
+    change = registry.set_serving(
+        2,
+        "job",
+        "accuracy fell below 0.8",
+        kind="auto_rollback",
+        details={"accuracy": 0.61, "threshold": 0.8},
+    )
+
+    assert registry.serving() == 2
+    history = registry.history()
+    assert [entry.kind for entry in history] == [
+        "publish",
+        "publish",
+        "publish",
+        "auto_rollback",
+    ]
+    assert [(entry.from_version, entry.to_version) for entry in history] == [
+        (None, 1),
+        (1, 2),
+        (2, 3),
+        (3, 2),
+    ]
+    assert history[-1] == change
+    assert change.seq == 4
+    assert change.actor == "job"
+    assert change.reason == "accuracy fell below 0.8"
+    assert change.details == {"accuracy": 0.61, "threshold": 0.8}
+
+
+def test_set_serving_expected_mismatch(registry: Registry) -> None:
+    publish_many(registry, 3)
+
+    with pytest.raises(PointerConflict):
+        registry.set_serving(1, "ops:ana", "stale view", expected="v2")
+
+    assert registry.serving() == 3
+    assert len(registry.history()) == 3
+
+
+def test_set_serving_expected_match(registry: Registry) -> None:
+    publish_many(registry, 3)
+
+    registry.set_serving(1, "ops:ana", "fresh view", expected=3)
+
+    assert registry.serving() == 1
+
+
+def test_publish_expected_mismatch_keeps_version(registry: Registry) -> None:
+    publish_many(registry, 2)
+
+    with pytest.raises(PointerConflict) as raised:
+        registry.publish(make_files(5), make_fields(), "job", "late", expected=1)
+
+    assert raised.value.version == 3
+    assert registry.versions() == [1, 2, 3]
+    assert registry.serving() == 2
+
+
+def test_already_serving_rejected(registry: Registry) -> None:
+    publish_many(registry, 2)
+
+    with pytest.raises(AlreadyServing):
+        registry.set_serving(2, "ops:ana", "no-op")
+
+    assert len(registry.history()) == 2
+
+
+def test_publish_without_moving_pointer(registry: Registry) -> None:
+    publish_many(registry, 1)
+
+    version = registry.publish(
+        make_files(2), make_fields(), "job", "shadow", move_pointer=False
+    )
+
+    assert version == 2
+    assert registry.serving() == 1
+    assert len(registry.history()) == 1
+
+
+def test_previous_skips_rolled_back(registry: Registry) -> None:
+    publish_many(registry, 3)
+    registry.set_serving(2, "job", "v3 failed", kind="auto_rollback")
+
+    # v3 was rolled back and v2 serves: the previous version is v1, not v3.
+    assert registry.previous_version() == 1
+    change = registry.rollback(None, "ops:ana", "v2 also bad")
+    assert (change.from_version, change.to_version) == (2, 1)
+    assert registry.serving() == 1
+
+
+def test_previous_of_first_version_missing(registry: Registry) -> None:
+    publish_many(registry, 1)
+
+    with pytest.raises(NoPreviousVersion):
+        registry.rollback(None, "ops:ana", "nothing to go back to")
+
+
+def test_pause_keeps_pointer_on_publish(registry: Registry) -> None:
+    publish_many(registry, 1)
+    registry.pause("ops:ana", "incident 7")
+
+    version = registry.publish(make_files(2), make_fields(), "job", "validated")
+
+    assert registry.is_paused()
+    assert version == 2
+    assert registry.serving() == 1
+    with pytest.raises(PromotionPaused):
+        registry.set_serving(2, "job", "promote", kind="promote")
+    assert registry.serving() == 1
+
+
+def test_pause_allows_rollback(registry: Registry) -> None:
+    publish_many(registry, 2)
+    registry.pause("ops:ana", "incident 7")
+
+    registry.rollback("v1", "ops:ana", "v2 misbehaves")
+
+    assert registry.serving() == 1
+    registry.resume("ops:ana", "fixed")
+    assert not registry.is_paused()
+    registry.set_serving(2, "job", "re-validated", kind="promote")
+    assert registry.serving() == 2
+    kinds = [entry.kind for entry in registry.history()]
+    assert kinds == ["publish", "publish", "pause", "rollback", "resume", "promote"]
+
+
+def test_incompatible_fingerprint_rejected(registry: Registry) -> None:
+    registry.publish(make_files(1), make_fields(), "job", "first")
+    registry.publish(
+        make_files(2), make_fields(fingerprint=OTHER_FINGERPRINT), "job", "new spec"
+    )
+    registry.set_running_fingerprint(OTHER_FINGERPRINT, "job")
+
+    with pytest.raises(IncompatibleVersion) as raised:
+        registry.rollback("v1", "ops:ana", "try old")
+
+    message = str(raised.value)
+    assert "version v1 is incompatible" in message
+    assert FINGERPRINT in message
+    assert OTHER_FINGERPRINT in message
+    assert "compatible versions, newest first: v2" in message
+    assert registry.serving() == 2
+
+
+def test_compatible_with_serving_by_default(registry: Registry) -> None:
+    registry.publish(make_files(1), make_fields(), "job", "first")
+    registry.publish(
+        make_files(2), make_fields(fingerprint=OTHER_FINGERPRINT), "job", "new spec"
+    )
+
+    # No running fingerprint recorded: the serving version's is the reference.
+    with pytest.raises(IncompatibleVersion):
+        registry.set_serving(1, "ops:ana", "try old")
+    assert registry.running_fingerprint() is None
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected_message"),
+    [
+        (lambda data: data[:-10], "has 1001 bytes, the manifest records 1011"),
+        (lambda data: b"\xff" + data[1:], "does not match its SHA-256"),
+    ],
+    ids=["truncated", "altered"],
+)
+def test_corrupt_file_rejected(
+    registry: Registry, damage: object, expected_message: str
+) -> None:
+    publish_many(registry, 12)  # seed 11: weights of 1011 bytes in v12
+    key = version_key(12, "weights.safetensors")
+    original = registry.storage.read(key)
+    assert original is not None
+    registry.storage.put(key, damage(original.data))  # type: ignore[operator]
+    registry.set_serving(1, "ops:ana", "move away")
+
+    with pytest.raises(CorruptVersion) as raised:
+        registry.set_serving(12, "ops:ana", "back to v12")
+
+    assert str(raised.value).startswith(
+        "version v12 is corrupt: file weights.safetensors "
+    )
+    assert expected_message in str(raised.value)
+    assert registry.serving() == 1
+    with pytest.raises(CorruptVersion):
+        registry.read(12)
+
+
+def test_corrupt_manifest_rejected(registry: Registry) -> None:
+    publish_many(registry, 2)
+    key = version_key(1, "manifest.json")
+    blob = registry.storage.read(key)
+    assert blob is not None
+    edited = json.loads(blob.data)
+    edited["metrics"]["holdout"]["accuracy"] = 0.99
+    registry.storage.put(key, json.dumps(edited).encode())
+
+    with pytest.raises(CorruptVersion) as raised:
+        registry.set_serving(1, "ops:ana", "back")
+
+    assert "version v1 is corrupt: manifest.json" in str(raised.value)
+    assert "SHA-256" in str(raised.value)
+    assert registry.serving() == 2
+
+
+def test_invalid_file_names_rejected(registry: Registry) -> None:
+    for name in ("../weights", ".hidden", "a/b", "manifest.json", ""):
+        with pytest.raises(InvalidInput):
+            registry.publish({name: b"x"}, make_fields(), "job", "bad name")
+    assert registry.versions() == []
+
+
+def test_reopen_sees_same_state(registry_url: str, clock: FixedClock) -> None:
+    first = open_registry(registry_url, create=True, clock=clock)
+    publish_many(first, 2)
+    first.pause("ops:ana", "incident")
+
+    second = open_registry(registry_url)
+
+    assert second.versions() == [1, 2]
+    assert second.serving() == 2
+    assert second.is_paused()
+    assert second.history() == first.history()
+
+
+def test_open_missing_registry_rejected(registry_url: str) -> None:
+    with pytest.raises(RegistryNotFound):
+        open_registry(registry_url)
