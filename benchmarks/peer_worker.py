@@ -1,0 +1,278 @@
+"""One learner on one stream, test-then-train, in its own process.
+
+``peers.py`` starts this once per (stream, learner) so that the peak resident
+memory measured here belongs to one learner only. The result is one JSON file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import resource
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from peer_features import FieldKinds, PeerFeaturizer
+from peer_learners import (
+    MostFrequentClasses,
+    StreamLearner,
+    StreamlearnLearner,
+    VowpalWabbitBinding,
+    VowpalWabbitCommandLine,
+    build_river_learner,
+    label_ids_in_order_of_appearance,
+)
+
+from online_model.datasets import Event, iter_events
+from online_model.evaluation import evaluate
+from online_model.scored import Scored
+from online_model.spec import load_spec
+
+logger = logging.getLogger("peers.worker")
+
+# Resident memory is sampled this many times over a stream, evenly.
+RSS_SAMPLES = 50
+MIB = 1024 * 1024
+
+
+def read_peak_rss_bytes() -> int:
+    """Return the process's peak resident set size since the last reset.
+
+    Reads VmHWM from /proc/self/status (Linux); elsewhere falls back to
+    ``ru_maxrss``, which cannot be reset and is in KiB on Linux.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def read_rss_bytes() -> int:
+    """Return the process's current resident set size."""
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+def reset_peak_rss() -> bool:
+    """Set the peak resident set size to the current one; False where unsupported.
+
+    Writing 5 to /proc/self/clear_refs does this on Linux 4.0 and later.
+    """
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def import_library(peer: str) -> None:
+    """Import the library behind a learner, so its import is not counted."""
+    if peer == "streamlearn":
+        import online_model.learner  # noqa: F401
+    elif peer.startswith("river-"):
+        import river.forest
+        import river.linear_model
+        import river.multiclass
+        import river.naive_bayes
+        import river.tree  # noqa: F401
+    elif peer.startswith("vw-"):
+        import vowpalwabbit  # noqa: F401
+
+
+def build_learner(
+    peer: str,
+    stream: str,
+    events: Sequence[Event],
+    seed: int,
+) -> StreamLearner:
+    """Build the named learner for a stream."""
+    spec = load_spec(stream)
+    kinds = FieldKinds.from_spec(spec)
+    featurizer = PeerFeaturizer(kinds)
+    if peer == "streamlearn":
+        return StreamlearnLearner(spec, seed)
+    if peer == "most-frequent":
+        return MostFrequentClasses()
+    if peer.startswith("river-"):
+        return build_river_learner(peer, kinds, featurizer, seed)
+    label_ids = label_ids_in_order_of_appearance(events, kinds.label)
+    quadratic = peer.endswith("-q")
+    if peer.startswith("vw-cli"):
+        return VowpalWabbitCommandLine(peer, featurizer, label_ids, quadratic)
+    if peer.startswith("vw-py"):
+        return VowpalWabbitBinding(peer, featurizer, label_ids, quadratic)
+    raise ValueError(f"unknown learner {peer!r}")
+
+
+def chunk_bounds(total: int, size: int, prefix: int) -> list[tuple[int, int]]:
+    """Cut [0, total) into chunks of ``size`` with a cut at ``prefix`` too."""
+    bounds = []
+    for start, stop in ((0, min(prefix, total)), (min(prefix, total), total)):
+        bounds += [(s, min(s + size, stop)) for s in range(start, stop, size)]
+    return bounds
+
+
+@dataclass
+class RunTimes:
+    """Seconds spent turning event dicts into learner input, and in the model."""
+
+    featurize_s: float = 0.0
+    model_s: float = 0.0
+    rss_samples: list[tuple[int, float]] = field(default_factory=list)
+
+    def snapshot(self, events: int, peak_mib: float) -> dict[str, Any]:
+        total = self.featurize_s + self.model_s
+        return {
+            "events": events,
+            "featurize_s": round(self.featurize_s, 4),
+            "model_s": round(self.model_s, 4),
+            "examples_per_s": events / total if total else None,
+            "model_examples_per_s": events / self.model_s if self.model_s else None,
+            "peak_rss_mib": round(peak_mib, 1),
+        }
+
+
+def stream_through(
+    learner: StreamLearner,
+    events: Sequence[Event],
+    labels: Sequence[str],
+    arguments: argparse.Namespace,
+    baseline_mib: float,
+) -> tuple[list[Scored], RunTimes, dict[str, Any], bool]:
+    """Run the learner test-then-train in chunks, timing and sampling memory.
+
+    Returns the records, the timings, the snapshot taken at the prefix and
+    whether the learner stopped at the time limit before the stream's end.
+    """
+    bounds = chunk_bounds(len(events), arguments.micro_batch, arguments.prefix)
+    prefix = min(arguments.prefix, len(events))
+    sample_every = max(1, len(bounds) // RSS_SAMPLES)
+    progress_every = max(1, len(bounds) // 10)
+    times = RunTimes()
+    records: list[Scored] = []
+    prefix_snapshot: dict[str, Any] = {}
+    stopped = False
+    for index, (start, stop) in enumerate(bounds):
+        inner_before = learner.inner_featurize_s
+        started = time.perf_counter()
+        features = learner.featurize(events[start:stop])
+        featurized = time.perf_counter()
+        records += learner.test_then_train(features, labels[start:stop])
+        inner = learner.inner_featurize_s - inner_before
+        times.featurize_s += featurized - started + inner
+        times.model_s += time.perf_counter() - featurized - inner
+
+        if index % sample_every == 0 or stop == len(events):
+            rss_mib = read_rss_bytes() / MIB - baseline_mib
+            times.rss_samples.append((stop, round(rss_mib, 2)))
+        if stop == prefix:
+            peak = read_peak_rss_bytes() / MIB
+            prefix_snapshot = times.snapshot(prefix, peak)
+        if index % progress_every == 0:
+            logger.info("%s: %d/%d events", learner.name, stop, len(events))
+        spent = times.featurize_s + times.model_s
+        if stop >= prefix and stop < len(events) and spent > arguments.time_limit_s:
+            logger.warning(
+                "%s: stopped after %d of %d events at the time limit of %.0f s",
+                learner.name,
+                stop,
+                len(events),
+                arguments.time_limit_s,
+            )
+            stopped = True
+            break
+    return records, times, prefix_snapshot, stopped
+
+
+def finish_command_line(
+    learner: VowpalWabbitCommandLine,
+    times: RunTimes,
+    prefix_snapshot: dict[str, Any],
+    events_run: int,
+) -> list[Scored]:
+    """Run Vowpal Wabbit's driver over the prefix and the whole file.
+
+    Predictions of a single online pass over the first N lines equal the
+    first N predictions of the whole pass, so the prefix run only adds its
+    time and memory.
+    """
+    prefix = prefix_snapshot["events"]
+    if prefix < events_run:
+        prefix_times = RunTimes(featurize_s=prefix_snapshot["featurize_s"])
+        prefix_times.model_s = learner.run_driver(limit=prefix)
+        peak = read_peak_rss_bytes() / MIB
+        prefix_snapshot.update(prefix_times.snapshot(prefix, peak))
+    times.model_s += learner.run_driver(limit=None)
+    records = learner.read_records()
+    if prefix == events_run:
+        prefix_snapshot.update(times.snapshot(prefix, read_peak_rss_bytes() / MIB))
+    return records
+
+
+def rss_growth(samples: list[tuple[int, float]]) -> float | None:
+    """Return RSS at the end minus RSS after the first quarter of the run, MiB."""
+    if len(samples) < 4:
+        return None
+    quarter = samples[len(samples) // 4][1]
+    return round(samples[-1][1] - quarter, 2)
+
+
+def run_worker(arguments: argparse.Namespace) -> int:
+    """Run one learner over one stream and write its result as JSON."""
+    stream, peer = arguments.stream, arguments.peer
+    # The learner logs each new label at INFO, hundreds on the ai-jobs stream.
+    logging.getLogger("online_model").setLevel(logging.WARNING)
+    events = list(iter_events(stream))
+    if arguments.limit is not None:
+        events = events[: arguments.limit]
+    spec = load_spec(stream)
+    labels = [str(event[spec.label_field]) for event in events]
+
+    # The learner's memory is what the process gains after this point, so its
+    # library is imported first and the events are already in memory.
+    import_library(peer)
+    gc.collect()
+    peak_reset = reset_peak_rss()
+    baseline_mib = read_rss_bytes() / MIB
+    learner = build_learner(peer, stream, events, arguments.seed)
+
+    records, times, prefix_snapshot, stopped = stream_through(
+        learner, events, labels, arguments, baseline_mib
+    )
+    if isinstance(learner, VowpalWabbitCommandLine):
+        records = finish_command_line(learner, times, prefix_snapshot, len(events))
+    else:
+        started = time.perf_counter()
+        records += learner.finish()
+        times.model_s += time.perf_counter() - started
+
+    full_snapshot = times.snapshot(len(records), read_peak_rss_bytes() / MIB)
+    prefix = prefix_snapshot["events"]
+    result = {
+        "stream": stream,
+        "peer": peer,
+        "events_total": len(events),
+        "events_run": len(records),
+        "stopped_at_time_limit": stopped,
+        "labels_total": len(set(labels)),
+        "baseline_rss_mib": round(baseline_mib, 1),
+        "peak_reset": peak_reset,
+        "prefix": {**prefix_snapshot, "metrics": evaluate(records[:prefix]).as_dict()},
+        "full": None
+        if stopped
+        else {**full_snapshot, "metrics": evaluate(records).as_dict()},
+        "rss_samples_mib": times.rss_samples,
+        "rss_growth_mib": rss_growth(times.rss_samples),
+        "notes": getattr(learner, "notes", ""),
+    }
+    arguments.worker.write_text(json.dumps(result, indent=1), encoding="utf-8")
+    return 0

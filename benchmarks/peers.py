@@ -1,0 +1,252 @@
+"""Side-by-side benchmark: streamlearn's learner against River, Vowpal Wabbit
+and a most-frequent-classes baseline, test-then-train on real event streams.
+
+Every learner reads the same decoded events (``online_model.datasets``), in
+the same order, and scores each event before it learns from it. Each learner
+runs in its own subprocess so that peak memory is its own. The results go to
+``peers.md`` (one table per stream, full stream and a common prefix),
+``peers.csv`` and ``peers.json`` in ``--out``.
+
+Example, a quick look at two streams on a 2,048-event prefix::
+
+    .venv/bin/python benchmarks/peers.py --streams job_postings,electricity \\
+        --prefix 2048 --out /tmp/peers
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from peer_report import write_reports
+from peer_worker import run_worker
+
+logger = logging.getLogger("peers")
+
+STREAMS = ("job_postings", "so_survey_2016", "aijobs_salaries", "electricity")
+PEERS = (
+    "streamlearn",
+    "vw-cli",
+    "vw-cli-q",
+    "vw-py",
+    "vw-py-q",
+    "river-softmax",
+    "river-ovr-logreg",
+    "river-nb",
+    "river-hat",
+    "river-arf",
+    "most-frequent",
+)
+# 40 micro-batches of 256: every learner is compared on this prefix, and a
+# learner that cannot finish a whole stream within --time-limit-s is reported
+# on the prefix only. River's ARF, the slowest peer, ran about 600-2,000
+# examples/s on these streams on a 2-core machine, so the prefix costs it
+# 5-20 s.
+DEFAULT_PREFIX = 10_240
+DEFAULT_TIME_LIMIT_S = 150.0
+RESULTS_DIR = Path(__file__).parent / "results"
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--streams",
+        default=",".join(STREAMS),
+        help=f"comma-separated streams to run (default: all of {', '.join(STREAMS)})",
+    )
+    parser.add_argument(
+        "--peers",
+        default=",".join(PEERS),
+        help=f"comma-separated learners to run (default: all of {', '.join(PEERS)})",
+    )
+    parser.add_argument(
+        "--prefix",
+        type=int,
+        default=DEFAULT_PREFIX,
+        help="events in the common prefix every learner is compared on "
+        f"(default: {DEFAULT_PREFIX})",
+    )
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="stop every stream after this many events (default: whole streams)",
+    )
+    parser.add_argument(
+        "--time-limit-s",
+        type=float,
+        default=DEFAULT_TIME_LIMIT_S,
+        help="seconds after which a learner past the prefix stops and is reported "
+        f"on the prefix only (default: {DEFAULT_TIME_LIMIT_S:g})",
+    )
+    parser.add_argument(
+        "--micro-batch",
+        type=int,
+        default=256,
+        help="events per micro-batch for streamlearn's learner (default: 256)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS_DIR,
+        help=f"folder for peers.md, peers.csv and peers.json (default: {RESULTS_DIR})",
+    )
+    # The orchestrator starts itself with --worker for each (stream, learner).
+    parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--stream", help=argparse.SUPPRESS)
+    parser.add_argument("--peer", help=argparse.SUPPRESS)
+    arguments = parser.parse_args(argv)
+
+    arguments.stream_list = _checked_names(arguments.streams, STREAMS, "--streams")
+    arguments.peer_list = _checked_names(arguments.peers, PEERS, "--peers")
+    if arguments.prefix < 1:
+        parser.error(f"--prefix must be at least 1, got {arguments.prefix}")
+    if arguments.limit is not None and arguments.limit < 1:
+        parser.error(f"--limit must be at least 1, got {arguments.limit}")
+    if arguments.micro_batch < 1:
+        parser.error(f"--micro-batch must be at least 1, got {arguments.micro_batch}")
+    return arguments
+
+
+def _checked_names(text: str, known: tuple[str, ...], option: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        raise SystemExit(
+            f"peers.py: invalid {option} {text!r}: unknown {unknown}; "
+            f"choose from {', '.join(known)}"
+        )
+    return names
+
+
+def _worker_command(
+    arguments: argparse.Namespace, stream: str, peer: str, result_path: Path
+) -> list[str]:
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        str(result_path),
+        "--stream",
+        stream,
+        "--peer",
+        peer,
+        "--prefix",
+        str(arguments.prefix),
+        "--time-limit-s",
+        str(arguments.time_limit_s),
+        "--micro-batch",
+        str(arguments.micro_batch),
+        "--seed",
+        str(arguments.seed),
+    ]
+    if arguments.limit is not None:
+        command += ["--limit", str(arguments.limit)]
+    return command
+
+
+def run_all(arguments: argparse.Namespace) -> list[dict[str, Any]]:
+    """Run every (stream, learner) pair in its own subprocess, one at a time."""
+    results = []
+    pairs = [(s, p) for s in arguments.stream_list for p in arguments.peer_list]
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="peers-") as scratch:
+        for index, (stream, peer) in enumerate(pairs, start=1):
+            result_path = Path(scratch) / f"{stream}-{peer}.json"
+            command = _worker_command(arguments, stream, peer, result_path)
+            logger.info("[%d/%d] %s %s: started", index, len(pairs), stream, peer)
+            pair_started = time.perf_counter()
+            completed = subprocess.run(command, check=False)
+            seconds = time.perf_counter() - pair_started
+            if completed.returncode != 0 or not result_path.is_file():
+                logger.error(
+                    "[%d/%d] %s %s: failed with exit code %d after %.0f s",
+                    index,
+                    len(pairs),
+                    stream,
+                    peer,
+                    completed.returncode,
+                    seconds,
+                )
+                results.append(
+                    {"stream": stream, "peer": peer, "error": completed.returncode}
+                )
+                continue
+            result = json.loads(result_path.read_text(encoding="utf-8"))
+            results.append(result)
+            logger.info(
+                "[%d/%d] %s %s: %d events in %.0f s (%.0f s since start)",
+                index,
+                len(pairs),
+                stream,
+                peer,
+                result["events_run"],
+                seconds,
+                time.perf_counter() - started,
+            )
+    return results
+
+
+def describe_machine() -> dict[str, Any]:
+    """Return the facts about this machine and its software that the numbers need."""
+    from importlib.metadata import version
+
+    packages = ("river", "vowpalwabbit", "torch", "numpy")
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "packages": {name: version(name) for name in packages},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%X"
+    )
+    arguments = parse_arguments(argv)
+    if arguments.worker is not None:
+        return run_worker(arguments)
+
+    command = " ".join(
+        shlex.quote(part) for part in [".venv/bin/python", "benchmarks/peers.py"]
+    )
+    if argv is None:
+        argv = sys.argv[1:]
+    command += "".join(" " + shlex.quote(part) for part in argv)
+    started = time.time()
+    results = run_all(arguments)
+    settings = {
+        "command": command,
+        "streams": arguments.stream_list,
+        "peers": arguments.peer_list,
+        "prefix": arguments.prefix,
+        "limit": arguments.limit,
+        "time_limit_s": arguments.time_limit_s,
+        "micro_batch": arguments.micro_batch,
+        "seed": arguments.seed,
+        "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started)),
+        "wall_s": round(time.time() - started, 1),
+        "machine": describe_machine(),
+    }
+    paths = write_reports(results, settings, arguments.out)
+    print(paths["markdown"].read_text(encoding="utf-8"))
+    failed = [r for r in results if "error" in r]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
