@@ -14,6 +14,13 @@ from collections.abc import Callable, Sequence
 # remaining arguments and returns an exit code.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "versions": ("rollback.cli:versions_main", "list and describe model versions"),
+    "publish": ("streaming.publish:main", "send events from files to a Pub/Sub topic"),
+    "run": ("streaming.job:main", "run the streaming job on the DirectRunner"),
+    "alerts": (
+        "streaming.monitoring.alerts:main",
+        "create or update the Cloud Monitoring alert policies",
+    ),
+    "report": ("streaming.report:main", "write the HTML report of a run's metrics"),
 }
 
 USAGE = """usage: streamlearn SUBCOMMAND [ARGS...]

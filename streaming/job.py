@@ -1,0 +1,285 @@
+"""``streamlearn run``: the streaming job on the DirectRunner, with progress.
+
+The command creates the job's topics on the Pub/Sub emulator, starts a
+ticker thread, runs the pipeline in this process and prints one progress
+line every few seconds. It stops by itself once ``--stop-after`` events and
+dead letters are accounted for (or after ``--idle-timeout-s`` without new
+input), closes the last micro-batch, runs a last gate, writes a checkpoint
+and prints the account.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from streaming.job_config import JobConfig
+from streaming.topics import DEFAULT_PROJECT, JobTopics, ensure_topics, require_emulator
+
+logger = logging.getLogger(__name__)
+
+EXAMPLE = """example:
+  eval "$(scripts/emulator)"
+  streamlearn run --job-name demo --registry runs/demo/registry \\
+      --run-dir runs/demo --stop-after 32000
+"""
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="streamlearn run",
+        description="Run the streaming job on the DirectRunner against the "
+        "Pub/Sub emulator.",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--job-name", default="streamlearn", help="prefix of topics")
+    parser.add_argument("--project", default=DEFAULT_PROJECT, help="Pub/Sub project")
+    parser.add_argument("--spec", default="job_postings", help="feature spec name")
+    parser.add_argument("--registry", required=True, help="registry path or gs:// URL")
+    parser.add_argument("--run-dir", required=True, help="folder for run files")
+    parser.add_argument("--schema-folder", help="folder of accepted writer .avsc")
+    parser.add_argument("--device", default="cpu", help="torch device of the learner")
+    parser.add_argument(
+        "--stop-after",
+        type=int,
+        default=0,
+        help="stop once this many events and dead letters are accounted for "
+        "(0: run until interrupted)",
+    )
+    parser.add_argument(
+        "--idle-timeout-s",
+        type=float,
+        default=0.0,
+        help="stop after this many seconds without new input (0: never)",
+    )
+    parser.add_argument("--progress-interval-s", type=float, default=2.0)
+    parser.add_argument("--tick-interval-s", type=float, default=0.5)
+    parser.add_argument("--micro-batch-size", type=int, default=256)
+    parser.add_argument("--micro-batch-max-wait-s", type=float, default=2.0)
+    parser.add_argument("--holdout-fraction", type=float, default=0.1)
+    parser.add_argument("--gate-every-micro-batches", type=int, default=20)
+    parser.add_argument("--gate-every-s", type=float, default=30.0)
+    parser.add_argument("--checkpoint-every-s", type=float, default=5.0)
+    parser.add_argument("--format", choices=("text", "json"), default="text")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    """Run the job until it stops; return the exit code."""
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    for noisy in ("apache_beam", "google", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        require_emulator()
+    except RuntimeError as error:
+        print(f"streamlearn run: {error}", file=sys.stderr)
+        return 2
+
+    from streaming.pipeline import JobSettings
+
+    config = JobConfig(
+        micro_batch_size=args.micro_batch_size,
+        micro_batch_max_wait_s=args.micro_batch_max_wait_s,
+        holdout_fraction=args.holdout_fraction,
+        gate_every_micro_batches=args.gate_every_micro_batches,
+        gate_every_s=args.gate_every_s,
+        checkpoint_every_s=args.checkpoint_every_s,
+    )
+    settings = JobSettings(
+        job_name=args.job_name,
+        project=args.project,
+        spec_name=args.spec,
+        registry_url=args.registry,
+        run_dir=str(Path(args.run_dir).resolve()),
+        config=config,
+        schema_folder=args.schema_folder,
+        device=args.device,
+    )
+    Path(settings.run_dir).mkdir(parents=True, exist_ok=True)
+    ensure_topics(settings.topics)
+    return run_job(settings, args)
+
+
+def run_job(settings: Any, args: argparse.Namespace) -> int:
+    """Start the pipeline and the helper threads; block until the stop condition."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from streaming.pipeline import build_pipeline, runtime_slot
+
+    # Build the runtime before the pipeline starts, so that the restore of a
+    # checkpoint and its log lines come first.
+    slot = runtime_slot(settings)
+    stop = threading.Event()
+    ticker = threading.Thread(
+        target=_tick, args=(settings.topics, args.tick_interval_s, stop), name="ticker"
+    )
+    ticker.daemon = True
+    ticker.start()
+
+    options = PipelineOptions(
+        streaming=True, runner="DirectRunner", project=settings.project
+    )
+    pipeline = beam.Pipeline(options=options)
+    build_pipeline(pipeline, settings)
+    result = pipeline.run()
+    started = time.monotonic()
+    _print(args, {"event": "started", "job": settings.job_name})
+
+    last_seen = (-1, time.monotonic())
+    while True:
+        time.sleep(args.progress_interval_s)
+        account = slot.runtime.account
+        _print_progress(args, slot.runtime, time.monotonic() - started)
+        handled = account.events_read + sum(account.dead_lettered.values())
+        if handled != last_seen[0]:
+            last_seen = (handled, time.monotonic())
+        if args.stop_after and handled >= args.stop_after:
+            break
+        idle_s = time.monotonic() - last_seen[1]
+        if args.idle_timeout_s and idle_s >= args.idle_timeout_s:
+            logger.warning("no new input for %.0f s: stopping", idle_s)
+            break
+
+    with slot.lock:
+        slot.runtime.finish()
+        from streaming.pipeline import write_account
+
+        write_account(settings, slot.runtime, force=True)
+    elapsed_s = time.monotonic() - started
+    _print_summary(args, settings, slot.runtime, elapsed_s)
+    stop.set()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The DirectRunner's streaming executor has no clean shutdown: cancel()
+    # leaves its threads running, so the process ends here.
+    result.cancel()
+    os._exit(0)
+
+
+def _tick(topics: JobTopics, interval_s: float, stop: threading.Event) -> None:
+    from google.cloud.pubsub_v1 import PublisherClient
+
+    publisher = PublisherClient()
+    while not stop.wait(interval_s):
+        try:
+            publisher.publish(topics.ticks_topic, b"").result(timeout=10)
+        except Exception as error:  # the job goes on; micro-batches close later
+            logger.warning("tick publish failed: %s", error)
+
+
+def _print(args: argparse.Namespace, record: dict[str, Any]) -> None:
+    if args.format == "json":
+        print(json.dumps(record), flush=True)
+
+
+def _print_progress(args: argparse.Namespace, runtime: Any, elapsed_s: float) -> None:
+    account = runtime.account
+    rate = account.learned / elapsed_s if elapsed_s > 0 else 0.0
+    if args.format == "json":
+        _print(args, {"event": "progress", "elapsed_s": elapsed_s, **account.to_dict()})
+        return
+    print(
+        f"[{elapsed_s:6.1f} s] read {account.events_read} | learned "
+        f"{account.learned} | held out {account.held_out} | predictions "
+        f"{account.predictions} | dead letters {sum(account.dead_lettered.values())}"
+        f" | duplicates {account.duplicates} | serving v{runtime.serving_version} "
+        f"| {rate:.0f} learned/s",
+        flush=True,
+    )
+
+
+def _print_summary(
+    args: argparse.Namespace, settings: Any, runtime: Any, elapsed_s: float
+) -> None:
+    account = runtime.account
+    decisions = _read_decisions(Path(settings.run_dir) / "decisions.jsonl")
+    summary = {
+        "event": "finished",
+        "elapsed_s": round(elapsed_s, 1),
+        "events_per_s": round(account.events_read / elapsed_s, 1) if elapsed_s else 0,
+        "serving_version": runtime.serving_version,
+        **account.to_dict(),
+        "decisions": decisions,
+    }
+    (Path(settings.run_dir) / "summary.json").write_text(
+        json.dumps(summary, indent=1, default=str), encoding="utf-8"
+    )
+    if args.format == "json":
+        _print(args, summary)
+        return
+    print(render_summary(summary), flush=True)
+
+
+def _read_decisions(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    kinds = {"promotion", "rejection", "rollback", "alert", "adopted", "restored"}
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        if record.get("kind") in kinds:
+            records.append(record)
+    return records
+
+
+def render_summary(summary: dict[str, Any]) -> str:
+    """Return the account of a finished run as text."""
+    dead = summary["dead_lettered"]
+    lines = [
+        "",
+        f"account after {summary['elapsed_s']} s:",
+        f"  events read          {summary['events_read']}",
+        f"  learned              {summary['learned']}",
+        f"  held out             {summary['held_out']}",
+        f"  predictions answered {summary['predictions']}",
+        f"  duplicates           {summary['duplicates']}",
+        f"  dead-lettered        {sum(dead.values())} {dead or ''}",
+        f"  events per second    {summary['events_per_s']}",
+        f"  serving version      v{summary['serving_version']}",
+        "decisions:",
+    ]
+    for record in summary["decisions"]:
+        lines.append("  " + _describe(record))
+    return "\n".join(lines)
+
+
+def _describe(record: dict[str, Any]) -> str:
+    kind = record["kind"]
+    if kind == "promotion":
+        return (
+            f"published v{record['version']} (parent {record['parent']}): holdout "
+            f"top-1 {record['candidate_top1']:.3f}, top-5 "
+            f"{record['candidate_top5']:.3f}, log loss "
+            f"{record['candidate_log_loss']:.3f}"
+        )
+    if kind == "rejection":
+        return (
+            f"rejected a candidate: holdout top-1 {record['candidate_top1']:.3f} "
+            f"< serving v{record['serving_version']} "
+            f"{record.get('serving_top1', float('nan')):.3f}"
+        )
+    if kind == "rollback":
+        return (
+            f"rolled back v{record['from_version']} -> v{record['to_version']}: "
+            + (record["reason"])
+        )
+    if kind == "alert":
+        return f"alert: {record['reason']}"
+    if kind == "adopted":
+        return (
+            f"adopted v{record['version']} (was v{record['previous']}): "
+            + (record["reason"])
+        )
+    return f"{kind}: " + ", ".join(f"{k}={v}" for k, v in record.items() if k != "kind")

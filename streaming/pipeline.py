@@ -1,0 +1,337 @@
+"""The Beam streaming pipeline: Pub/Sub events in, predictions and versions out.
+
+::
+
+    ReadEvents -> DecodeEvents --dead letters--> WriteDeadLetters
+                       |
+    ReadTicks ---------+--> MergeLearnerInputs -> KeyForLearner -> Learn
+    ReadPointerChanges-+                                            |
+                                                  WritePredictions <+
+
+Decoding runs in parallel. Everything after it goes to one key, because one
+logical model learns from the whole stream; ``Learn`` hands the inputs to a
+``JobRuntime`` (streaming/runtime.py) kept per process, because the
+DirectRunner creates new DoFn instances for nearly every bundle.
+
+Ticks exist because the DirectRunner fires processing-time timers only when
+its Pub/Sub read returns, and that read waits up to 30 s when no message
+arrives; a tick message every half second keeps micro-batches closing on
+time under low traffic. The transform names above are stable, so that a
+running Dataflow job can be replaced with ``--update``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.coders import VarIntCoder
+from apache_beam.io.gcp.pubsub import PubsubMessage, ReadFromPubSub, WriteToPubSub
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
+
+from streaming.job_config import JobConfig
+from streaming.topics import JobTopics
+
+logger = logging.getLogger(__name__)
+
+LEARNER_KEY = "learner"
+DEAD_LETTER_TAG = "dead_letter"
+VERSION_ATTRIBUTE = "model_version"
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """Everything a worker needs to build the job's stages; picklable."""
+
+    job_name: str
+    project: str
+    spec_name: str
+    registry_url: str
+    run_dir: str
+    config: JobConfig = field(default_factory=JobConfig)
+    schema_folder: str | None = None
+    device: str = "cpu"
+    announce: bool = True
+
+    @property
+    def topics(self) -> JobTopics:
+        return JobTopics(self.project, self.job_name)
+
+
+@dataclass(frozen=True)
+class Tick:
+    """A clock signal for the learner stage; carries nothing."""
+
+
+@dataclass(frozen=True)
+class PointerNotice:
+    """A message on the model-versions topic: the serving pointer may have moved."""
+
+
+# ---------------------------------------------------------------- decoding
+
+
+class DecodeEvents(beam.DoFn):
+    """Decode one Pub/Sub message into an EventBatch and dead letters."""
+
+    def __init__(self, settings: JobSettings) -> None:
+        self.settings = settings
+        self._decoder: Any = None
+
+    def setup(self) -> None:
+        self._decoder = build_decoder(self.settings)
+
+    def process(self, message: PubsubMessage) -> Iterator[Any]:
+        from streaming.runtime import EventBatch
+
+        decoded = self._decoder.decode(message.data, message.attributes or {})
+        reasons: dict[str, int] = {}
+        for letter in decoded.dead_letters:
+            reasons[letter.reason.value] = reasons.get(letter.reason.value, 0) + 1
+            yield beam.pvalue.TaggedOutput(
+                DEAD_LETTER_TAG, PubsubMessage(letter.data, letter.to_attributes())
+            )
+        publish_time = message.publish_time
+        publish_time_s = publish_time.timestamp() if publish_time else time.time()
+        yield EventBatch(decoded.events, reasons, 1, publish_time_s)
+
+
+def build_decoder(settings: JobSettings) -> Any:
+    """Return the MessageDecoder for the job's spec, with its validator."""
+    from online_model.events import check_event, rejecting
+    from online_model.spec import load_spec
+    from streaming.schema_registry import SchemaRegistry
+    from streaming.wire import MessageDecoder
+
+    spec = load_spec(settings.spec_name)
+    registry = (
+        SchemaRegistry.from_folder(settings.schema_folder)
+        if settings.schema_folder
+        else SchemaRegistry()
+    )
+
+    def validate(event: dict[str, Any]) -> list[str]:
+        problem = rejecting(check_event(event, spec))
+        return [] if problem is None else [f"{problem.field}: {problem.detail}"]
+
+    return MessageDecoder(spec.schema, registry, validate)
+
+
+# ---------------------------------------------------------------- learning
+
+
+class _RuntimeSlot:
+    """A process's JobRuntime, with the lock that serialises access to it."""
+
+    def __init__(self, runtime: Any) -> None:
+        self.runtime = runtime
+        self.lock = threading.Lock()
+
+
+_SLOTS: dict[str, _RuntimeSlot] = {}
+_SLOTS_LOCK = threading.Lock()
+
+
+def runtime_slot(settings: JobSettings) -> _RuntimeSlot:
+    """Return this process's runtime for the job, building it on first use."""
+    with _SLOTS_LOCK:
+        slot = _SLOTS.get(settings.job_name)
+        if slot is None:
+            slot = _RuntimeSlot(build_runtime(settings))
+            _SLOTS[settings.job_name] = slot
+        return slot
+
+
+def build_runtime(settings: JobSettings) -> Any:
+    """Build the job's JobRuntime and restore its newest checkpoint, if any."""
+    from online_model.learner import OnlineLearner
+    from online_model.spec import load_spec
+    from rollback.announce import PubSubAnnouncer
+    from rollback.registry import open_registry
+    from streaming.checkpoint import CheckpointStore
+    from streaming.runtime import JobRuntime
+
+    spec = load_spec(settings.spec_name)
+    announcer = (
+        PubSubAnnouncer(settings.topics.model_versions_topic)
+        if settings.announce
+        else None
+    )
+    registry = open_registry(settings.registry_url, create=True, announcer=announcer)
+    run_dir = Path(settings.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    store = CheckpointStore(run_dir / "checkpoints")
+    decisions = DecisionLog(run_dir / "decisions.jsonl")
+    device = settings.device
+    seed = settings.config.seed
+
+    runtime = JobRuntime(
+        spec,
+        settings.config,
+        registry,
+        new_learner=lambda: OnlineLearner(spec, seed=seed, device=device),
+        load_learner=lambda files: OnlineLearner.from_files(files, device=device),
+        checkpoints=store,
+        decisions=decisions,
+    )
+    registry.set_running_fingerprint(runtime.learner.fingerprint, actor="job")
+    latest = store.latest()
+    if latest is not None:
+        runtime.restore(latest)
+    else:
+        runtime.follow_registry()
+    return runtime
+
+
+class DecisionLog:
+    """Appends the job's decisions to a JSON-lines file, one line each."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, default=str)
+        with self._lock, open(self.path, "a", encoding="utf-8") as stream:
+            stream.write(line + "\n")
+
+
+class Learn(beam.DoFn):
+    """Feed the learner stage; emit one prediction message per request."""
+
+    CHECKPOINT = ReadModifyWriteStateSpec("checkpoint_number", VarIntCoder())
+
+    def __init__(self, settings: JobSettings) -> None:
+        self.settings = settings
+
+    def process(
+        self,
+        keyed: tuple[str, Any],
+        checkpoint: Any = beam.DoFn.StateParam(CHECKPOINT),  # noqa: B008 (Beam API)
+    ) -> Iterator[PubsubMessage]:
+        from streaming.runtime import EventBatch
+
+        _, item = keyed
+        slot = runtime_slot(self.settings)
+        with slot.lock:
+            runtime = slot.runtime
+            _reload_if_stale(runtime, checkpoint.read())
+            predictions = []
+            if isinstance(item, EventBatch):
+                predictions = runtime.handle_batch(item)
+            elif isinstance(item, PointerNotice):
+                runtime.follow_registry()
+            else:
+                runtime.handle_tick()
+            checkpoint.write(runtime.checkpoint_number)
+            write_account(self.settings, runtime)
+        for prediction in predictions:
+            yield _prediction_message(prediction)
+
+
+def _reload_if_stale(runtime: Any, stored: int | None) -> None:
+    # Another worker advanced the checkpoint: this process's learner is old.
+    if stored is not None and stored > runtime.checkpoint_number:
+        logger.info(
+            "reloading checkpoint %d (had %d)", stored, runtime.checkpoint_number
+        )
+        runtime.restore(stored)
+
+
+_ACCOUNT_WRITES: dict[str, float] = {}
+
+
+def write_account(settings: JobSettings, runtime: Any, force: bool = False) -> None:
+    """Write ``RUN_DIR/account.json`` at most twice a second (always with force)."""
+    now = time.monotonic()
+    if not force and now - _ACCOUNT_WRITES.get(settings.job_name, 0.0) < 0.5:
+        return
+    _ACCOUNT_WRITES[settings.job_name] = now
+    path = Path(settings.run_dir) / "account.json"
+    body = {
+        "time": time.time(),
+        "serving_version": runtime.serving_version,
+        "checkpoint": runtime.checkpoint_number,
+        **runtime.account.to_dict(),
+    }
+    staging = path.with_suffix(".tmp")
+    staging.write_text(json.dumps(body), encoding="utf-8")
+    staging.replace(path)
+
+
+def _prediction_message(prediction: Any) -> PubsubMessage:
+    version = "" if prediction.version is None else f"v{prediction.version}"
+    body = {
+        "event_id": prediction.event_id,
+        "model_version": version or None,
+        "top": [[label, probability] for label, probability in prediction.ranked],
+    }
+    attributes = {"event_id": prediction.event_id, VERSION_ATTRIBUTE: version}
+    return PubsubMessage(json.dumps(body).encode("utf-8"), attributes)
+
+
+# ---------------------------------------------------------------- the graph
+
+
+def build_pipeline(
+    pipeline: beam.Pipeline, settings: JobSettings, ticks: str = "pubsub"
+) -> None:
+    """Add the job's transforms to ``pipeline``.
+
+    ``ticks`` is ``pubsub`` (a ticker publishes to the ticks topic, for the
+    DirectRunner) or ``impulse`` (Beam's PeriodicImpulse, for Dataflow).
+    """
+    topics = settings.topics
+    decoded = (
+        pipeline
+        | "ReadEvents"
+        >> ReadFromPubSub(subscription=topics.events_subscription, with_attributes=True)
+        | "DecodeEvents"
+        >> beam.ParDo(DecodeEvents(settings)).with_outputs(
+            DEAD_LETTER_TAG, main="events"
+        )
+    )
+    _ = decoded[DEAD_LETTER_TAG] | "WriteDeadLetters" >> WriteToPubSub(
+        topics.dead_letter_topic, with_attributes=True
+    )
+    if ticks == "impulse":
+        from apache_beam.transforms.periodicsequence import PeriodicImpulse
+
+        tick_source = pipeline | "ReadTicks" >> PeriodicImpulse(fire_interval=1.0)
+    else:
+        tick_source = pipeline | "ReadTicks" >> ReadFromPubSub(
+            subscription=topics.ticks_subscription
+        )
+    ticks_in = tick_source | "AsTicks" >> beam.Map(lambda _: Tick())
+    pointer_in = (
+        pipeline
+        | "ReadPointerChanges"
+        >> ReadFromPubSub(subscription=topics.model_versions_subscription)
+        | "AsPointerNotices" >> beam.Map(lambda _: PointerNotice())
+    )
+    _ = (
+        (decoded["events"], ticks_in, pointer_in)
+        | "MergeLearnerInputs" >> beam.Flatten()
+        | "KeyForLearner" >> beam.Map(lambda item: (LEARNER_KEY, item))
+        | "Learn" >> beam.ParDo(Learn(settings))
+        | "WritePredictions"
+        >> WriteToPubSub(topics.predictions_topic, with_attributes=True)
+    )
+
+
+def settings_summary(settings: JobSettings) -> Mapping[str, Any]:
+    """Return the settings as a flat dict for logs."""
+    return {
+        "job": settings.job_name,
+        "project": settings.project,
+        "spec": settings.spec_name,
+        "registry": settings.registry_url,
+        "run_dir": settings.run_dir,
+    }

@@ -1,0 +1,707 @@
+"""The learner stage of the streaming job, free of Beam.
+
+``JobRuntime`` receives decoded events, ticks and pointer changes in arrival
+order on one key, and does everything that must see the whole stream:
+deduplication by event id, the holdout split, micro-batching, test-then-train
+learning, the validation gate, publishing versions, automatic rollback,
+answering prediction requests from the serving version, following the
+registry's pointer, and checkpoints. The Beam pipeline (streaming/pipeline.py)
+only feeds it.
+
+Crash semantics: a checkpoint contains the learner, the serving version, the
+holdout window, the open micro-batch, the window of seen event ids and the
+counters, all as of one moment. After a restart the job continues from the
+newest checkpoint. Events that reached the job after that checkpoint and
+whose messages were acknowledged are not learned at all; no event is learned
+twice, because the seen ids are restored with the weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol, cast
+
+import fastavro
+
+from online_model.drift import DriftMonitor
+from online_model.evaluation import Metrics, evaluate
+from online_model.learner import OnlineLearner
+from online_model.spec import FeatureSpec
+from rollback.errors import PointerConflict, RegistryError
+from rollback.manifest import ManifestFields
+from streaming.checkpoint import CheckpointStore
+from streaming.job_config import JobConfig
+
+logger = logging.getLogger(__name__)
+
+Event = dict[str, Any]
+Ranked = list[tuple[str, float]]
+Clock = Callable[[], float]
+ACTOR = "job"
+
+
+class VersionRegistry(Protocol):
+    """The part of ``rollback.registry.Registry`` the job uses."""
+
+    def serving(self) -> int | None: ...
+
+    def is_paused(self) -> bool: ...
+
+    def read(self, version: int | str) -> Any: ...
+
+    def publish(
+        self,
+        files: Mapping[str, bytes],
+        manifest_fields: ManifestFields,
+        actor: str,
+        reason: str,
+        *,
+        move_pointer: bool = True,
+        expected: Any = ...,
+    ) -> int: ...
+
+    def set_serving(
+        self,
+        version: int | str,
+        actor: str,
+        reason: str,
+        *,
+        expected: Any = ...,
+        kind: str = "rollback",
+        details: Mapping[str, Any] | None = None,
+    ) -> Any: ...
+
+
+class DecisionSink(Protocol):
+    """Receives every decision and alarm of the job as a JSON-ready record."""
+
+    def __call__(self, record: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class EventBatch:
+    """The events of one message (or several), as the decode stage emits them."""
+
+    events: list[Event]
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    messages: int = 1
+    publish_time_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The answer to one prediction request; version None before any exists."""
+
+    event_id: str
+    ranked: Ranked
+    version: int | None
+
+
+@dataclass
+class Account:
+    """Counts that add up: every event read is in exactly one outcome.
+
+    ``events_read == duplicates + held_out + learned + predictions + pending
+    + lost_non_finite``, where ``pending`` is the open micro-batch.
+    """
+
+    messages_read: int = 0
+    events_read: int = 0
+    duplicates: int = 0
+    held_out: int = 0
+    learned: int = 0
+    predictions: int = 0
+    pending: int = 0
+    refused_non_finite: int = 0
+    dead_lettered: dict[str, int] = field(default_factory=dict)
+    micro_batches: int = 0
+    versions_published: int = 0
+    candidates_rejected: int = 0
+    promotions_paused: int = 0
+    rollbacks_automatic: int = 0
+    pointer_changes_adopted: int = 0
+    drift_alarms: int = 0
+    alerts: int = 0
+    checkpoints: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def holdout_share(event_id: str) -> float:
+    """Map an event id to a stable number in [0, 1) for the holdout split."""
+    digest = hashlib.blake2b(event_id.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+class JobRuntime:
+    """One logical learner and everything around it; see the module."""
+
+    def __init__(
+        self,
+        spec: FeatureSpec,
+        config: JobConfig,
+        registry: VersionRegistry,
+        new_learner: Callable[[], OnlineLearner],
+        load_learner: Callable[[Mapping[str, bytes]], OnlineLearner],
+        checkpoints: CheckpointStore | None = None,
+        decisions: DecisionSink | None = None,
+        telemetry: Any | None = None,
+        clock: Clock = time.time,
+        code_version: str = "",
+    ) -> None:
+        self.spec = spec
+        self.config = config
+        self.registry = registry
+        self.new_learner = new_learner
+        self.load_learner = load_learner
+        self.checkpoints = checkpoints
+        self.decisions = decisions
+        self.telemetry = telemetry
+        self.clock = clock
+        self.code_version = code_version
+
+        self.account = Account()
+        self.learner = new_learner()
+        self.serving_version: int | None = None
+        self.serving_learner: OnlineLearner | None = None
+        self.recent_versions: OrderedDict[int, OnlineLearner] = OrderedDict()
+        self.holdout: deque[Event] = deque(maxlen=config.holdout_window_size)
+        self.pending: list[Event] = []
+        self.pending_publish_s: list[float] = []
+        self.seen_ids: OrderedDict[str, None] = OrderedDict()
+        self.drift = DriftMonitor()
+        self.checkpoint_number = 0
+
+        now = clock()
+        self._pending_since = now
+        self._last_gate = now
+        self._last_checkpoint = now
+        self._batches_since_gate = 0
+        self._learned_since_gate = 0
+        self._rollback_cooldown = 0
+        self._unserved_publish_s: list[float] = []
+        self._event_time_range: tuple[int, int] | None = None
+        self._adopted_at: tuple[int, float] | None = None
+
+    # ------------------------------------------------------------ inputs
+
+    def handle_batch(self, batch: EventBatch) -> list[Prediction]:
+        """Take the events of one or more messages; return answered requests."""
+        self.account.messages_read += batch.messages
+        for reason, count in batch.dead_letters.items():
+            self.account.dead_lettered[reason] = (
+                self.account.dead_lettered.get(reason, 0) + count
+            )
+        requests: list[Event] = []
+        for event in batch.events:
+            self._route(event, batch.publish_time_s, requests)
+        predictions = self._answer(requests)
+        while len(self.pending) >= self.config.micro_batch_size:
+            self._learn_micro_batch(self.config.micro_batch_size)
+        self._after_input()
+        return predictions
+
+    def handle_tick(self) -> None:
+        """Close a micro-batch that waited too long; run due gates and checkpoints."""
+        self._after_input()
+
+    def handle_pointer(self, serving: int | None) -> None:
+        """Adopt the registry's serving version when it differs from the job's."""
+        if serving is None or serving == self.serving_version:
+            return
+        self._adopt(serving, reason="pointer change announced")
+
+    def finish(self) -> None:
+        """Learn the open micro-batch, run a last gate and checkpoint."""
+        if self.pending:
+            self._learn_micro_batch(len(self.pending))
+        self._run_gate()
+        self.save_checkpoint()
+
+    # ------------------------------------------------------------ routing
+
+    def _route(
+        self, event: Event, publish_time_s: float, requests: list[Event]
+    ) -> None:
+        self.account.events_read += 1
+        event_id = str(event[self.spec.event_id_field])
+        if event_id in self.seen_ids:
+            self.account.duplicates += 1
+            return
+        self.seen_ids[event_id] = None
+        if len(self.seen_ids) > self.config.dedup_window_size:
+            self.seen_ids.popitem(last=False)
+
+        if event.get(self.spec.label_field) is None:
+            requests.append(event)
+        elif holdout_share(event_id) < self.config.holdout_fraction:
+            self.holdout.append(event)
+            self.account.held_out += 1
+        else:
+            if not self.pending:
+                self._pending_since = self.clock()
+            self.pending.append(event)
+            self.pending_publish_s.append(publish_time_s)
+        self.account.pending = len(self.pending)
+
+    def _answer(self, requests: list[Event]) -> list[Prediction]:
+        if not requests:
+            return []
+        ids = [str(event[self.spec.event_id_field]) for event in requests]
+        self.account.predictions += len(requests)
+        if self.serving_learner is None:
+            return [Prediction(event_id, [], None) for event_id in ids]
+        ranked = self.serving_learner.predict(requests, k=self.config.top_k)
+        return [
+            Prediction(event_id, top, self.serving_version)
+            for event_id, top in zip(ids, ranked, strict=True)
+        ]
+
+    def _after_input(self) -> None:
+        now = self.clock()
+        waited_s = now - self._pending_since
+        if self.pending and waited_s >= self.config.micro_batch_max_wait_s:
+            self._learn_micro_batch(len(self.pending))
+        gate_due = self._batches_since_gate >= self.config.gate_every_micro_batches
+        if not gate_due and self._learned_since_gate > 0:
+            gate_due = now - self._last_gate >= self.config.gate_every_s
+        if gate_due:
+            self._run_gate()
+        if now - self._last_checkpoint >= self.config.checkpoint_every_s:
+            self.save_checkpoint()
+
+    # ------------------------------------------------------------ learning
+
+    def _learn_micro_batch(self, size: int) -> None:
+        batch = self.pending[:size]
+        publish_times = self.pending_publish_s[:size]
+        del self.pending[:size]
+        del self.pending_publish_s[:size]
+        self._pending_since = self.clock()
+
+        started = time.perf_counter()
+        report = self.learner.learn(batch)
+        elapsed_s = time.perf_counter() - started
+
+        if report.refused_non_finite:
+            self.account.refused_non_finite += len(batch)
+        else:
+            self.account.learned += len(batch)
+        self.account.pending = len(self.pending)
+        self.account.micro_batches += 1
+        self._batches_since_gate += 1
+        self._learned_since_gate += len(batch)
+        self._unserved_publish_s.extend(publish_times)
+        self._note_event_times(batch)
+        if self._adopted_at is not None:
+            version, adopted_s = self._adopted_at
+            self._record(
+                "learned_from_adopted",
+                version=version,
+                adopted_to_learned_s=self.clock() - adopted_s,
+            )
+            self._adopted_at = None
+        if self._rollback_cooldown > 0:
+            self._rollback_cooldown -= 1
+        self._count_learning(report, len(batch), elapsed_s)
+
+        alarms = self.drift.update(report.scored)
+        for alarm in alarms:
+            self.account.drift_alarms += 1
+            self._record(
+                "drift_alarm", detector=alarm.detector, statistic=alarm.statistic
+            )
+        if alarms:
+            self._check_rollback()
+
+    def _note_event_times(self, batch: Sequence[Event]) -> None:
+        for event in batch:
+            millis = _event_time_ms(event.get(self.spec.event_time_field))
+            if millis is None:
+                continue
+            if self._event_time_range is None:
+                self._event_time_range = (millis, millis)
+            else:
+                low, high = self._event_time_range
+                self._event_time_range = (min(low, millis), max(high, millis))
+
+    def _count_learning(self, report: Any, size: int, elapsed_s: float) -> None:
+        if self.telemetry is None:
+            return
+        from streaming import monitoring as mon
+
+        self.telemetry.count(mon.EVENTS_LEARNED, size)
+        self.telemetry.observe(mon.MICRO_BATCH_SIZE, size)
+        self.telemetry.observe(mon.MICRO_BATCH_LATENCY, elapsed_s)
+        if report.loss is not None and math.isfinite(report.loss):
+            self.telemetry.set(mon.TRAINING_LOSS, report.loss)
+        if report.scored:
+            hits = sum(s.ranked_labels[:1] == (s.true_label,) for s in report.scored)
+            top5 = sum(s.true_label in s.ranked_labels[:5] for s in report.scored)
+            self.telemetry.set(mon.PREQUENTIAL_TOP1, hits / len(report.scored))
+            self.telemetry.set(mon.PREQUENTIAL_TOP5, top5 / len(report.scored))
+
+    # ------------------------------------------------------------ the gate
+
+    def _holdout_metrics(self, learner: OnlineLearner) -> Metrics:
+        return evaluate(learner.score(list(self.holdout)))
+
+    def _run_gate(self) -> None:
+        self._batches_since_gate = 0
+        self._last_gate = self.clock()
+        if len(self.holdout) < self.config.holdout_min_events:
+            return
+        if self._learned_since_gate == 0:
+            return
+        self._learned_since_gate = 0
+        self.follow_registry()
+
+        candidate = self._holdout_metrics(self.learner)
+        champion = (
+            None
+            if self.serving_learner is None
+            else self._holdout_metrics(self.serving_learner)
+        )
+        numbers = {
+            "candidate_top1": candidate.top1_accuracy,
+            "candidate_top5": candidate.top_k_hit_rate,
+            "candidate_log_loss": candidate.log_loss,
+            "holdout_events": candidate.n_events,
+        }
+        if champion is not None:
+            numbers["serving_top1"] = champion.top1_accuracy
+            numbers["serving_top5"] = champion.top_k_hit_rate
+            numbers["serving_log_loss"] = champion.log_loss
+        threshold = (
+            0.0
+            if champion is None
+            else champion.top1_accuracy - self.config.gate_tolerance
+        )
+        if candidate.top1_accuracy >= threshold and candidate.n_events > 0:
+            self._promote(candidate, champion, numbers)
+        else:
+            self._reject(numbers)
+
+    def _promote(
+        self, candidate: Metrics, champion: Metrics | None, numbers: dict[str, Any]
+    ) -> None:
+        if self.registry.is_paused():
+            self.account.promotions_paused += 1
+            self._record("promotion_paused", **numbers)
+            return
+        fields = self._manifest_fields(candidate, champion)
+        reason = _promotion_reason(candidate, champion)
+        try:
+            version = self.registry.publish(
+                self.learner.to_files(),
+                fields,
+                ACTOR,
+                reason,
+                expected=self.serving_version,
+            )
+        except PointerConflict as conflict:
+            # An operator moved the pointer since the job last looked: the
+            # stored version stays unused and the job follows the operator.
+            logger.warning("publish lost a race with a pointer change: %s", conflict)
+            self.follow_registry()
+            return
+        parent = self.serving_version
+        self.account.versions_published += 1
+        self._set_serving(version, self.learner.copy())
+        freshness = sorted(self.clock() - t for t in self._unserved_publish_s if t)
+        self._unserved_publish_s = []
+        self._record(
+            "promotion",
+            version=version,
+            parent=parent,
+            reason=reason,
+            freshness_median_s=_quantile(freshness, 0.5),
+            freshness_p95_s=_quantile(freshness, 0.95),
+            freshness_events=len(freshness),
+            **numbers,
+        )
+        logger.info("published v%d (parent %s): %s", version, parent, reason)
+
+    def _reject(self, numbers: dict[str, Any]) -> None:
+        self.account.candidates_rejected += 1
+        if self.serving_learner is not None:
+            self.learner = self.serving_learner.copy()
+        self._unserved_publish_s = []
+        self._record("rejection", serving_version=self.serving_version, **numbers)
+        logger.info(
+            "rejected candidate: holdout top-1 %.4f < serving %.4f",
+            numbers["candidate_top1"],
+            numbers.get("serving_top1", float("nan")),
+        )
+
+    def _manifest_fields(
+        self, candidate: Metrics, champion: Metrics | None
+    ) -> ManifestFields:
+        low_high = self._event_time_range
+        return ManifestFields(
+            fingerprint=self.learner.fingerprint,
+            events_count=self.account.learned,
+            event_time_min=None if low_high is None else _utc(low_high[0]),
+            event_time_max=None if low_high is None else _utc(low_high[1]),
+            holdout_metrics=_finite(candidate.as_dict()),
+            champion_metrics=None if champion is None else _finite(champion.as_dict()),
+            label_vocabulary=tuple(self.learner.labels),
+            code_version=self.code_version,
+            parent=self.serving_version,
+        )
+
+    # ------------------------------------------------------------ serving
+
+    def _set_serving(self, version: int, learner: OnlineLearner) -> None:
+        self.serving_version = version
+        self.serving_learner = learner
+        self.recent_versions[version] = learner
+        self.recent_versions.move_to_end(version)
+        while len(self.recent_versions) > self.config.rollback_versions_kept:
+            self.recent_versions.popitem(last=False)
+        if self.telemetry is not None:
+            from streaming import monitoring as mon
+
+            self.telemetry.set(mon.SERVING_VERSION, version)
+
+    def follow_registry(self) -> None:
+        try:
+            serving = self.registry.serving()
+        except RegistryError as error:
+            logger.warning("cannot read the serving pointer: %s", error)
+            return
+        if serving is not None and serving != self.serving_version:
+            self._adopt(serving, reason="serving pointer moved")
+
+    def _adopt(self, version: int, reason: str) -> None:
+        learner = self.recent_versions.get(version)
+        if learner is None:
+            try:
+                loaded = self.registry.read(version)
+            except RegistryError as error:
+                logger.error("cannot load v%d to adopt it: %s", version, error)
+                return
+            learner = self.load_learner(loaded.files)
+        previous = self.serving_version
+        self._set_serving(version, learner)
+        self.learner = learner.copy()
+        self.drift.reset()
+        self._unserved_publish_s = []
+        self._adopted_at = (version, self.clock())
+        self.account.pointer_changes_adopted += 1
+        self._record("adopted", version=version, previous=previous, reason=reason)
+        logger.info("adopted v%d (was %s): %s", version, previous, reason)
+
+    def _check_rollback(self) -> None:
+        if self.serving_learner is None or self.serving_version is None:
+            return
+        if self._rollback_cooldown > 0:
+            return
+        if len(self.holdout) < self.config.holdout_min_events:
+            return
+        serving_top1 = self._holdout_metrics(self.serving_learner).top1_accuracy
+        scores = {
+            version: self._holdout_metrics(learner).top1_accuracy
+            for version, learner in self.recent_versions.items()
+            if version != self.serving_version
+        }
+        best = max(scores, key=lambda v: scores[v], default=None)
+        # One incident, one decision: a cooldown keeps the same drop from
+        # triggering again while the detectors settle.
+        self._rollback_cooldown = self.config.rollback_cooldown_micro_batches
+        self.drift.reset()
+        if best is None or scores[best] < serving_top1 + self.config.rollback_margin:
+            self.account.alerts += 1
+            self._record(
+                "alert",
+                reason="drift without a better earlier version: adapting",
+                serving_version=self.serving_version,
+                serving_top1=serving_top1,
+                best_earlier_version=best,
+                best_earlier_top1=None if best is None else scores[best],
+            )
+            return
+        self._roll_back(best, serving_top1, scores[best])
+
+    def _roll_back(self, target: int, serving_top1: float, target_top1: float) -> None:
+        source = self.serving_version
+        reason = (
+            f"drift alarm, holdout top-1 of v{source} {serving_top1:.4f} "
+            f"< v{target} {target_top1:.4f}"
+        )
+        details = {"serving_top1": serving_top1, "target_top1": target_top1}
+        try:
+            self.registry.set_serving(
+                target,
+                ACTOR,
+                reason,
+                expected=source,
+                kind="auto_rollback",
+                details=details,
+            )
+        except RegistryError as error:
+            logger.warning("automatic rollback to v%d failed: %s", target, error)
+            self.follow_registry()
+            return
+        self.account.rollbacks_automatic += 1
+        learner = self.recent_versions[target]
+        self._set_serving(target, learner)
+        self.learner = learner.copy()
+        self._record(
+            "rollback", from_version=source, to_version=target, reason=reason, **details
+        )
+        logger.warning("rolled back from v%s to v%d: %s", source, target, reason)
+
+    # ------------------------------------------------------------ records
+
+    def _record(self, kind: str, **fields: Any) -> None:
+        record = {"time": self.clock(), "kind": kind, **fields}
+        if self.decisions is not None:
+            self.decisions(record)
+        if self.telemetry is not None:
+            _telemetry_event(self.telemetry, kind, fields)
+
+    # ------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self) -> None:
+        """Write the whole state as the next checkpoint."""
+        self._last_checkpoint = self.clock()
+        if self.checkpoints is None:
+            return
+        self.checkpoint_number += 1
+        files = {f"learner.{k}": v for k, v in self.learner.to_files().items()}
+        files["holdout.avro"] = self._events_to_avro(list(self.holdout))
+        files["pending.avro"] = self._events_to_avro(self.pending)
+        files["state.json"] = json.dumps(self._state_dict()).encode("utf-8")
+        self.checkpoints.save(self.checkpoint_number, files)
+        self.account.checkpoints += 1
+        self._record("checkpoint", number=self.checkpoint_number, **self._totals())
+
+    def restore(self, number: int) -> None:
+        """Load checkpoint ``number`` into this runtime."""
+        if self.checkpoints is None:
+            raise ValueError("restore needs a checkpoint store")
+        files = self.checkpoints.load(number)
+        learner_files = {
+            name.removeprefix("learner."): data
+            for name, data in files.items()
+            if name.startswith("learner.")
+        }
+        self.learner = self.load_learner(learner_files)
+        self.holdout.extend(self._avro_to_events(files["holdout.avro"]))
+        self.pending = self._avro_to_events(files["pending.avro"])
+        state = json.loads(files["state.json"])
+        self.pending_publish_s = [0.0] * len(self.pending)
+        self.seen_ids = OrderedDict((event_id, None) for event_id in state["seen_ids"])
+        self.account = Account(**state["account"])
+        self.checkpoint_number = number
+        if state["event_time_range"] is not None:
+            low, high = state["event_time_range"]
+            self._event_time_range = (low, high)
+        serving = state["serving_version"]
+        if serving is not None:
+            loaded = self.registry.read(serving)
+            self._set_serving(serving, self.load_learner(loaded.files))
+        self._record("restored", number=number, **self._totals())
+        logger.info(
+            "restored checkpoint %d: %d events learned, serving v%s",
+            number,
+            self.account.learned,
+            serving,
+        )
+        self.follow_registry()
+
+    def _state_dict(self) -> dict[str, Any]:
+        return {
+            "serving_version": self.serving_version,
+            "seen_ids": list(self.seen_ids),
+            "account": self.account.to_dict(),
+            "event_time_range": self._event_time_range,
+        }
+
+    def _totals(self) -> dict[str, Any]:
+        return {
+            "events_read": self.account.events_read,
+            "learned": self.account.learned,
+            "pending": len(self.pending),
+        }
+
+    def _events_to_avro(self, events: list[Event]) -> bytes:
+        buffer = io.BytesIO()
+        fastavro.writer(buffer, fastavro.parse_schema(dict(self.spec.schema)), events)
+        return buffer.getvalue()
+
+    def _avro_to_events(self, data: bytes) -> list[Event]:
+        records = fastavro.reader(io.BytesIO(data))
+        return [cast(Event, record) for record in records]
+
+
+def _telemetry_event(telemetry: Any, kind: str, fields: Mapping[str, Any]) -> None:
+    from streaming import monitoring as mon
+
+    kinds = {
+        "promotion": mon.EventKind.PROMOTION,
+        "rejection": mon.EventKind.REJECTION,
+        "rollback": mon.EventKind.ROLLBACK,
+        "drift_alarm": mon.EventKind.DRIFT_ALARM,
+    }
+    event_kind = kinds.get(kind)
+    if event_kind is None:
+        return
+    details = {
+        key: value
+        for key, value in fields.items()
+        if isinstance(value, int | float | str) and key != "detector"
+    }
+    labels: dict[str, str] = {}
+    if event_kind is mon.EventKind.ROLLBACK:
+        labels["trigger"] = mon.TRIGGER_AUTOMATIC
+    if event_kind is mon.EventKind.DRIFT_ALARM:
+        labels["detector"] = str(fields.get("detector", ""))
+    telemetry.record_event(event_kind, labels=labels, **details)
+
+
+def _promotion_reason(candidate: Metrics, champion: Metrics | None) -> str:
+    if champion is None:
+        return f"first version: holdout top-1 {candidate.top1_accuracy:.4f}"
+    return (
+        f"holdout top-1 {candidate.top1_accuracy:.4f} >= serving "
+        f"{champion.top1_accuracy:.4f} on {candidate.n_events} events"
+    )
+
+
+def _finite(values: Mapping[str, float | int]) -> dict[str, float]:
+    return {
+        key: float(value)
+        for key, value in values.items()
+        if isinstance(value, int | float) and math.isfinite(value)
+    }
+
+
+def _quantile(values: Sequence[float], q: float) -> float | None:
+    if not values:
+        return None
+    index = min(len(values) - 1, int(q * len(values)))
+    return values[index]
+
+
+def _event_time_ms(value: Any) -> int | None:
+    if isinstance(value, datetime):
+        return int(value.timestamp() * 1000)
+    if isinstance(value, int):
+        return value
+    return None
+
+
+def _utc(millis: int) -> datetime:
+    return datetime.fromtimestamp(millis / 1000, tz=UTC)
