@@ -382,6 +382,9 @@ class Registry:
                     "stored %s but left the pointer: automatic promotion is paused",
                     manifest.name,
                 )
+            except AlreadyServing:
+                # A racing rollback pointed at the new version first.
+                logger.info("%s serves already; pointer left as is", manifest.name)
             except PointerConflict as conflict:
                 raise PointerConflict(str(conflict), version=number) from conflict
         return number
