@@ -19,7 +19,7 @@ from pathlib import Path
 
 from rollback.config import ENV_REGISTRY, OperatorConfig, load_config
 from rollback.errors import RegistryError
-from rollback.names import format_version
+from rollback.names import format_version, parse_version
 from rollback.registry import Registry, open_registry
 
 logger = logging.getLogger(__name__)
@@ -136,6 +136,8 @@ def open_from_options(
 
 
 def _run_rollback(args: argparse.Namespace) -> int:
+    if args.to is not None:
+        parse_version(args.to)  # reject a bad name before touching the store
     registry, _ = open_from_options(args.registry, args.announce_topic)
     actor = args.actor or f"operator:{_user()}"
     if args.status:
@@ -223,3 +225,7 @@ def _user() -> str:
 
 def _name(version: int | None) -> str:
     return "no version" if version is None else format_version(version)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

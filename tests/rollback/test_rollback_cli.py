@@ -1,0 +1,346 @@
+"""The ``rollback`` and ``streamlearn versions`` commands, run as processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from registry_helpers import OTHER_FINGERPRINT, FixedClock, make_fields, make_files
+
+from rollback.config import load_config
+from rollback.registry import Registry, open_registry, version_key
+
+BIN = Path(sys.executable).parent
+
+
+def run(
+    command: str, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("STREAMLEARN_")
+    }
+    environment.update(env or {})
+    return subprocess.run(
+        [str(BIN / command), *args],
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=cwd,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Registry:
+    """A local registry with v1..v3 published, v3 serving."""
+    registry = open_registry(tmp_path / "registry", create=True, clock=FixedClock())
+    for seed in range(3):
+        registry.publish(
+            make_files(seed), make_fields(accuracy=0.8 + seed / 100), "job", "ok"
+        )
+    return registry
+
+
+def test_cli_imports_no_torch_or_beam(registry: Registry) -> None:
+    probe = (
+        "import sys, json\n"
+        "from rollback.cli import main, versions_main\n"
+        f"main(['--status', '--registry', {registry.url!r}])\n"
+        f"versions_main(['list', '--registry', {registry.url!r}])\n"
+        "heavy = ('torch', 'apache_beam', 'google.cloud.storage',\n"
+        "         'google.cloud.pubsub')\n"
+        "print(json.dumps([name for name in heavy if name in sys.modules]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1]) == []
+
+
+def test_rollback_to_prints_one_line(registry: Registry) -> None:
+    result = run(
+        "rollback", "--to", "V001", "--reason", "v3 bad", "--registry", registry.url
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "rolled back serving from v3 to v1\n"
+    assert result.stderr == ""
+    assert registry.serving() == 1
+    last = registry.history()[-1]
+    assert last.kind == "rollback"
+    assert last.reason == "v3 bad"
+    assert last.actor.startswith("operator:")
+
+
+def test_rollback_without_target_uses_history(registry: Registry) -> None:
+    registry.set_serving(1, "job", "v3 failed", kind="auto_rollback")
+
+    # Timeline v1, v2, v3, v1: v3 was rolled back, so the target is v2.
+    result = run("rollback", "--registry", registry.url)
+
+    assert result.stdout == "moved serving from v1 to v2\n"
+    assert registry.serving() == 2
+
+
+def test_dry_run_changes_nothing(registry: Registry) -> None:
+    result = run("rollback", "--dry-run", "--registry", registry.url)
+
+    assert result.returncode == 0
+    assert result.stdout == (
+        "would roll back serving from v3 to v2 (dry run, nothing changed)\n"
+    )
+    assert registry.serving() == 3
+    assert len(registry.history()) == 3
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        (
+            "v99",
+            "rollback: unknown version 'v99': the registry holds v1..v3 (3 versions)",
+        ),
+        ("v3", "rollback: version v3 serves already; nothing to do"),
+        ("v-1", "rollback: invalid version 'v-1': expected N, vN or VN"),
+        ("v12; rm", "rollback: invalid version 'v12; rm': expected N, vN or VN"),
+        ("../x", "rollback: invalid version '../x': expected N, vN or VN"),
+    ],
+)
+def test_refusal_is_one_line(registry: Registry, target: str, message: str) -> None:
+    result = run("rollback", "--to", target, "--registry", registry.url)
+
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith(message)
+    assert result.stderr.count("\n") == 1
+    assert registry.serving() == 3
+
+
+def test_invalid_name_checked_before_store(tmp_path: Path) -> None:
+    result = run("rollback", "--to", "../x", "--registry", str(tmp_path / "none"))
+
+    assert result.returncode == 1
+    assert "invalid version '../x'" in result.stderr
+    assert not (tmp_path / "none").exists()
+
+
+def test_corrupt_target_refused(registry: Registry) -> None:
+    path = Path(registry.url) / version_key(1, "weights.safetensors")
+    path.write_bytes(path.read_bytes()[:10])
+
+    result = run("rollback", "--to", "v1", "--registry", registry.url)
+
+    assert result.returncode == 1
+    assert result.stderr == (
+        "rollback: version v1 is corrupt: file weights.safetensors has 10 bytes, "
+        "the manifest records 1000\n"
+    )
+    assert registry.serving() == 3
+
+
+def test_incompatible_target_refused(registry: Registry) -> None:
+    registry.set_running_fingerprint(OTHER_FINGERPRINT, "job")
+
+    result = run("rollback", "--to", "v1", "--registry", registry.url)
+
+    assert result.returncode == 1
+    assert "version v1 is incompatible" in result.stderr
+    assert "no stored version is compatible" in result.stderr
+    assert registry.serving() == 3
+
+
+@pytest.mark.parametrize("case", ["missing", "other files", "a file", "empty"])
+def test_bad_registry_path_one_line(tmp_path: Path, case: str) -> None:
+    path = tmp_path / "target"
+    if case == "other files":
+        path.mkdir()
+        (path / "notes.txt").write_text("not a registry")
+    elif case == "a file":
+        path.write_text("not a registry")
+    elif case == "empty":
+        path.mkdir()
+
+    result = run("rollback", "--to", "v1", "--registry", str(path))
+
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert str(path) in result.stderr
+
+
+def test_pause_and_resume(registry: Registry) -> None:
+    missing_reason = run("rollback", "--pause", "--registry", registry.url)
+    paused = run(
+        "rollback", "--pause", "--reason", "incident 7", "--registry", registry.url
+    )
+    status = run("rollback", "--status", "--registry", registry.url)
+    again = run("rollback", "--pause", "--reason", "twice", "--registry", registry.url)
+    resumed = run("rollback", "--resume", "--registry", registry.url)
+
+    assert missing_reason.returncode == 2
+    assert paused.stdout == "paused automatic promotion; v3 serves\n"
+    assert "automatic promotion paused by operator:" in status.stdout
+    assert "(incident 7)" in status.stdout
+    assert again.returncode == 1
+    assert "already paused" in again.stderr
+    assert resumed.stdout == "resumed automatic promotion; v3 serves\n"
+    assert not registry.is_paused()
+
+
+def test_registry_from_environment(registry: Registry, tmp_path: Path) -> None:
+    result = run(
+        "rollback",
+        "--to",
+        "v2",
+        env={"STREAMLEARN_REGISTRY": registry.url},
+        cwd=tmp_path,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert registry.serving() == 2
+
+
+def test_config_precedence(tmp_path: Path) -> None:
+    (tmp_path / "streamlearn.toml").write_text(
+        '[registry]\nurl = "/from/file"\nannounce_topic = "projects/p/topics/t"\n'
+    )
+    environ = {"STREAMLEARN_REGISTRY": "/from/env"}
+
+    by_option = load_config("/from/option", None, environ, tmp_path)
+    by_env = load_config(None, None, environ, tmp_path)
+    by_file = load_config(None, None, {}, tmp_path)
+    by_default = load_config(None, None, {}, tmp_path / "elsewhere")
+
+    assert by_option.registry == "/from/option"
+    assert by_env.registry == "/from/env"
+    assert by_file.registry == "/from/file"
+    assert by_file.announce_topic == "projects/p/topics/t"
+    assert by_default.registry == "./runs/registry"
+    assert by_default.announce_topic is None
+
+
+def test_help_shows_examples() -> None:
+    rollback_help = run("rollback", "--help")
+    versions_help = run("streamlearn", "versions", "list", "--help")
+
+    assert "rollback --to v12" in rollback_help.stdout
+    assert "streamlearn versions list --filter" in versions_help.stdout
+
+
+def test_versions_list_table(registry: Registry) -> None:
+    registry.set_serving(1, "ops:ana", "v3 bad")
+
+    result = run("streamlearn", "versions", "list", "--registry", registry.url)
+
+    rows = [re.split(r"\s{2,}", line) for line in result.stdout.splitlines()]
+    assert result.returncode == 0, result.stderr
+    assert rows[0] == [
+        "VERSION",
+        "STATUS",
+        "PARENT",
+        "CREATED",
+        "EVENTS",
+        "HOLDOUT METRICS",
+    ]
+    assert rows[1][:3] == ["v3", "rolled back", "v2"]
+    assert rows[2][:3] == ["v2", "retired", "v1"]
+    assert rows[3][:3] == ["v1", "serving", "-"]
+    assert rows[1][3] == "2026-03-01 12:00:05"
+    assert rows[1][4:] == ["4096", "accuracy=0.82 log_loss=0.31"]
+    assert len(rows) == 4
+
+
+def test_versions_list_filter_limit_json(registry: Registry) -> None:
+    result = run(
+        "streamlearn",
+        "versions",
+        "list",
+        "--registry",
+        registry.url,
+        "--filter",
+        "metrics.holdout.accuracy>=0.81",
+        "--limit",
+        "1",
+        "--format",
+        "json",
+    )
+
+    rows = json.loads(result.stdout)
+    assert [row["name"] for row in rows] == ["v3"]
+    assert rows[0]["status"] == "serving"
+    assert rows[0]["metrics"]["holdout"]["accuracy"] == pytest.approx(0.82)
+
+
+def test_versions_list_bad_filter(registry: Registry) -> None:
+    result = run(
+        "streamlearn",
+        "versions",
+        "list",
+        "--registry",
+        registry.url,
+        "--filter",
+        "metrics.holdout.acc>0.5",
+    )
+
+    assert result.returncode == 1
+    assert "no version has the key metrics.holdout.acc" in result.stderr
+
+
+def test_versions_describe_text(registry: Registry) -> None:
+    registry.set_serving(1, "ops:ana", "v3 bad")
+
+    result = run(
+        "streamlearn", "versions", "describe", "v3", "--registry", registry.url
+    )
+
+    fields = dict(
+        line.split(":", 1) for line in result.stdout.splitlines() if ":" in line
+    )
+    assert result.returncode == 0, result.stderr
+    assert fields["status"].strip() == "rolled back"
+    assert fields["lineage"].strip() == "v3 <- v2 <- v1"
+    assert fields["integrity"].strip() == "ok (2 files, SHA-256 checked)"
+    assert fields["holdout metrics"].strip() == "accuracy=0.82 log_loss=0.31"
+    assert "(ended by rollback)" in result.stdout
+
+
+def test_versions_describe_json(registry: Registry) -> None:
+    result = run(
+        "streamlearn",
+        "versions",
+        "describe",
+        "2",
+        "--format",
+        "json",
+        "--registry",
+        registry.url,
+    )
+
+    document = json.loads(result.stdout)
+    assert document["name"] == "v2"
+    assert document["status"] == "retired"
+    assert document["lineage"] == ["v2", "v1"]
+    assert len(document["served"]) == 1
+    assert document["served"][0]["ended_by"] == "publish"
+    assert document["events"]["count"] == 4096
+
+
+def test_versions_describe_unknown(registry: Registry) -> None:
+    result = run(
+        "streamlearn", "versions", "describe", "v7", "--registry", registry.url
+    )
+
+    assert result.returncode == 1
+    assert result.stderr == (
+        "streamlearn versions: unknown version 'v7': the registry holds v1..v3 "
+        "(3 versions)\n"
+    )
