@@ -201,9 +201,21 @@ def speed_checks(results: list[dict[str, Any]]) -> list[str]:
     growth = ours["rss_growth_mib"]
     if growth is not None:
         lines.append(
-            f"RSS growth after the first quarter of the stream: {growth:+.1f} MiB"
+            f"RSS growth after the first quarter of the stream: {growth:+.1f} MiB; "
+            f"RSS above the start, by events: {rss_profile(ours['rss_samples_mib'])}"
         )
     return lines
+
+
+def rss_profile(samples: list[list[float]], points: int = 5) -> str:
+    """Return a few evenly spaced (events, MiB) samples as text."""
+    if not samples:
+        return "-"
+    step = max(1, (len(samples) - 1) // (points - 1))
+    chosen = samples[::step]
+    if chosen[-1] != samples[-1]:
+        chosen.append(samples[-1])
+    return ", ".join(f"{int(events):,}: {mib:.0f}" for events, mib in chosen)
 
 
 def targets_section(by_stream: dict[str, list[dict[str, Any]]]) -> list[str]:
@@ -239,6 +251,13 @@ def write_reports(
         by_stream.setdefault(result["stream"], []).append(result)
 
     machine = settings["machine"]
+    loads = [load for result in results for load in result.get("load_average_1m", [])]
+    load_text = (
+        f" The 1-minute load average during the runs was {min(loads):.1f} to "
+        f"{max(loads):.1f}, so other processes shared the CPUs."
+        if loads
+        else ""
+    )
     packages = ", ".join(f"{k} {v}" for k, v in machine["packages"].items())
     lines = [
         "# streamlearn side by side with River and Vowpal Wabbit",
@@ -254,7 +273,7 @@ def write_reports(
         f"{machine['python']}, {packages}. Learners past the "
         f"{settings['prefix']:,}-event prefix stop after "
         f"{settings['time_limit_s']:g} s; streamlearn's micro-batch is "
-        f"{settings['micro_batch']} events.",
+        f"{settings['micro_batch']} events.{load_text}",
         "",
         EXPLANATION,
     ]

@@ -10,6 +10,7 @@ import argparse
 import gc
 import json
 import logging
+import os
 import resource
 import time
 from collections.abc import Sequence
@@ -240,6 +241,7 @@ def run_worker(arguments: argparse.Namespace) -> int:
     # The learner's memory is what the process gains after this point, so its
     # library is imported first and the events are already in memory.
     import_library(peer)
+    load_at_start = os.getloadavg()[0]
     gc.collect()
     peak_reset = reset_peak_rss()
     baseline_mib = read_rss_bytes() / MIB
@@ -270,6 +272,7 @@ def run_worker(arguments: argparse.Namespace) -> int:
         "full": None
         if stopped
         else {**full_snapshot, "metrics": evaluate(records).as_dict()},
+        "load_average_1m": [round(load_at_start, 2), round(os.getloadavg()[0], 2)],
         "rss_samples_mib": times.rss_samples,
         "rss_growth_mib": rss_growth(times.rss_samples),
         "notes": getattr(learner, "notes", ""),

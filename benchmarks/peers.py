@@ -53,7 +53,7 @@ PEERS = (
 # examples/s on these streams on a 2-core machine, so the prefix costs it
 # 5-20 s.
 DEFAULT_PREFIX = 10_240
-DEFAULT_TIME_LIMIT_S = 150.0
+DEFAULT_TIME_LIMIT_S = 60.0
 RESULTS_DIR = Path(__file__).parent / "results"
 
 
