@@ -1,0 +1,303 @@
+"""Version names, manifests, the pointer history and list filters."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from registry_helpers import make_fields
+
+from rollback.errors import (
+    CorruptVersion,
+    InvalidInput,
+    InvalidVersionName,
+    NotARegistry,
+    RegistryError,
+    RegistryNotFound,
+)
+from rollback.filters import compile_filter, flatten
+from rollback.manifest import FileEntry, Manifest, ManifestFields, compute_fingerprint
+from rollback.names import format_version, parse_version
+from rollback.registry import open_registry
+from rollback.state import PointerChange, ServingState
+
+
+@pytest.mark.parametrize(
+    ("name", "number"),
+    [
+        ("12", 12),
+        ("v12", 12),
+        ("V012", 12),
+        (" v7 ", 7),
+        (3, 3),
+        ("v999999999", 999999999),
+    ],
+)
+def test_version_name_accepted(name: str | int, number: int) -> None:
+    assert parse_version(name) == number
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "v-1",
+        "../x",
+        "v12; rm",
+        "v0",
+        "0",
+        "",
+        "vv12",
+        "v1.5",
+        "12a",
+        "v1234567890",
+        True,
+        -3,
+    ],
+)
+def test_version_name_rejected(name: str | int) -> None:
+    with pytest.raises(InvalidVersionName):
+        parse_version(name)
+
+
+def test_format_version() -> None:
+    assert format_version(12) == "v12"
+
+
+def _manifest() -> Manifest:
+    return Manifest(
+        version=4,
+        parent=3,
+        created_at=datetime(2026, 3, 1, 12, tzinfo=UTC),
+        fields=make_fields(parent=3),
+        files={"w.safetensors": FileEntry("w.safetensors", "ab" * 32, 10)},
+    )
+
+
+def test_manifest_round_trip() -> None:
+    manifest = _manifest()
+
+    parsed = Manifest.from_json(manifest.to_json(), 4)
+
+    assert parsed.to_dict() == manifest.to_dict()
+    assert parsed.fields.event_time_max == datetime(2026, 3, 1, tzinfo=UTC)
+
+
+def test_manifest_of_other_version_rejected() -> None:
+    with pytest.raises(CorruptVersion) as raised:
+        Manifest.from_json(_manifest().to_json(), 5)
+    assert "manifest.json names version v4" in str(raised.value)
+
+
+def test_truncated_manifest_rejected() -> None:
+    data = _manifest().to_json()
+    with pytest.raises(CorruptVersion) as raised:
+        Manifest.from_json(data[: len(data) // 2], 4)
+    assert str(raised.value).startswith("version v4 is corrupt: manifest.json")
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"fingerprint": ""},
+        {"events_count": -1},
+        {"events_count": True},
+        {"event_time_min": datetime(2026, 3, 2)},  # no time zone
+        {"event_time_min": datetime(2026, 3, 2, tzinfo=UTC)},  # after the max
+        {"holdout_metrics": {"accuracy": float("nan")}},
+        {"holdout_metrics": {"accuracy": "high"}},
+        {"label_vocabulary": "abc"},
+        {"parent": 0},
+    ],
+)
+def test_invalid_manifest_fields(overrides: dict[str, object]) -> None:
+    with pytest.raises(InvalidInput):
+        make_fields(**overrides)
+
+
+def test_fields_from_mapping() -> None:
+    fields = ManifestFields.from_mapping(
+        {"fingerprint": "fp", "event_time_min": "2026-03-01T00:00:00+00:00"}
+    )
+    assert fields.event_time_min == datetime(2026, 3, 1, tzinfo=UTC)
+    with pytest.raises(InvalidInput) as raised:
+        ManifestFields.from_mapping({"fingerprint": "fp", "acuracy": 1})
+    assert "unknown manifest fields ['acuracy']" in str(raised.value)
+
+
+def test_fingerprint_ignores_key_order() -> None:
+    first = compute_fingerprint({"a": 1, "b": [1, 2]}, {"lr": 0.1, "h": 8})
+    second = compute_fingerprint({"b": [1, 2], "a": 1}, {"h": 8, "lr": 0.1})
+    changed = compute_fingerprint({"a": 1, "b": [1, 2]}, {"lr": 0.2, "h": 8})
+
+    assert first == second
+    assert first != changed
+    assert first.startswith("sha256:")
+
+
+def _history(*moves: tuple[int | None, int, str]) -> ServingState:
+    state = ServingState()
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+    for index, (source, target, kind) in enumerate(moves):
+        state = state.with_change(
+            PointerChange(
+                seq=state.next_seq,
+                change_id=str(index),
+                time=start + timedelta(minutes=index),
+                actor="job",
+                kind=kind,
+                from_version=source,
+                to_version=target,
+                reason="",
+            )
+        )
+    return state
+
+
+@pytest.mark.parametrize(
+    ("moves", "previous"),
+    [
+        ([], None),
+        ([(None, 1, "publish")], None),
+        ([(None, 1, "publish"), (1, 2, "publish")], 1),
+        # v3 was rolled back: going back from v2 skips it.
+        (
+            [
+                (None, 1, "publish"),
+                (1, 2, "publish"),
+                (2, 3, "publish"),
+                (3, 2, "auto_rollback"),
+            ],
+            1,
+        ),
+        # The number below the current one never served: v5 -> v3.
+        ([(None, 3, "publish"), (3, 5, "publish")], 3),
+        # v2 was rolled back, then promoted again and left by a publish.
+        (
+            [
+                (None, 1, "publish"),
+                (1, 2, "publish"),
+                (2, 1, "rollback"),
+                (1, 2, "promote"),
+                (2, 4, "publish"),
+            ],
+            2,
+        ),
+        # Everything before the current one was rolled back.
+        ([(None, 1, "publish"), (1, 2, "publish"), (2, 1, "rollback")], None),
+    ],
+)
+def test_previous_version(
+    moves: list[tuple[int | None, int, str]], previous: int | None
+) -> None:
+    assert _history(*moves).previous_version() == previous
+
+
+def test_served_intervals() -> None:
+    state = _history((None, 1, "publish"), (1, 2, "publish"), (2, 1, "rollback"))
+
+    first = state.served_intervals(1)
+    second = state.served_intervals(2)
+
+    assert [(i.start.minute, i.end and i.end.minute, i.ended_by) for i in first] == [
+        (0, 1, "publish"),
+        (2, None, None),
+    ]
+    assert [(i.start.minute, i.end and i.end.minute, i.ended_by) for i in second] == [
+        (1, 2, "rollback"),
+    ]
+
+
+def test_state_with_gap_in_seq_rejected() -> None:
+    body = json.loads(_history((None, 1, "publish"), (1, 2, "publish")).to_json())
+    body["history"][1]["seq"] = 5
+
+    with pytest.raises(ValueError, match="history entry 2 has seq 5"):
+        ServingState.from_json(json.dumps(body).encode())
+
+
+ROWS = [
+    flatten(
+        {
+            "version": 12,
+            "status": "serving",
+            "metrics": {"holdout": {"accuracy": 0.91}},
+            "code_version": "abc1234",
+            "parent": 11,
+        }
+    ),
+    flatten(
+        {
+            "version": 11,
+            "status": "rolled back",
+            "metrics": {"holdout": {"accuracy": 0.85}},
+            "code_version": "abc1200",
+            "parent": None,
+        }
+    ),
+    flatten(
+        {
+            "version": 3,
+            "status": "retired",
+            "metrics": {"holdout": {"accuracy": 0.95}},
+            "code_version": "ff00",
+            "parent": None,
+        }
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("expression", "versions"),
+    [
+        ("version>=v11", [12, 11]),
+        ("version=12", [12]),
+        ("metrics.holdout.accuracy>0.9", [12, 3]),
+        ("metrics.holdout.accuracy>0.9 AND version<10", [3]),
+        ("metrics.holdout.accuracy>0.9 version<10", [3]),
+        ("status=serving OR status='rolled back'", [12, 11]),
+        ("NOT status=serving", [11, 3]),
+        ("code_version:ABC12", [12, 11]),
+        ("code_version~^abc12[0-9]{2}$", [12, 11]),
+        ("(status=retired OR status=serving) AND metrics.holdout.accuracy<0.93", [12]),
+        ("parent!=none", [12]),
+        ("parent=v11", [12]),
+    ],
+)
+def test_filter_selects(expression: str, versions: list[int]) -> None:
+    matches = compile_filter(expression).matches
+    assert [row["version"] for row in ROWS if matches(row)] == versions
+
+
+@pytest.mark.parametrize(
+    "expression",
+    ["", "version", "version>", "(version=1", "version=1)", "a~[", "version=1 OR"],
+)
+def test_invalid_filter_rejected(expression: str) -> None:
+    with pytest.raises(InvalidInput):
+        compile_filter(expression)
+
+
+def test_open_not_a_registry(tmp_path: Path) -> None:
+    (tmp_path / "data.csv").write_text("a,b\n")
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "registry.json").write_text('{"format": "mlflow"}')
+
+    with pytest.raises(NotARegistry, match=r"holds other files but no registry\.json"):
+        open_registry(tmp_path, create=True)
+    with pytest.raises(NotARegistry, match="is a file, not a folder"):
+        open_registry(tmp_path / "file")
+    with pytest.raises(NotARegistry, match="has format 'mlflow'"):
+        open_registry(tmp_path / "other")
+
+
+def test_open_missing_bucket(gcs_bucket: str) -> None:
+    with pytest.raises(RegistryNotFound, match="gs://no-such-bucket/models"):
+        open_registry("gs://no-such-bucket/models", create=True)
+
+
+def test_open_unsupported_scheme() -> None:
+    with pytest.raises(RegistryError, match="unsupported registry URL 's3://b/p'"):
+        open_registry("s3://b/p")
