@@ -1,0 +1,219 @@
+"""Read ``RUN_DIR/metrics.jsonl`` into series the report can draw.
+
+The record formats are described in ``streaming.monitoring.sinks.jsonl``.
+Lines that are not valid JSON (a line cut short by a crash) are skipped and
+counted.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+LabelKey = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One value at wall-clock ``time_s``, with its event time when known."""
+
+    time_s: float
+    value: float
+    event_time_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class CounterSample:
+    """A counter's total at ``time_s``, counted since ``start_time_s``."""
+
+    time_s: float
+    total: float
+    start_time_s: float
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    """A promotion, rejection, rollback or drift alarm."""
+
+    kind: str
+    time_s: float
+    labels: dict[str, str]
+    details: dict[str, Any]
+    event_time_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class Confusion:
+    """Counts of (true, predicted) label pairs written for one version."""
+
+    time_s: float
+    version: str
+    source: str
+    counts: dict[tuple[str, str], int]
+
+
+@dataclass
+class RunRecords:
+    """Everything in one run's metrics file, grouped by series."""
+
+    job: str = ""
+    model: str = ""
+    gauges: dict[str, dict[LabelKey, list[Sample]]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(list))
+    )
+    counters: dict[str, dict[LabelKey, list[CounterSample]]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(list))
+    )
+    distributions: dict[str, list[Sample]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    events: list[RunEvent] = field(default_factory=list)
+    confusions: list[Confusion] = field(default_factory=list)
+    first_time_s: float | None = None
+    last_time_s: float | None = None
+    skipped_lines: int = 0
+
+    def gauge(self, name: str, **labels: str) -> list[Sample]:
+        """Return the samples of one gauge series (empty if absent)."""
+        return list(self.gauges.get(name, {}).get(_label_key(labels), []))
+
+    def counter(self, name: str, **labels: str) -> list[CounterSample]:
+        """Return the samples of one counter series (empty if absent)."""
+        return list(self.counters.get(name, {}).get(_label_key(labels), []))
+
+    def counter_final_total(self, name: str) -> float:
+        """Return a counter's total over the whole run, summed over label
+        values and over process restarts."""
+        total = 0.0
+        for samples in self.counters.get(name, {}).values():
+            total += sum(_segment_totals(samples))
+        return total
+
+    def counter_totals_by_label(self, name: str) -> dict[LabelKey, float]:
+        return {
+            key: sum(_segment_totals(samples))
+            for key, samples in self.counters.get(name, {}).items()
+        }
+
+
+def _label_key(labels: dict[str, Any]) -> LabelKey:
+    return tuple(sorted((str(k), str(v)) for k, v in labels.items()))
+
+
+def _segment_totals(samples: list[CounterSample]) -> list[float]:
+    """Return the last total of each process (each distinct start time)."""
+    last_by_start: dict[float, float] = {}
+    for sample in samples:
+        last_by_start[sample.start_time_s] = sample.total
+    return list(last_by_start.values())
+
+
+def read_run(run_dir: Path) -> RunRecords:
+    """Read ``run_dir/metrics.jsonl``; raise FileNotFoundError if missing."""
+    path = Path(run_dir) / "metrics.jsonl"
+    records = RunRecords()
+    with path.open(encoding="utf-8") as lines:
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                records.skipped_lines += 1
+                continue
+            _add(records, record)
+    if records.skipped_lines:
+        logger.warning(
+            "skipped %d lines of %s that are not valid JSON",
+            records.skipped_lines,
+            path,
+        )
+    return records
+
+
+def _add(records: RunRecords, record: dict[str, Any]) -> None:
+    kind = record.get("type")
+    time_s = float(record.get("time", 0.0))
+    if records.first_time_s is None or time_s < records.first_time_s:
+        records.first_time_s = time_s
+    if records.last_time_s is None or time_s > records.last_time_s:
+        records.last_time_s = time_s
+
+    if kind == "point":
+        _add_point(records, record, time_s)
+    elif kind == "event":
+        records.events.append(
+            RunEvent(
+                kind=str(record["event"]),
+                time_s=time_s,
+                labels=dict(record.get("labels", {})),
+                details=dict(record.get("details", {})),
+                event_time_ms=record.get("event_time_ms"),
+            )
+        )
+    elif kind == "confusion":
+        counts = {
+            (str(true), str(predicted)): int(count)
+            for true, predicted, count in record.get("counts", [])
+        }
+        records.confusions.append(
+            Confusion(time_s, str(record["version"]), str(record["source"]), counts)
+        )
+    elif kind == "run":
+        records.job = str(record.get("job", records.job))
+        records.model = str(record.get("model", records.model))
+    else:
+        records.skipped_lines += 1
+
+
+def _add_point(records: RunRecords, record: dict[str, Any], time_s: float) -> None:
+    name = str(record["name"])
+    value = float(record["value"])
+    key = _label_key(record.get("labels", {}))
+    point_kind = record.get("kind")
+    if point_kind == "counter":
+        start_s = float(record.get("start_time", 0.0))
+        records.counters[name][key].append(CounterSample(time_s, value, start_s))
+    elif point_kind == "distribution":
+        records.distributions[name].append(
+            Sample(time_s, value, record.get("event_time_ms"))
+        )
+    else:
+        records.gauges[name][key].append(
+            Sample(time_s, value, record.get("event_time_ms"))
+        )
+
+
+def counter_rates(
+    samples: list[CounterSample], max_points: int = 200
+) -> list[tuple[float, float]]:
+    """Return (time, increase per second) between successive samples.
+
+    Increases are taken between samples of one process; a new start time (a
+    restart) begins a new sequence instead of a negative step. When there are
+    more than ``max_points`` steps, runs of consecutive steps are merged, so
+    the rate stays exact over each merged run.
+    """
+    steps: list[tuple[float, float, float]] = []  # (end time, seconds, increase)
+    for previous, sample in itertools.pairwise(samples):
+        if previous.start_time_s != sample.start_time_s:
+            continue
+        seconds = sample.time_s - previous.time_s
+        if seconds > 0:
+            steps.append((sample.time_s, seconds, sample.total - previous.total))
+    if not steps:
+        return []
+    group = max(1, -(-len(steps) // max_points))
+    rates = []
+    for offset in range(0, len(steps), group):
+        run = steps[offset : offset + group]
+        seconds = sum(step[1] for step in run)
+        increase = sum(step[2] for step in run)
+        middle_s = run[-1][0] - seconds / 2
+        rates.append((middle_s, increase / seconds))
+    return rates

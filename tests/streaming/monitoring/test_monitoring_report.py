@@ -1,0 +1,169 @@
+"""The run report: reading metrics.jsonl, the page, and its rendering in
+headless Chromium."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+from monitoring_fake_clock import FakeClock
+from monitoring_synthetic_run import write_synthetic_run
+from PIL import Image
+
+from streaming import monitoring as mon
+from streaming.report import main, write_report
+from streaming.report.records import CounterSample, counter_rates, read_run
+
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+)
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("run")
+    write_synthetic_run(run_dir)
+    return run_dir
+
+
+def run_chromium(*args: str) -> subprocess.CompletedProcess[str]:
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    if binary is None:
+        pytest.fail(
+            "chromium not found: install it (apt-get install -y chromium), the "
+            "report test renders the page with it"
+        )
+    with tempfile.TemporaryDirectory() as profile:
+        return subprocess.run(
+            [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+
+
+def test_read_run_totals(synthetic_run: Path) -> None:
+    records = read_run(synthetic_run)
+
+    assert records.job == "jobs-demo"
+    assert records.counter_final_total("events/learned") == 400 * 256
+    assert records.counter_final_total("registry/rollbacks") == 2
+    assert records.counter_final_total("registry/rejections") == 2
+    kinds = [event.kind for event in records.events]
+    assert kinds.count("rollback") == 2
+    assert kinds.count("drift_alarm") == 1
+    assert len(records.gauge("prequential/top5_accuracy")) == 400
+    assert records.skipped_lines == 0
+
+
+def test_counter_rates_across_restart() -> None:
+    samples = [
+        CounterSample(time_s=0.0, total=0, start_time_s=0.0),
+        CounterSample(time_s=10.0, total=100, start_time_s=0.0),
+        CounterSample(time_s=20.0, total=300, start_time_s=0.0),
+        # The process restarted: the total starts again from zero.
+        CounterSample(time_s=30.0, total=50, start_time_s=25.0),
+        CounterSample(time_s=40.0, total=150, start_time_s=25.0),
+    ]
+
+    rates = counter_rates(samples)
+
+    assert rates == [(5.0, 10.0), (15.0, 20.0), (35.0, 10.0)]
+
+
+def test_counter_rates_merge_steps() -> None:
+    samples = [
+        CounterSample(time_s=float(t), total=t * 3, start_time_s=0.0) for t in range(11)
+    ]
+
+    rates = counter_rates(samples, max_points=5)
+
+    assert len(rates) == 5
+    assert all(rate == pytest.approx(3.0) for _, rate in rates)
+
+
+def test_truncated_line_skipped(tmp_path: Path) -> None:
+    clock = FakeClock()
+    sink = mon.JsonLinesSink(tmp_path, job="j", model="m", clock=clock)
+    telemetry = mon.Telemetry([sink], clock=clock)
+    telemetry.count(mon.EVENTS_LEARNED, 5)
+    telemetry.close()
+    with (tmp_path / "metrics.jsonl").open("a") as file:
+        file.write('{"type":"point","time":1,"na')
+
+    records = read_run(tmp_path)
+
+    assert records.skipped_lines == 1
+    assert records.counter_final_total("events/learned") == 5
+
+
+def test_page_has_every_chart(synthetic_run: Path, tmp_path: Path) -> None:
+    path = write_report(synthetic_run, tmp_path / "page.html")
+
+    html = path.read_text()
+    assert html.count('<svg class="chart line-chart"') == 6
+    assert html.count('<svg class="chart bar-chart"') == 1
+    assert html.count('<svg class="chart heatmap"') == 1
+    assert "empty-chart" not in html
+    # 8 promotions, 2 rejections, 2 rollbacks, 1 drift alarm, on 2 charts.
+    assert html.count('class="marker marker-promotion"') == 2 * 8
+    assert html.count('class="marker marker-rejection"') == 2 * 2
+    assert html.count('class="marker marker-rollback"') == 2 * 2
+    assert html.count('class="marker marker-drift_alarm"') == 2 * 1
+    assert html.count('class="cell"') == 10 * 11
+    assert "Data Analyst" in html
+    assert "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    assert "<script" not in html
+
+
+def test_report_renders_in_chromium(synthetic_run: Path, tmp_path: Path) -> None:
+    path = write_report(synthetic_run, tmp_path / "report.html")
+    url = path.resolve().as_uri()
+    screenshot = tmp_path / "report.png"
+
+    dom = run_chromium("--dump-dom", url).stdout
+    run_chromium(f"--screenshot={screenshot}", "--window-size=940,2400", url)
+
+    assert len(re.findall(r"<svg class=\"chart ", dom)) == 8
+    assert len(re.findall(r"<polyline class=\"series\"", dom)) >= 10
+    assert len(re.findall(r"<rect class=\"bar\"", dom)) >= 15
+    image = Image.open(screenshot).convert("RGB")
+    assert image.size == (940, 2400)
+    colors = image.getcolors(maxcolors=940 * 2400)
+    assert colors is not None
+    white = sum(count for count, color in colors if color == (255, 255, 255))
+    assert white / (940 * 2400) < 0.95
+    assert len(colors) > 100
+
+
+def test_cli_writes_report(
+    synthetic_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "out.html"
+
+    assert main([str(synthetic_run), "--output", str(output), "--top-roles", "4"]) == 0
+
+    assert capsys.readouterr().out.strip() == str(output)
+    assert output.read_text().count('class="cell"') == 4 * 5
+
+
+def test_cli_missing_metrics(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([str(tmp_path)]) == 1
+
+    error = capsys.readouterr().err
+    assert "metrics.jsonl not found" in error
