@@ -127,9 +127,10 @@ def run_job(settings: Any, args: argparse.Namespace) -> int:
     )
     ticker.daemon = True
     ticker.start()
+    relay = _relay_pointer_changes(settings.topics)
 
     options = PipelineOptions(
-        streaming=True, runner="DirectRunner", project=settings.project
+        flags=[], streaming=True, runner="DirectRunner", project=settings.project
     )
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, settings)
@@ -160,6 +161,7 @@ def run_job(settings: Any, args: argparse.Namespace) -> int:
     elapsed_s = time.monotonic() - started
     _print_summary(args, settings, slot.runtime, elapsed_s)
     stop.set()
+    relay.cancel()
     sys.stdout.flush()
     sys.stderr.flush()
     # The DirectRunner's streaming executor has no clean shutdown: cancel()
@@ -171,12 +173,40 @@ def run_job(settings: Any, args: argparse.Namespace) -> int:
 def _tick(topics: JobTopics, interval_s: float, stop: threading.Event) -> None:
     from google.cloud.pubsub_v1 import PublisherClient
 
+    from streaming.pipeline import CONTROL_ATTRIBUTE, CONTROL_TICK
+
     publisher = PublisherClient()
+    failures = 0
     while not stop.wait(interval_s):
         try:
-            publisher.publish(topics.ticks_topic, b"").result(timeout=10)
+            publisher.publish(
+                topics.events_topic, b"tick", **{CONTROL_ATTRIBUTE: CONTROL_TICK}
+            ).result(timeout=10)
         except Exception as error:  # the job goes on; micro-batches close later
-            logger.warning("tick publish failed: %s", error)
+            failures += 1
+            if failures in (1, 10, 100):
+                logger.warning("tick publish failed (%d so far): %s", failures, error)
+
+
+def _relay_pointer_changes(topics: JobTopics) -> Any:
+    """Forward each model-versions message as a control message on the events
+    topic, so that the pipeline's only source carries it; return the future."""
+    from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient
+
+    from streaming.pipeline import CONTROL_ATTRIBUTE, CONTROL_POINTER
+
+    publisher = PublisherClient()
+    subscriber = SubscriberClient()
+
+    def forward(message: Any) -> None:
+        attributes = {**dict(message.attributes), CONTROL_ATTRIBUTE: CONTROL_POINTER}
+        publisher.publish(topics.events_topic, message.data, **attributes).result(
+            timeout=10
+        )
+        message.ack()
+        logger.info("relayed pointer change %s", attributes.get("seq", "?"))
+
+    return subscriber.subscribe(topics.model_versions_subscription, forward)
 
 
 def _print(args: argparse.Namespace, record: dict[str, Any]) -> None:

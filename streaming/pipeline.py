@@ -4,20 +4,24 @@
 
     ReadEvents -> DecodeEvents --dead letters--> WriteDeadLetters
                        |
-    ReadTicks ---------+--> MergeLearnerInputs -> KeyForLearner -> Learn
-    ReadPointerChanges-+                                            |
+    (ReadTicks) -------+--> MergeLearnerInputs -> KeyForLearner -> Learn
+    (ReadPointerChanges)+                                           |
                                                   WritePredictions <+
 
 Decoding runs in parallel. Everything after it goes to one key, because one
-logical model learns from the whole stream; ``Learn`` hands the inputs to a
+logical model learns from the whole stream. ``Learn`` hands the inputs to a
 ``JobRuntime`` (streaming/runtime.py) kept per process, because the
 DirectRunner creates new DoFn instances for nearly every bundle.
 
-Ticks exist because the DirectRunner fires processing-time timers only when
-its Pub/Sub read returns, and that read waits up to 30 s when no message
-arrives; a tick message every half second keeps micro-batches closing on
-time under low traffic. The transform names above are stable, so that a
-running Dataflow job can be replaced with ``--update``.
+On the DirectRunner, every Pub/Sub read of an empty subscription blocks the
+whole runner for up to 30 s (its pull has a 30 s timeout), and
+processing-time timers fire only when a read returns. So locally the job
+has one source: ticks (every half second) and notices of pointer changes
+travel on the events topic as control messages, which ``streamlearn run``
+publishes. On Dataflow (``control="separate"``) ticks come from Beam's
+PeriodicImpulse and notices from the model-versions subscription. The
+transform names are stable, so that a running Dataflow job can be replaced
+with ``--update``.
 """
 
 from __future__ import annotations
@@ -43,6 +47,10 @@ logger = logging.getLogger(__name__)
 
 LEARNER_KEY = "learner"
 DEAD_LETTER_TAG = "dead_letter"
+# Attribute that marks a control message on the events topic, and its values.
+CONTROL_ATTRIBUTE = "streamlearn-control"
+CONTROL_TICK = "tick"
+CONTROL_POINTER = "pointer"
 VERSION_ATTRIBUTE = "model_version"
 
 
@@ -91,6 +99,13 @@ class DecodeEvents(beam.DoFn):
     def process(self, message: PubsubMessage) -> Iterator[Any]:
         from streaming.runtime import EventBatch
 
+        control = (message.attributes or {}).get(CONTROL_ATTRIBUTE)
+        if control == CONTROL_TICK:
+            yield Tick()
+            return
+        if control == CONTROL_POINTER:
+            yield PointerNotice()
+            return
         decoded = self._decoder.decode(message.data, message.attributes or {})
         reasons: dict[str, int] = {}
         for letter in decoded.dead_letters:
@@ -281,13 +296,16 @@ def _prediction_message(prediction: Any) -> PubsubMessage:
 
 
 def build_pipeline(
-    pipeline: beam.Pipeline, settings: JobSettings, ticks: str = "pubsub"
+    pipeline: beam.Pipeline, settings: JobSettings, control: str = "events"
 ) -> None:
     """Add the job's transforms to ``pipeline``.
 
-    ``ticks`` is ``pubsub`` (a ticker publishes to the ticks topic, for the
-    DirectRunner) or ``impulse`` (Beam's PeriodicImpulse, for Dataflow).
+    ``control`` is ``events`` (ticks and pointer notices arrive as control
+    messages on the events topic, for the DirectRunner) or ``separate``
+    (PeriodicImpulse and the model-versions subscription, for Dataflow).
     """
+    if control not in ("events", "separate"):
+        raise ValueError(f"invalid control {control!r}: expected events or separate")
     topics = settings.topics
     decoded = (
         pipeline
@@ -301,23 +319,23 @@ def build_pipeline(
     _ = decoded[DEAD_LETTER_TAG] | "WriteDeadLetters" >> WriteToPubSub(
         topics.dead_letter_topic, with_attributes=True
     )
-    if ticks == "impulse":
+    inputs = [decoded["events"]]
+    if control == "separate":
         from apache_beam.transforms.periodicsequence import PeriodicImpulse
 
-        tick_source = pipeline | "ReadTicks" >> PeriodicImpulse(fire_interval=1.0)
-    else:
-        tick_source = pipeline | "ReadTicks" >> ReadFromPubSub(
-            subscription=topics.ticks_subscription
+        inputs.append(
+            pipeline
+            | "ReadTicks" >> PeriodicImpulse(fire_interval=1.0)
+            | "AsTicks" >> beam.Map(lambda _: Tick())
         )
-    ticks_in = tick_source | "AsTicks" >> beam.Map(lambda _: Tick())
-    pointer_in = (
-        pipeline
-        | "ReadPointerChanges"
-        >> ReadFromPubSub(subscription=topics.model_versions_subscription)
-        | "AsPointerNotices" >> beam.Map(lambda _: PointerNotice())
-    )
+        inputs.append(
+            pipeline
+            | "ReadPointerChanges"
+            >> ReadFromPubSub(subscription=topics.model_versions_subscription)
+            | "AsPointerNotices" >> beam.Map(lambda _: PointerNotice())
+        )
     _ = (
-        (decoded["events"], ticks_in, pointer_in)
+        tuple(inputs)
         | "MergeLearnerInputs" >> beam.Flatten()
         | "KeyForLearner" >> beam.Map(lambda item: (LEARNER_KEY, item))
         | "Learn" >> beam.ParDo(Learn(settings))

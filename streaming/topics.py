@@ -69,14 +69,6 @@ class JobTopics:
     def model_versions_subscription(self) -> str:
         return self._subscription("model-versions")
 
-    @property
-    def ticks_topic(self) -> str:
-        return self._topic("ticks")
-
-    @property
-    def ticks_subscription(self) -> str:
-        return self._subscription("ticks")
-
     def pairs(self) -> list[tuple[str, str]]:
         """Return every (topic, subscription) pair the job uses."""
         return [
@@ -84,7 +76,6 @@ class JobTopics:
             (self.dead_letter_topic, self.dead_letter_subscription),
             (self.predictions_topic, self.predictions_subscription),
             (self.model_versions_topic, self.model_versions_subscription),
-            (self.ticks_topic, self.ticks_subscription),
         ]
 
 
