@@ -99,7 +99,7 @@ def _positive_int(text: str) -> int:
 
 def version_rows(registry: Registry) -> list[dict[str, Any]]:
     """Return one JSON-ready row per version, newest first."""
-    state = registry.state()
+    statuses = version_statuses(registry.state())
     rows = []
     for number in reversed(registry.versions()):
         try:
@@ -108,22 +108,30 @@ def version_rows(registry: Registry) -> list[dict[str, Any]]:
             rows.append({"version": number, "status": CORRUPT, "error": str(error)})
             continue
         row = manifest.to_dict()
-        row["status"] = version_status(state, number)
+        row["status"] = statuses.get(number, NEVER_SERVED)
         rows.append(row)
     return rows
 
 
-def version_status(state: ServingState, number: int) -> str:
-    """Return serving, rolled back, retired or never served."""
-    if state.serving == number:
-        return SERVING
-    last_exit = None
+def version_statuses(state: ServingState) -> dict[int, str]:
+    """Return serving, rolled back or retired for every version that served.
+
+    A version that never served is absent. A version that served is rolled
+    back or retired by the kind of the last change that moved away from it.
+    """
+    statuses = {}
     for change in state.pointer_changes():
-        if change.from_version == number:
-            last_exit = change.kind
-    if last_exit is None:
-        return NEVER_SERVED
-    return ROLLED_BACK if last_exit in ROLLBACK_KINDS else RETIRED
+        if change.from_version is not None:
+            rolled_back = change.kind in ROLLBACK_KINDS
+            statuses[change.from_version] = ROLLED_BACK if rolled_back else RETIRED
+    if state.serving is not None:
+        statuses[state.serving] = SERVING
+    return statuses
+
+
+def version_status(state: ServingState, number: int) -> str:
+    """Return the status of one version; see version_statuses."""
+    return version_statuses(state).get(number, NEVER_SERVED)
 
 
 def _list(registry: Registry, args: argparse.Namespace) -> int:

@@ -248,12 +248,12 @@ class Registry:
 
     def versions(self) -> list[int]:
         """Return the numbers of all complete versions, oldest first."""
-        numbers = set()
-        for key in self.storage.list(VERSIONS_PREFIX):
-            folder, _, name = key[len(VERSIONS_PREFIX) :].partition("/")
-            if name == MANIFEST_NAME and folder[1:].isdigit():
-                numbers.add(int(folder[1:]))
-        return sorted(numbers)
+        folders = self.storage.folders_containing(VERSIONS_PREFIX, MANIFEST_NAME)
+        return sorted(
+            int(folder[1:])
+            for folder in folders
+            if folder.startswith("v") and folder[1:].isdigit()
+        )
 
     def describe(self, version: int | str) -> Manifest:
         """Return the manifest of ``version`` without reading its files."""
@@ -315,15 +315,7 @@ class Registry:
         Taken from the pointer history, skipping versions that a rollback
         moved away from; raises NoPreviousVersion if there is none.
         """
-        state = self._state()
-        previous = state.previous_version()
-        if previous is None:
-            raise NoPreviousVersion(
-                f"no earlier version to return to in registry {self.url}: the "
-                f"history holds no served version besides "
-                f"{_name(state.serving)} that was not rolled back; pass --to vN"
-            )
-        return previous
+        return _previous_or_raise(self.url, self._state())
 
     # Writing
 
@@ -415,7 +407,7 @@ class Registry:
             )
         _check_actor(actor)
         manifest = self.verify(number)
-        self._check_compatible(manifest)
+        self._check_compatible(manifest, self.serving())
         return self._move_pointer(number, actor, reason, kind, expected, details or {})
 
     def plan_rollback(self, to: int | str | None = None) -> tuple[int | None, int]:
@@ -425,14 +417,19 @@ class Registry:
         AlreadyServing, VersionNotFound, CorruptVersion, IncompatibleVersion
         or NoPreviousVersion; changes nothing.
         """
-        target = self.previous_version() if to is None else parse_version(to)
-        current = self.serving()
+        if to is None:
+            state = self._state()
+            target = _previous_or_raise(self.url, state)
+        else:
+            target = parse_version(to)
+            state = self._state()
+        current = state.serving
         if target == current:
             raise AlreadyServing(
                 f"version {format_version(target)} serves already; nothing to do"
             )
         manifest = self.verify(target)
-        self._check_compatible(manifest)
+        self._check_compatible(manifest, current)
         return current, target
 
     def rollback(self, to: int | str | None, actor: str, reason: str) -> PointerChange:
@@ -627,11 +624,10 @@ class Registry:
             )
         return blob.data
 
-    def _check_compatible(self, manifest: Manifest) -> None:
+    def _check_compatible(self, manifest: Manifest, serving: int | None) -> None:
         reference = self.running_fingerprint()
         source = "the running job's"
         if reference is None:
-            serving = self.serving()
             if serving is None or serving == manifest.version:
                 return
             reference = self.describe(serving).fields.fingerprint
@@ -684,6 +680,17 @@ class Registry:
                 self.url,
                 error,
             )
+
+
+def _previous_or_raise(url: str, state: ServingState) -> int:
+    previous = state.previous_version()
+    if previous is None:
+        raise NoPreviousVersion(
+            f"no earlier version to return to in registry {url}: the history "
+            f"holds no served version besides {_name(state.serving)} that was "
+            "not rolled back; pass --to vN"
+        )
+    return previous
 
 
 def _manifest_fields(fields: ManifestFields | Mapping[str, Any]) -> ManifestFields:

@@ -53,8 +53,16 @@ class Storage(Protocol):
         """Write ``key`` unconditionally, replacing any earlier object."""
         ...
 
-    def list(self, prefix: str) -> list[str]:
+    def list_keys(self, prefix: str) -> list[str]:
         """Return every key that starts with ``prefix``, in no fixed order."""
+        ...
+
+    def folders_containing(self, prefix: str, name: str) -> list[str]:
+        """Return the child folders of ``prefix`` that hold an object ``name``.
+
+        For ``("versions/", "manifest.json")`` returns names like
+        ``v000012``, in no fixed order.
+        """
         ...
 
     def is_empty(self) -> bool:

@@ -102,10 +102,19 @@ class GcsStorage:
         except self._exceptions.Forbidden as error:
             raise self._not_writable(key, error) from error
 
-    def list(self, prefix: str) -> list[str]:
+    def list_keys(self, prefix: str) -> list[str]:
         start = len(self._prefix)
         blobs = self._client.list_blobs(self._bucket_name, prefix=self._prefix + prefix)
         return [blob.name[start:] for blob in blobs]
+
+    def folders_containing(self, prefix: str, name: str) -> list[str]:
+        # One paged listing of the prefix, not one request per folder.
+        folders = []
+        for key in self.list_keys(prefix):
+            folder, _, rest = key[len(prefix) :].partition("/")
+            if rest == name:
+                folders.append(folder)
+        return folders
 
     def is_empty(self) -> bool:
         blobs = self._client.list_blobs(

@@ -30,6 +30,9 @@ class LocalStorage:
 
     def __init__(self, root: str | Path) -> None:
         self._root = Path(root).expanduser().absolute()
+        # Plain strings below: pathlib costs more than the I/O when listing
+        # thousands of versions.
+        self._root_text = str(self._root)
 
     @property
     def url(self) -> str:
@@ -45,7 +48,8 @@ class LocalStorage:
 
     def read(self, key: str) -> Blob | None:
         try:
-            data = self._path(key).read_bytes()
+            with open(os.path.join(self._root_text, key), "rb") as file:
+                data = file.read()
         except (FileNotFoundError, NotADirectoryError):
             return None
         except PermissionError as error:
@@ -83,21 +87,37 @@ class LocalStorage:
         with self._writing(key):
             self._replace(self._path(key), data)
 
-    def list(self, prefix: str) -> list[str]:
-        start = self._path(prefix) if prefix else self._root
-        if not start.is_dir():
-            start = start.parent
+    def list_keys(self, prefix: str) -> list[str]:
+        start = os.path.join(self._root_text, prefix)
+        if not os.path.isdir(start):
+            start = os.path.dirname(start)
+        skip = len(self._root_text) + 1
         keys = []
         for folder, subfolders, names in os.walk(start):
             subfolders[:] = [name for name in subfolders if not name.startswith(".")]
-            relative = Path(folder).relative_to(self._root).as_posix()
+            relative = folder[skip:]
             for name in names:
                 if name.startswith("."):
                     continue  # temporary files and the lock
-                key = name if relative == "." else f"{relative}/{name}"
+                key = f"{relative}/{name}" if relative else name
                 if key.startswith(prefix):
                     keys.append(key)
         return keys
+
+    def folders_containing(self, prefix: str, name: str) -> list[str]:
+        # listdir plus one stat per folder: several times faster than a walk
+        # that lists every file of every version.
+        parent = os.path.join(self._root_text, prefix)
+        try:
+            children = os.listdir(parent)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return [
+            child
+            for child in children
+            if not child.startswith(".")
+            and os.path.exists(os.path.join(parent, child, name))
+        ]
 
     def is_empty(self) -> bool:
         return not any(

@@ -61,7 +61,7 @@ def check_consistent(registry: Registry) -> None:
 def allocated_numbers(registry: Registry) -> set[int]:
     """Return every version folder, with or without a manifest."""
     folders = set()
-    for key in registry.storage.list("versions/"):
+    for key in registry.storage.list_keys("versions/"):
         folders.add(int(key.split("/")[1][1:]))
     return folders
 

@@ -1,0 +1,152 @@
+"""Time ``rollback --to vN`` and ``streamlearn versions list`` on a large registry.
+
+Builds a local registry with N versions (default 1,000) through the Python
+API, with a rollback every 50 versions so the history looks lived-in, then
+runs each command as a fresh subprocess, the way an operator does, and
+reports the median and p95 wall time. The time of ``rollback --to`` runs
+from process start to process exit, so it bounds the time to the pointer
+change from above by the interpreter's shutdown.
+
+    .venv/bin/python benchmarks/registry_rollback.py --versions 1000 --repeats 30 \
+        --output benchmarks/results/registry.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from rollback.manifest import ManifestFields
+from rollback.registry import Registry, open_registry
+
+BIN = Path(sys.executable).parent
+
+
+def build_registry(path: Path, versions: int, weights_bytes: int) -> Registry:
+    """Publish ``versions`` versions; roll back after every 50th."""
+    registry = open_registry(path, create=True)
+    fields = ManifestFields(
+        fingerprint="sha256:benchmark",
+        events_count=4096,
+        holdout_metrics={"accuracy": 0.9, "log_loss": 0.3},
+        champion_metrics={"accuracy": 0.89, "log_loss": 0.31},
+        label_vocabulary=("buy", "browse", "leave"),
+        code_version="benchmark",
+    )
+    for index in range(versions):
+        files = {
+            "weights.safetensors": index.to_bytes(4, "big") * (weights_bytes // 4),
+            "learner.json": b'{"step": %d}' % index,
+        }
+        version = registry.publish(files, fields, "job", "validated")
+        if version % 50 == 0:
+            registry.set_serving(version - 1, "job", "drift", kind="auto_rollback")
+    return registry
+
+
+def time_command(arguments: list[str], environment: dict[str, str]) -> float:
+    """Run one command; return its wall time in milliseconds."""
+    start = time.perf_counter()
+    result = subprocess.run(arguments, capture_output=True, text=True, env=environment)
+    elapsed_ms = (time.perf_counter() - start) * 1000
+    if result.returncode != 0:
+        raise RuntimeError(f"{shlex.join(arguments)} failed: {result.stderr.strip()}")
+    return elapsed_ms
+
+
+def summarize(name: str, samples_ms: list[float]) -> str:
+    ordered = sorted(samples_ms)
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    return (
+        f"| `{name}` | {len(ordered)} | {statistics.median(ordered):.0f} | "
+        f"{p95:.0f} | {ordered[0]:.0f} | {ordered[-1]:.0f} |"
+    )
+
+
+def run(arguments: argparse.Namespace) -> str:
+    with tempfile.TemporaryDirectory(dir=arguments.workdir) as folder:
+        path = Path(folder) / "registry"
+        started = time.perf_counter()
+        registry = build_registry(path, arguments.versions, arguments.weights_bytes)
+        build_s = time.perf_counter() - started
+        environment = {**os.environ, "STREAMLEARN_REGISTRY": str(path)}
+        first, last = registry.versions()[0], registry.versions()[-1]
+        targets = [first + (last - first) // 2, first + (last - first) // 3]
+
+        rollback_ms = []
+        for repeat in range(arguments.repeats):
+            target = f"v{targets[repeat % 2]}"
+            command = [str(BIN / "rollback"), "--to", target, "--reason", "bench"]
+            rollback_ms.append(time_command(command, environment))
+        list_command = [str(BIN / "streamlearn"), "versions", "list"]
+        list_ms = [
+            time_command(list_command, environment) for _ in range(arguments.repeats)
+        ]
+        json_command = [*list_command, "--format", "json"]
+        json_ms = [
+            time_command(json_command, environment) for _ in range(arguments.repeats)
+        ]
+        history = len(registry.history())
+
+    rows = [
+        summarize("rollback --to vN", rollback_ms),
+        summarize("streamlearn versions list", list_ms),
+        summarize("streamlearn versions list --format json", json_ms),
+    ]
+    invocation = shlex.join(
+        ["python", "benchmarks/registry_rollback.py", *sys.argv[1:]]
+    )
+    return "\n".join(
+        [
+            "# Registry command latency",
+            "",
+            f"Command: `{invocation}`",
+            "",
+            f"Registry: local folder, {arguments.versions} versions of "
+            f"{arguments.weights_bytes} + ~14 bytes, {history} history entries "
+            f"(built in {build_s:.1f} s). Each command runs as a new process; "
+            "times are wall clock from process start to exit, in ms.",
+            "",
+            "| command | runs | median | p95 | min | max |",
+            "|---|---|---|---|---|---|",
+            *rows,
+            "",
+            f"Machine: {platform.platform()}, Python {platform.python_version()}, "
+            f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the "
+            f"end (other jobs shared the CPUs); measured "
+            f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",
+            "",
+        ]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--versions", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument(
+        "--weights-bytes",
+        type=int,
+        default=65536,
+        help="size of each version's weights file; rollback hashes the target's",
+    )
+    parser.add_argument("--workdir", help="folder for the temporary registry")
+    parser.add_argument("--output", type=Path, help="also write the table here")
+    arguments = parser.parse_args()
+    report = run(arguments)
+    print(report)
+    if arguments.output is not None:
+        arguments.output.write_text(report)
+
+
+if __name__ == "__main__":
+    main()
