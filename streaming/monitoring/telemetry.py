@@ -13,11 +13,13 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import SupportsFloat
 
 from streaming.monitoring.catalogue import (
     EVENT_COUNTERS,
     EventKind,
     MetricSpec,
+    ValueType,
 )
 
 logger = logging.getLogger(__name__)
@@ -149,7 +151,7 @@ class Telemetry:
     def count(
         self,
         spec: MetricSpec,
-        increment: float = 1,
+        increment: SupportsFloat = 1,
         *,
         event_time_ms: int | None = None,
         **labels: str,
@@ -157,9 +159,10 @@ class Telemetry:
         """Add ``increment`` (zero or more) to a counter."""
         if not spec.is_counter:
             raise MetricError(f"{spec.name} is a {_kind_word(spec)}, not a counter")
-        if increment < 0:
+        amount = _coerce(spec, increment)
+        if amount < 0:
             raise MetricError(
-                f"{spec.name}: counter increment must be >= 0, got {increment}"
+                f"{spec.name}: counter increment must be >= 0, got {amount}"
             )
         values = _label_values(spec, labels)
         with self._lock:
@@ -169,14 +172,14 @@ class Telemetry:
             if state is None:
                 state = _CounterState(start_time_s=now)
                 self._starts.counters[key] = state
-            state.total += increment
+            state.total += amount
             point = Point(
                 spec,
                 values,
                 state.total,
                 now,
                 state.start_time_s,
-                increment,
+                amount,
                 event_time_ms,
             )
             self._fan_out(point)
@@ -184,7 +187,7 @@ class Telemetry:
     def set(
         self,
         spec: MetricSpec,
-        value: float,
+        value: SupportsFloat,
         *,
         event_time_ms: int | None = None,
         **labels: str,
@@ -192,16 +195,17 @@ class Telemetry:
         """Set a gauge to ``value``."""
         if not spec.is_gauge:
             raise MetricError(f"{spec.name} is a {_kind_word(spec)}, not a gauge")
+        number = _coerce(spec, value)
         values = _label_values(spec, labels)
         with self._lock:
             now = self.clock()
-            point = Point(spec, values, value, now, now, 0.0, event_time_ms)
+            point = Point(spec, values, number, now, now, 0.0, event_time_ms)
             self._fan_out(point)
 
     def observe(
         self,
         spec: MetricSpec,
-        value: float,
+        value: SupportsFloat,
         *,
         event_time_ms: int | None = None,
         **labels: str,
@@ -211,11 +215,12 @@ class Telemetry:
             raise MetricError(
                 f"{spec.name} is a {_kind_word(spec)}, not a distribution"
             )
+        number = float(value)
         values = _label_values(spec, labels)
         with self._lock:
             now = self.clock()
             start = self._starts.distributions.setdefault((spec.name, values), now)
-            point = Point(spec, values, value, now, start, 0.0, event_time_ms)
+            point = Point(spec, values, number, now, start, 0.0, event_time_ms)
             self._fan_out(point)
 
     def record_event(
@@ -299,6 +304,18 @@ def _label_values(spec: MetricSpec, labels: Mapping[str, str]) -> LabelValues:
         raise MetricError(
             f"{spec.name}: expected labels {list(spec.labels)}, got {sorted(labels)}"
         ) from None
+
+
+def _coerce(spec: MetricSpec, value: SupportsFloat) -> float:
+    """Return ``value`` as a Python int for INT64 metrics, else a float, so
+    numpy and torch scalars never reach the sinks."""
+    if spec.value_type is ValueType.INT64:
+        number = float(value)
+        whole = int(number)
+        if whole != number:
+            raise MetricError(f"{spec.name} takes whole numbers, got {value}")
+        return whole
+    return float(value)
 
 
 def _kind_word(spec: MetricSpec) -> str:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 from pathlib import Path
 from typing import Any, TextIO
@@ -69,32 +70,31 @@ class JsonLinesSink(Sink):
         self._lock = threading.Lock()
         self._file: TextIO | None = self.path.open("a", encoding="utf-8")
         self._last_flush_s = clock()
+        # Encoded name, kind and labels of each series seen, by (name, labels).
+        self._series_json: dict[tuple[str, tuple[str, ...]], str] = {}
         self._write(
             {"type": "run", "time": self._last_flush_s, "job": job, "model": model}
         )
         logger.info("writing metrics to %s", self.path)
 
     def write_point(self, point: Point) -> None:
-        spec = point.spec
-        if spec.is_distribution:
-            kind = "distribution"
-        elif spec.is_counter:
-            kind = "counter"
-        else:
-            kind = "gauge"
-        record: dict[str, Any] = {
-            "type": "point",
-            "time": point.time_s,
-            "name": spec.name,
-            "kind": kind,
-            "labels": point.label_dict(),
-            "value": point.value,
-        }
-        if spec.is_counter:
-            record["start_time"] = point.start_time_s
+        # Points are the hot path (several per micro-batch), so the parts of
+        # a line that never change for a series are encoded once.
+        key = (point.spec.name, point.labels)
+        series_json = self._series_json.get(key)
+        if series_json is None:
+            series_json = _series_json(point)
+            self._series_json[key] = series_json
+        extra = ""
+        if point.spec.is_counter:
+            extra = f',"start_time":{_number_json(point.start_time_s)}'
         if point.event_time_ms is not None:
-            record["event_time_ms"] = point.event_time_ms
-        self._write(record)
+            extra += f',"event_time_ms":{int(point.event_time_ms)}'
+        line = (
+            f'{{"type":"point","time":{_number_json(point.time_s)},{series_json},'
+            f'"value":{_number_json(point.value)}{extra}}}\n'
+        )
+        self._write_line(line, point.time_s)
 
     def write_event(self, event: RecordedEvent) -> None:
         record: dict[str, Any] = {
@@ -138,12 +138,35 @@ class JsonLinesSink(Sink):
 
     def _write(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, separators=(",", ":")) + "\n"
+        self._write_line(line, record["time"])
+
+    def _write_line(self, line: str, now: float) -> None:
         with self._lock:
             if self._file is None:
                 logger.debug("dropped a record written after close: %s", line)
                 return
             self._file.write(line)
-            now = record["time"]
             if now - self._last_flush_s >= self.flush_interval_s:
                 self._file.flush()
                 self._last_flush_s = now
+
+
+def _series_json(point: Point) -> str:
+    spec = point.spec
+    if spec.is_distribution:
+        kind = "distribution"
+    elif spec.is_counter:
+        kind = "counter"
+    else:
+        kind = "gauge"
+    labels = json.dumps(point.label_dict(), separators=(",", ":"))
+    return f'"name":{json.dumps(spec.name)},"kind":"{kind}","labels":{labels}'
+
+
+def _number_json(value: float) -> str:
+    # Telemetry passes only Python ints and floats. repr gives the shortest
+    # round-tripping form, as json.dumps does, but NaN and infinities need
+    # json.dumps.
+    if isinstance(value, int) or math.isfinite(value):
+        return repr(value)
+    return json.dumps(value)

@@ -67,6 +67,7 @@ def test_counter_totals_per_label(clock: FakeClock) -> None:
             "expected labels",
         ),
         (lambda t: t.set(mon.TRAINING_LOSS, 1.0, version="v1"), "expected labels"),
+        (lambda t: t.count(mon.EVENTS_LEARNED, 2.5), "takes whole numbers"),
     ],
 )
 def test_calls_checked_against_catalogue(call: Any, message: str) -> None:
@@ -154,6 +155,27 @@ def test_jsonl_records_every_kind(tmp_path: Path, clock: FakeClock) -> None:
         ["analyst", "engineer", 3],
     ]
     assert len(records) == 8
+
+
+def test_jsonl_writes_numpy_and_nan(tmp_path: Path, clock: FakeClock) -> None:
+    import numpy
+
+    sink = mon.JsonLinesSink(tmp_path, job="j", model="m", clock=clock)
+    telemetry = mon.Telemetry([sink], clock=clock)
+
+    telemetry.set(mon.TRAINING_LOSS, numpy.float32(0.5))
+    telemetry.set(mon.TRAINING_LOSS, float("nan"))
+    telemetry.count(mon.EVENTS_LEARNED, numpy.int64(3))
+    telemetry.set(mon.SERVING_VERSION, 4.0)
+    telemetry.close()
+
+    values = [r["value"] for r in read_records(tmp_path)[1:]]
+    assert values[0] == 0.5
+    assert values[1] != values[1]  # NaN survives the round trip
+    assert values[2] == 3
+    assert isinstance(values[2], int)
+    assert values[3] == 4
+    assert isinstance(values[3], int)
 
 
 def test_jsonl_flushes_on_interval(tmp_path: Path, clock: FakeClock) -> None:
