@@ -142,7 +142,7 @@ class MetricsAccumulator:
         """
         records = list(micro_batch)
         for record in records:
-            _validate_probability(record)
+            validate_probability(record)
 
         top_k = self.config.top_k
         for record in records:
@@ -264,7 +264,8 @@ def evaluate(
     return accumulator.result()
 
 
-def _validate_probability(record: Scored) -> None:
+def validate_probability(record: Scored) -> None:
+    """Raise ValueError unless the record's true-label probability is in [0, 1]."""
     probability = record.true_label_probability
     if not (isinstance(probability, int | float) and 0.0 <= probability <= 1.0):
         raise ValueError(
