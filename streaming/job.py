@@ -65,7 +65,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--micro-batch-size", type=int, default=256)
     parser.add_argument("--micro-batch-max-wait-s", type=float, default=2.0)
     parser.add_argument("--holdout-fraction", type=float, default=0.1)
+    parser.add_argument("--holdout-window-size", type=int, default=2000)
+    parser.add_argument("--holdout-min-events", type=int, default=200)
     parser.add_argument("--gate-every-micro-batches", type=int, default=20)
+    parser.add_argument(
+        "--gate-tolerance",
+        type=float,
+        default=0.0,
+        help="promote when candidate top-1 >= serving top-1 minus this",
+    )
     parser.add_argument("--gate-every-s", type=float, default=30.0)
     parser.add_argument("--checkpoint-every-s", type=float, default=5.0)
     parser.add_argument("--format", choices=("text", "json"), default="text")
@@ -92,6 +100,9 @@ def main(argv: list[str]) -> int:
         micro_batch_size=args.micro_batch_size,
         micro_batch_max_wait_s=args.micro_batch_max_wait_s,
         holdout_fraction=args.holdout_fraction,
+        holdout_window_size=args.holdout_window_size,
+        holdout_min_events=args.holdout_min_events,
+        gate_tolerance=args.gate_tolerance,
         gate_every_micro_batches=args.gate_every_micro_batches,
         gate_every_s=args.gate_every_s,
         checkpoint_every_s=args.checkpoint_every_s,
