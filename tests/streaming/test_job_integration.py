@@ -13,15 +13,6 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from online_model.spec import load_schema
-from rollback.announce import PubSubAnnouncer
-from rollback.registry import open_registry
-from streaming.wire import (
-    REASON_ATTRIBUTE,
-    RECORD_INDEX_ATTRIBUTE,
-    encode_container,
-    encode_single_object,
-)
 from streaming_jobs import (
     decisions,
     finish,
@@ -32,6 +23,15 @@ from streaming_jobs import (
     pull_all,
     start_job,
     wait_for,
+)
+
+from online_model.spec import load_schema
+from rollback.announce import PubSubAnnouncer
+from rollback.registry import open_registry
+from streaming.wire import (
+    REASON_ATTRIBUTE,
+    RECORD_INDEX_ATTRIBUTE,
+    encode_container,
 )
 
 SCHEMA = load_schema("job_postings")
