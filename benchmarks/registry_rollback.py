@@ -1,9 +1,9 @@
 """Time ``rollback --to vN`` and ``streamlearn versions list`` on a large registry.
 
 Builds a local registry with N versions (default 1,000) through the Python
-API, with a rollback every 50 versions so the history looks lived-in, then
-runs each command as a fresh subprocess, the way an operator does, and
-reports the median and p95 wall time. The time of ``rollback --to`` runs
+API, with a rollback every 50 versions so that the history has both kinds
+of entries. Then runs each command as a new subprocess, as an operator
+does, and reports the median and p95 wall time. The time of ``rollback --to`` runs
 from process start to process exit, so it bounds the time to the pointer
 change from above by the interpreter's shutdown.
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import shlex
 import statistics
 import subprocess
@@ -53,22 +54,33 @@ def build_registry(path: Path, versions: int, weights_bytes: int) -> Registry:
     return registry
 
 
-def time_command(arguments: list[str], environment: dict[str, str]) -> float:
-    """Run one command; return its wall time in milliseconds."""
+def time_command(
+    arguments: list[str], environment: dict[str, str]
+) -> tuple[float, float]:
+    """Run one command; return its wall time and CPU time in milliseconds."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     result = subprocess.run(arguments, capture_output=True, text=True, env=environment)
-    elapsed_ms = (time.perf_counter() - start) * 1000
+    wall_ms = (time.perf_counter() - start) * 1000
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode != 0:
         raise RuntimeError(f"{shlex.join(arguments)} failed: {result.stderr.strip()}")
-    return elapsed_ms
+    cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall_ms, cpu_s * 1000
 
 
-def summarize(name: str, samples_ms: list[float]) -> str:
-    ordered = sorted(samples_ms)
-    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+def percentile_95(samples: list[float]) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+
+
+def summarize(name: str, samples: list[tuple[float, float]]) -> str:
+    wall = [sample[0] for sample in samples]
+    cpu = [sample[1] for sample in samples]
     return (
-        f"| `{name}` | {len(ordered)} | {statistics.median(ordered):.0f} | "
-        f"{p95:.0f} | {ordered[0]:.0f} | {ordered[-1]:.0f} |"
+        f"| `{name}` | {len(samples)} | {statistics.median(wall):.0f} | "
+        f"{percentile_95(wall):.0f} | {statistics.median(cpu):.0f} | "
+        f"{percentile_95(cpu):.0f} |"
     )
 
 
@@ -82,22 +94,22 @@ def run(arguments: argparse.Namespace) -> str:
         first, last = registry.versions()[0], registry.versions()[-1]
         targets = [first + (last - first) // 2, first + (last - first) // 3]
 
+        repeats = range(arguments.repeats)
+        baseline = [sys.executable, "-c", "pass"]
+        baseline_ms = [time_command(baseline, environment) for _ in repeats]
         rollback_ms = []
-        for repeat in range(arguments.repeats):
+        for repeat in repeats:
             target = f"v{targets[repeat % 2]}"
             command = [str(BIN / "rollback"), "--to", target, "--reason", "bench"]
             rollback_ms.append(time_command(command, environment))
         list_command = [str(BIN / "streamlearn"), "versions", "list"]
-        list_ms = [
-            time_command(list_command, environment) for _ in range(arguments.repeats)
-        ]
+        list_ms = [time_command(list_command, environment) for _ in repeats]
         json_command = [*list_command, "--format", "json"]
-        json_ms = [
-            time_command(json_command, environment) for _ in range(arguments.repeats)
-        ]
+        json_ms = [time_command(json_command, environment) for _ in repeats]
         history = len(registry.history())
 
     rows = [
+        summarize("python -c pass (interpreter start, for scale)", baseline_ms),
         summarize("rollback --to vN", rollback_ms),
         summarize("streamlearn versions list", list_ms),
         summarize("streamlearn versions list --format json", json_ms),
@@ -114,9 +126,11 @@ def run(arguments: argparse.Namespace) -> str:
             f"Registry: local folder, {arguments.versions} versions of "
             f"{arguments.weights_bytes} + ~14 bytes, {history} history entries "
             f"(built in {build_s:.1f} s). Each command runs as a new process; "
-            "times are wall clock from process start to exit, in ms.",
+            "wall time runs from process start to exit, and CPU time is the "
+            "process's user plus system time, both in ms. CPU time varies less "
+            "when other jobs share the machine.",
             "",
-            "| command | runs | median | p95 | min | max |",
+            "| command | runs | wall median | wall p95 | CPU median | CPU p95 |",
             "|---|---|---|---|---|---|",
             *rows,
             "",

@@ -1,9 +1,9 @@
 """Announce pointer changes on a Pub/Sub topic, and follow them.
 
 Each committed pointer change or pause becomes one message. Its body is the
-JSON of the history entry plus the registry URL and the serving version;
-its attributes repeat what a subscriber filters on (``event``,
-``serving_version``, ``seq``), so a subscription filter such as
+JSON of the history entry plus the registry URL and the serving version.
+Its attributes repeat the fields a subscriber filters on (``event``,
+``serving_version``, ``seq``), so that a subscription filter such as
 ``attributes.event = "serving_changed"`` works.
 
 Pub/Sub may deliver a message twice or out of order. ``ServingFollower``

@@ -10,7 +10,6 @@ announce topic.
 from __future__ import annotations
 
 import argparse
-import getpass
 import logging
 import os
 import sys
@@ -71,6 +70,7 @@ def _rollback_parser() -> argparse.ArgumentParser:
         epilog=ROLLBACK_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+
     action = parser.add_mutually_exclusive_group()
     action.add_argument(
         "--to",
@@ -89,11 +89,13 @@ def _rollback_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the serving version, the pause state and the rollback target",
     )
+
     parser.add_argument("--reason", default="", help="why, recorded in the history")
     parser.add_argument(
         "--dry-run", action="store_true", help="check and print, change nothing"
     )
     add_common_options(parser)
+
     parser.add_argument(
         "--actor",
         default=None,
@@ -218,6 +220,8 @@ def configure_logging(verbose: bool) -> None:
 
 def _user() -> str:
     try:
+        import getpass  # only for the default actor
+
         return getpass.getuser()
     except (KeyError, OSError):
         return "unknown"

@@ -1,4 +1,4 @@
-"""Where the operator's commands find the registry and the announce topic.
+"""Sources of the registry URL and announce topic for the operator's commands.
 
 The registry URL comes from, in order: the ``--registry`` option, the
 environment variable ``STREAMLEARN_REGISTRY``, the key ``url`` of the
@@ -17,13 +17,12 @@ changes are not announced.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from rollback.errors import RegistryError
-from rollback.registry import DEFAULT_REGISTRY
+from rollback.layout import DEFAULT_REGISTRY
 
 ENV_REGISTRY = "STREAMLEARN_REGISTRY"
 ENV_CONFIG = "STREAMLEARN_CONFIG"
@@ -83,6 +82,8 @@ def _config_table(
                 f"{ENV_CONFIG}"
             )
         return {}
+    import tomllib  # imported here: most runs have no config file
+
     try:
         document = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as error:

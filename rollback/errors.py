@@ -26,7 +26,7 @@ class RegistryNotFound(RegistryError):
 
 
 class NotARegistry(RegistryError):
-    """The URL points at something that holds other data than a registry."""
+    """The URL points at a folder or bucket that contains other data."""
 
 
 class RegistryNotWritable(RegistryError):
@@ -50,15 +50,15 @@ class AlreadyServing(RegistryError):
 
 
 class NoPreviousVersion(RegistryError):
-    """The pointer history holds no earlier version to return to."""
+    """The pointer history contains no earlier version to return to."""
 
 
 class PointerConflict(RegistryError):
     """The serving pointer moved after the caller read it.
 
-    ``version`` is the version that the failed call had published, when the
-    call was a publish whose pointer move lost the race; the version itself
-    is stored and intact.
+    When the failed call was a publish whose pointer move lost the race,
+    ``version`` is the number it published. That version is stored and
+    intact.
     """
 
     def __init__(self, message: str, version: int | None = None) -> None:

@@ -1,11 +1,12 @@
 """The manifest the registry writes for every version.
 
-A manifest records where a version came from (parent, the events it was
-trained on), why it was accepted (its holdout metrics and the champion's at
-the time of the decision), what it needs to run (label vocabulary, the
-fingerprint of the feature spec and model configuration, the code version)
-and the SHA-256 and size of every file. It carries a SHA-256 of its own
-content, so a damaged manifest is detected like a damaged file.
+A manifest records the lineage of a version: its parent and the events it
+was trained on. It records the decision: its holdout metrics and the
+champion's at that time. It records what the version needs to run: the
+label vocabulary, the fingerprint of the feature spec and model
+configuration, and the code version. It also stores the SHA-256 and size of
+every file, and a SHA-256 of its own content, so that a damaged manifest is
+detected like a damaged file.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def compute_fingerprint(
 
 @dataclass(frozen=True)
 class ManifestFields:
-    """What the publisher states about a version; the registry adds the rest.
+    """Facts the publisher states about a version; the registry adds the rest.
 
     ``parent`` is the version the candidate was trained from; None means
     the version serving at publish time. Event times must carry a time zone.

@@ -27,9 +27,9 @@ The API the streaming job uses::
 
 Guarantees, for both backends (a local folder and ``gs://bucket/prefix``):
 
-- A version appears whole or not at all: its files are written first and
-  its manifest last, with a create-only write; a version without a manifest
-  does not exist for readers.
+- A version appears whole or not at all. Its files are written first and
+  its manifest last, with a create-only write, and readers treat a version
+  without a manifest as absent.
 - Version numbers are never reused: each publish takes its number from a
   counter advanced by compare-and-swap, also after a rollback or a crash
   (a crashed publish leaves a gap).
@@ -54,14 +54,13 @@ from __future__ import annotations
 
 import json
 import logging
-import random
-import secrets
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from rollback.backends.base import Blob, Storage
 from rollback.errors import (
@@ -72,12 +71,21 @@ from rollback.errors import (
     IncompatibleVersion,
     InvalidInput,
     NoPreviousVersion,
-    NotARegistry,
     PointerConflict,
     PromotionPaused,
     RegistryError,
-    RegistryNotFound,
     VersionNotFound,
+)
+from rollback.layout import (
+    COUNTER_KEY,
+    DEFAULT_REGISTRY,
+    RUNNING_KEY,
+    STATE_KEY,
+    VERSIONS_PREFIX,
+    check_marker,
+    open_storage,
+    parse_counter,
+    version_key,
 )
 from rollback.manifest import (
     MANIFEST_NAME,
@@ -94,15 +102,10 @@ from rollback.state import (
     ServingState,
 )
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    import random
 
-DEFAULT_REGISTRY = "./runs/registry"
-MARKER_KEY = "registry.json"
-MARKER_FORMAT = "streamlearn-registry/1"
-COUNTER_KEY = "counter.json"
-STATE_KEY = "state.json"
-RUNNING_KEY = "running.json"
-VERSIONS_PREFIX = "versions/"
+logger = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 
@@ -138,28 +141,6 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def version_key(version: int, name: str) -> str:
-    """Return the storage key of one file of a version."""
-    return f"{VERSIONS_PREFIX}v{version:06d}/{name}"
-
-
-def open_storage(url: str | Path) -> Storage:
-    """Return the backend for a registry URL: ``gs://...`` or a local path."""
-    text = str(url)
-    if text.startswith("gs://"):
-        from rollback.backends.gcs import GcsStorage  # loads google-cloud-storage
-
-        return GcsStorage(text)
-    if "://" in text and not text.startswith("file://"):
-        raise RegistryError(
-            f"unsupported registry URL {text!r}: use a local path, file://PATH "
-            "or gs://bucket/prefix"
-        )
-    from rollback.backends.local import LocalStorage
-
-    return LocalStorage(text.removeprefix("file://"))
-
-
 def open_registry(
     url: str | Path | None = None,
     *,
@@ -175,50 +156,8 @@ def open_registry(
     RegistryNotFound or NotARegistry with the URL and what to do.
     """
     storage = open_storage(DEFAULT_REGISTRY if url is None else url)
-    _check_marker(storage, create)
+    check_marker(storage, create)
     return Registry(storage, announcer=announcer, clock=clock, rng=rng)
-
-
-def _check_marker(storage: Storage, create: bool) -> None:
-    url = storage.url
-    if not storage.exists():
-        if not create or url.startswith("gs://"):
-            raise RegistryNotFound(
-                f"no registry at {url}: it does not exist; pass --registry, set "
-                "STREAMLEARN_REGISTRY, or let the job publish a first version"
-            )
-    else:
-        marker = storage.read(MARKER_KEY)
-        if marker is not None:
-            _check_marker_content(url, marker)
-            return
-        if not storage.is_empty():
-            raise NotARegistry(
-                f"{url} is not a registry: it holds other files but no "
-                f"{MARKER_KEY}; pass an empty or new folder, or an existing registry"
-            )
-        if not create:
-            raise RegistryNotFound(
-                f"registry {url} is empty: no version has been published yet"
-            )
-    body = json.dumps({"format": MARKER_FORMAT}).encode()
-    if not storage.create(MARKER_KEY, body):
-        marker = storage.read(MARKER_KEY)  # created by a racing process
-        if marker is not None:
-            _check_marker_content(url, marker)
-    logger.info("created registry at %s", url)
-
-
-def _check_marker_content(url: str, marker: Blob) -> None:
-    try:
-        found = json.loads(marker.data).get("format")
-    except (ValueError, AttributeError):
-        found = None
-    if found != MARKER_FORMAT:
-        raise NotARegistry(
-            f"{url} is not a registry of this kind: {MARKER_KEY} has format "
-            f"{found!r}, expected {MARKER_FORMAT!r}"
-        )
 
 
 class Registry:
@@ -238,7 +177,10 @@ class Registry:
         self.clock = clock
         self.max_attempts = max_attempts
         self.last_announce_error: AnnounceError | None = None
-        self._rng = random.Random() if rng is None else rng
+        self._rng = rng  # created on the first retry: random is slow to import
+        # (generation, parsed state): a large history costs more to parse
+        # than to read, and one command reads the state several times.
+        self._parsed_state: tuple[str, ServingState] | None = None
 
     @property
     def url(self) -> str:
@@ -397,7 +339,7 @@ class Registry:
         ``expected`` makes it a compare-and-swap: PointerConflict if the
         pointer does not point at ``expected`` (a version, or None for "no
         version serves"). ``kind`` is one of publish, promote, rollback,
-        auto_rollback; ``details`` holds the numbers behind an automatic
+        auto_rollback; ``details`` contains the numbers behind an automatic
         rollback.
         """
         number = parse_version(version)
@@ -470,13 +412,18 @@ class Registry:
         blob = self.storage.read(STATE_KEY)
         if blob is None:
             return ServingState(), None
+        cached = self._parsed_state
+        if cached is not None and cached[0] == blob.generation:
+            return cached[1], blob  # unchanged since the last read
         try:
-            return ServingState.from_json(blob.data), blob
+            state = ServingState.from_json(blob.data)
         except (ValueError, KeyError, TypeError) as error:
             raise RegistryError(
-                f"{STATE_KEY} in registry {self.url} is damaged ({error}); restore "
-                "it from a backup, the registry never writes it partially"
+                f"{STATE_KEY} in registry {self.url} is damaged ({error}). The "
+                "registry only writes it whole, so restore it from a backup"
             ) from error
+        self._parsed_state = (blob.generation, state)
+        return state, blob
 
     def _state(self) -> ServingState:
         return self._state_blob()[0]
@@ -567,7 +514,7 @@ class Registry:
     def _update_state(
         self, build: Callable[[ServingState, str], PointerChange]
     ) -> PointerChange:
-        change_id = secrets.token_hex(8)
+        change_id = os.urandom(8).hex()
         for attempt in range(self.max_attempts):
             state, blob = self._state_blob()
             # A write whose response was lost and then retried by the client
@@ -594,7 +541,7 @@ class Registry:
                 existing = self.versions()
                 number = existing[-1] + 1 if existing else 1
             else:
-                number = _parse_counter(self.url, blob)
+                number = parse_counter(self.url, blob)
             body = json.dumps({"next_version": number + 1}).encode()
             generation = None if blob is None else blob.generation
             if self.storage.swap(COUNTER_KEY, body, generation):
@@ -606,6 +553,10 @@ class Registry:
         )
 
     def _back_off(self, attempt: int) -> None:
+        if self._rng is None:
+            import random
+
+            self._rng = random.Random()
         time.sleep(self._rng.uniform(0.0, min(0.05, 0.001 * 2**attempt)))
 
     def _read_file(self, manifest: Manifest, entry: FileEntry) -> bytes:
@@ -658,7 +609,7 @@ class Registry:
         if not existing:
             return (
                 f"unknown version {format_version(number)!r}: the registry "
-                f"{self.url} holds no versions yet"
+                f"{self.url} contains no versions yet"
             )
         return (
             f"unknown version {format_version(number)!r}: the registry holds "
@@ -687,7 +638,7 @@ def _previous_or_raise(url: str, state: ServingState) -> int:
     if previous is None:
         raise NoPreviousVersion(
             f"no earlier version to return to in registry {url}: the history "
-            f"holds no served version besides {_name(state.serving)} that was "
+            f"contains no served version besides {_name(state.serving)} that was "
             "not rolled back; pass --to vN"
         )
     return previous
@@ -722,22 +673,6 @@ def _expected_number(expected: Expected) -> int | _AnyVersion | None:
     if isinstance(expected, _AnyVersion) or expected is None:
         return expected
     return parse_version(expected)
-
-
-def _parse_counter(url: str, blob: Blob) -> int:
-    try:
-        number = json.loads(blob.data)["next_version"]
-    except (ValueError, KeyError, TypeError) as error:
-        raise RegistryError(
-            f"{COUNTER_KEY} in registry {url} is damaged ({error}); set it to "
-            '{"next_version": N} with N above every version number'
-        ) from error
-    if not isinstance(number, int) or number < 1:
-        raise RegistryError(
-            f"{COUNTER_KEY} in registry {url} holds next_version {number!r}; "
-            "expected an int >= 1"
-        )
-    return number
 
 
 def _sha256(data: bytes) -> str:

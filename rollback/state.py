@@ -18,9 +18,9 @@ from rollback.names import format_version
 
 STATE_FORMAT = "streamlearn-state/1"
 
-# What moved the pointer. "publish": a new version went live after
-# validation; "promote": the job pointed at a version published earlier;
-# "rollback": an operator's manual move; "auto_rollback": the job rolled back
+# Kinds of pointer move. "publish": a new version went live after
+# validation. "promote": the job pointed at a version published earlier.
+# "rollback": an operator's manual move. "auto_rollback": the job rolled back
 # on its own, with the numbers that triggered it in ``details``.
 POINTER_KINDS = ("publish", "promote", "rollback", "auto_rollback")
 ROLLBACK_KINDS = ("rollback", "auto_rollback")

@@ -66,5 +66,5 @@ class Storage(Protocol):
         ...
 
     def is_empty(self) -> bool:
-        """Return whether the folder or prefix holds no object at all."""
+        """Return whether the folder or prefix contains no object at all."""
         ...

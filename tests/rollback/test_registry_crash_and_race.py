@@ -68,7 +68,7 @@ def allocated_numbers(registry: Registry) -> set[int]:
 
 def test_sigkill_leaves_no_torn_version(registry_url: str) -> None:
     rng = random.Random(20260301)
-    kills = 12 if not registry_url.startswith("gs://") else 5
+    kills = 16 if not registry_url.startswith("gs://") else 10
     for iteration in range(kills):
         process = start_worker("churn", registry_url, str(iteration))
         time.sleep(rng.uniform(0.05, 0.4))

@@ -285,7 +285,9 @@ def test_open_not_a_registry(tmp_path: Path) -> None:
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "registry.json").write_text('{"format": "mlflow"}')
 
-    with pytest.raises(NotARegistry, match=r"holds other files but no registry\.json"):
+    with pytest.raises(
+        NotARegistry, match=r"contains other files but no registry\.json"
+    ):
         open_registry(tmp_path, create=True)
     with pytest.raises(NotARegistry, match="is a file, not a folder"):
         open_registry(tmp_path / "file")

@@ -1,0 +1,110 @@
+"""Layout of a registry, in a local folder or under a GCS prefix.
+
+registry.json                   marker naming the format
+counter.json                    next version number (compare-and-swap)
+state.json                      pointer, pause flag, history (compare-and-swap)
+running.json                    fingerprint of the running job
+versions/v000012/manifest.json  written last: the version exists once it does
+versions/v000012/<file>         the version's files
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from rollback.backends.base import Blob, Storage
+from rollback.errors import NotARegistry, RegistryError, RegistryNotFound
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_REGISTRY = "./runs/registry"
+MARKER_KEY = "registry.json"
+MARKER_FORMAT = "streamlearn-registry/1"
+COUNTER_KEY = "counter.json"
+STATE_KEY = "state.json"
+RUNNING_KEY = "running.json"
+VERSIONS_PREFIX = "versions/"
+
+
+def version_key(version: int, name: str) -> str:
+    """Return the storage key of one file of a version."""
+    return f"{VERSIONS_PREFIX}v{version:06d}/{name}"
+
+
+def open_storage(url: str | Path) -> Storage:
+    """Return the backend for a registry URL: ``gs://...`` or a local path."""
+    text = str(url)
+    if text.startswith("gs://"):
+        from rollback.backends.gcs import GcsStorage  # loads google-cloud-storage
+
+        return GcsStorage(text)
+    if "://" in text and not text.startswith("file://"):
+        raise RegistryError(
+            f"unsupported registry URL {text!r}: use a local path, file://PATH "
+            "or gs://bucket/prefix"
+        )
+    from rollback.backends.local import LocalStorage
+
+    return LocalStorage(text.removeprefix("file://"))
+
+
+def check_marker(storage: Storage, create: bool) -> None:
+    """Check that ``storage`` is a registry, or make it one if ``create``."""
+    url = storage.url
+    if not storage.exists():
+        if not create or url.startswith("gs://"):
+            raise RegistryNotFound(
+                f"no registry at {url}: it does not exist; pass --registry, set "
+                "STREAMLEARN_REGISTRY, or let the job publish a first version"
+            )
+    else:
+        marker = storage.read(MARKER_KEY)
+        if marker is not None:
+            check_marker_content(url, marker)
+            return
+        if not storage.is_empty():
+            raise NotARegistry(
+                f"{url} is not a registry: it contains other files but no "
+                f"{MARKER_KEY}; pass an empty or new folder, or an existing registry"
+            )
+        if not create:
+            raise RegistryNotFound(
+                f"registry {url} is empty: no version has been published yet"
+            )
+    body = json.dumps({"format": MARKER_FORMAT}).encode()
+    if not storage.create(MARKER_KEY, body):
+        marker = storage.read(MARKER_KEY)  # created by a racing process
+        if marker is not None:
+            check_marker_content(url, marker)
+    logger.info("created registry at %s", url)
+
+
+def check_marker_content(url: str, marker: Blob) -> None:
+    try:
+        found = json.loads(marker.data).get("format")
+    except (ValueError, AttributeError):
+        found = None
+    if found != MARKER_FORMAT:
+        raise NotARegistry(
+            f"{url} is not a registry of this kind: {MARKER_KEY} has format "
+            f"{found!r}, expected {MARKER_FORMAT!r}"
+        )
+
+
+def parse_counter(url: str, blob: Blob) -> int:
+    """Return the next version number stored in ``counter.json``."""
+    try:
+        number = json.loads(blob.data)["next_version"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise RegistryError(
+            f"{COUNTER_KEY} in registry {url} is damaged ({error}); set it to "
+            '{"next_version": N} with N above every version number'
+        ) from error
+    if not isinstance(number, int) or number < 1:
+        raise RegistryError(
+            f"{COUNTER_KEY} in registry {url} contains next_version {number!r}; "
+            "expected an int >= 1"
+        )
+    return number
