@@ -21,6 +21,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "create or update the Cloud Monitoring alert policies",
     ),
     "report": ("streaming.report:main", "write the HTML report of a run's metrics"),
+    "learn": ("online_model.cli:learn_main", "run the learner over a real stream"),
+    "convert": ("online_model.cli:convert_main", "convert a data set to Avro events"),
 }
 
 USAGE = """usage: streamlearn SUBCOMMAND [ARGS...]

@@ -1,0 +1,135 @@
+"""Run the learner alone over the real streams and print its prequential metrics.
+
+Usage: .venv/bin/python benchmarks/learner_only.py [--datasets a,b] [--limit N]
+       [--micro-batch 256] [--set field=value ...]
+
+For each stream it prints top-1 accuracy, top-5 hit rate and log loss of the
+test-then-train run, examples per second including featurization from
+decoded events, and examples per second of the model step alone (the same
+micro-batches, featurized beforehand).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import time
+from typing import Any
+
+import torch
+
+from online_model.datasets import iter_events
+from online_model.featurize import hashed_tokens, standardize
+from online_model.learner import LearnerConfig, OnlineLearner
+from online_model.spec import load_spec
+
+DATASETS = ("job_postings", "so_survey_2016", "aijobs_salaries", "electricity")
+LOG_LOSS_FLOOR = 1e-15
+
+
+def run_stream(
+    name: str, config: LearnerConfig, micro_batch: int, limit: int | None
+) -> dict[str, Any]:
+    """Return prequential metrics and throughput of one test-then-train run."""
+    events = list(iter_events(name))[:limit]
+    learner = OnlineLearner(load_spec(name), config, seed=0, device="cpu")
+    hits1 = hits5 = 0
+    log_loss = 0.0
+    started = time.perf_counter()
+    for start in range(0, len(events), micro_batch):
+        report = learner.learn(events[start : start + micro_batch])
+        for scored in report.scored:
+            hits1 += scored.predicted_label == scored.true_label
+            hits5 += scored.true_label in scored.ranked_labels[:5]
+            log_loss -= math.log(max(scored.true_label_probability, LOG_LOSS_FLOOR))
+    elapsed = time.perf_counter() - started
+    count = len(events)
+    return {
+        "stream": name,
+        "events": count,
+        "top1": hits1 / count,
+        "top5": hits5 / count,
+        "log_loss": log_loss / count,
+        "events_per_s": count / elapsed,
+        "model_step_events_per_s": model_step_rate(name, events, config, micro_batch),
+        "labels": len(learner.labels),
+    }
+
+
+def model_step_rate(
+    name: str, events: list[dict[str, Any]], config: LearnerConfig, micro_batch: int
+) -> float:
+    """Return examples/s of forward, backward and optimizer step alone.
+
+    The micro-batches are featurized beforehand, so only the model step is timed.
+    """
+    learner = OnlineLearner(load_spec(name), config, seed=0, device="cpu")
+    learner.learn(events)  # learn every label once so the output layer is full size
+    model = learner._model
+    batches = []
+    for start in range(0, len(events), micro_batch):
+        chunk = events[start : start + micro_batch]
+        encoded = learner.featurizer.encode(chunk)
+        z = standardize(
+            encoded.numeric,
+            learner._layout,
+            model.numeric_count,
+            model.numeric_mean,
+            model.numeric_m2,
+        )
+        targets = torch.tensor(
+            [learner._label_index[e[learner.spec.label_field]] for e in chunk]
+        )
+        batches.append(
+            (hashed_tokens(encoded, learner._layout, z, learner.device), targets)
+        )
+    started = time.perf_counter()
+    for batch, targets in batches:
+        for optimizer in learner._optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(batch), targets)
+        loss.backward()
+        for optimizer in learner._optimizers:
+            optimizer.step()
+    return len(events) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", default=",".join(DATASETS))
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--micro-batch", type=int, default=256)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a LearnerConfig field, e.g. --set learning_rate=0.02",
+    )
+    args = parser.parse_args()
+    overrides: dict[str, Any] = {}
+    types = {f.name: f.type for f in dataclasses.fields(LearnerConfig)}
+    for item in args.set:
+        key, value = item.split("=", 1)
+        overrides[key] = {"int": int, "float": float, "str": str}[str(types[key])](
+            value
+        )
+    config = LearnerConfig(**overrides)
+    print(f"config: {config}")
+    print(
+        f"{'stream':16} {'events':>7} {'top1':>6} {'top5':>6} {'logloss':>7} "
+        f"{'ev/s':>8} {'step ev/s':>9} {'labels':>6}"
+    )
+    for name in args.datasets.split(","):
+        row = run_stream(name, config, args.micro_batch, args.limit)
+        print(
+            f"{row['stream']:16} {row['events']:7d} {row['top1']:6.3f} "
+            f"{row['top5']:6.3f} {row['log_loss']:7.3f} {row['events_per_s']:8.0f} "
+            f"{row['model_step_events_per_s']:9.0f} {row['labels']:6d}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+"""The ``streamlearn learn`` and ``streamlearn convert`` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import math
+import sys
+import time
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+LOG_LOSS_FLOOR = 1e-15
+DATASET_NAMES = ("job_postings", "so_survey_2016", "aijobs_salaries", "electricity")
+
+CONVERT_EXAMPLE = """example:
+  streamlearn convert --dataset job_postings --out runs/job_postings.avro
+  streamlearn convert --dataset electricity --out elec.avro --limit 1000
+"""
+
+LEARN_EXAMPLE = """example:
+  streamlearn learn                                  # the job-postings stream
+  streamlearn learn --dataset electricity --limit 10000 --format json
+"""
+
+
+def convert_main(argv: list[str]) -> int:
+    """Convert a real data set to an Avro event file; return the exit code."""
+    parser = argparse.ArgumentParser(
+        prog="streamlearn convert",
+        description="Convert a real CSV/ARFF data set to an Avro object container "
+        "file of events, in stream order. Rows that cannot be converted are "
+        "counted by reason and reported.",
+        epilog=CONVERT_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--dataset", required=True, choices=DATASET_NAMES)
+    parser.add_argument("--out", required=True, help="Avro file to write")
+    parser.add_argument(
+        "--source", help="source file (default: the data folder's copy)"
+    )
+    parser.add_argument("--limit", type=int, help="write at most this many events")
+    parser.add_argument(
+        "--format", choices=("text", "json"), default="text", help="report format"
+    )
+    args = parser.parse_args(argv)
+    _configure_logging()
+
+    from online_model.datasets import convert
+
+    def progress(written: int) -> None:
+        print(f"\r  {written} events written", end="", file=sys.stderr, flush=True)
+
+    try:
+        report = convert(args.dataset, args.out, args.source, args.limit, progress)
+    except (OSError, ValueError) as error:
+        print(f"streamlearn convert: {error}", file=sys.stderr)
+        return 1
+    print(file=sys.stderr)
+    if args.format == "json":
+        print(json.dumps(report.to_dict(), indent=1))
+    else:
+        print(report.summary())
+    return 0
+
+
+def learn_main(argv: list[str]) -> int:
+    """Run the learner test-then-train over a real stream; return the exit code."""
+    parser = argparse.ArgumentParser(
+        prog="streamlearn learn",
+        description="Stream a real data set through the online learner, "
+        "test-then-train in micro-batches, and print what it learned: "
+        "prequential top-1 accuracy, top-5 hit rate, log loss, examples/s, "
+        "the labels and a few example predictions.",
+        epilog=LEARN_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--dataset", default="job_postings", choices=DATASET_NAMES)
+    parser.add_argument("--limit", type=int, help="stop after this many events")
+    parser.add_argument(
+        "--micro-batch", type=int, default=256, help="events per micro-batch"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    parser.add_argument("--save", help="folder to save the learner's state into")
+    parser.add_argument("--format", choices=("text", "json"), default="text")
+    args = parser.parse_args(argv)
+    if args.micro_batch < 1:
+        parser.error(f"--micro-batch must be at least 1, got {args.micro_batch}")
+    _configure_logging()
+
+    from online_model.datasets import ConversionReport, iter_events
+    from online_model.learner import OnlineLearner
+    from online_model.spec import load_spec
+
+    report = ConversionReport(args.dataset)
+    try:
+        events = list(
+            itertools.islice(iter_events(args.dataset, report=report), args.limit)
+        )
+    except (OSError, ValueError) as error:
+        print(f"streamlearn learn: {error}", file=sys.stderr)
+        return 1
+    learner = OnlineLearner(load_spec(args.dataset), seed=args.seed, device=args.device)
+    summary = _run(learner, events, args.micro_batch, quiet=args.format == "json")
+    summary["conversion"] = report.to_dict()
+    if args.save:
+        learner.save(args.save)
+        summary["saved_to"] = args.save
+    if args.format == "json":
+        print(json.dumps(summary, indent=1))
+    else:
+        _print_summary(summary, report.summary())
+    return 0
+
+
+def _run(
+    learner: Any, events: list[dict[str, Any]], micro_batch: int, quiet: bool
+) -> dict[str, Any]:
+    hits_top1 = hits_top5 = scored = 0
+    log_loss = 0.0
+    invalid: dict[str, int] = {}
+    started = time.perf_counter()
+    last_progress = started
+    for start in range(0, len(events), micro_batch):
+        report = learner.learn(events[start : start + micro_batch])
+        for record in report.scored:
+            scored += 1
+            hits_top1 += record.predicted_label == record.true_label
+            hits_top5 += record.true_label in record.ranked_labels[:5]
+            log_loss -= math.log(max(record.true_label_probability, LOG_LOSS_FLOOR))
+        for reason, count in report.invalid.items():
+            invalid[reason] = invalid.get(reason, 0) + count
+        now = time.perf_counter()
+        if not quiet and (
+            now - last_progress > 1.0 or start + micro_batch >= len(events)
+        ):
+            last_progress = now
+            done = min(start + micro_batch, len(events))
+            print(
+                f"\r  {done}/{len(events)} events, top-1 "
+                f"{hits_top1 / max(scored, 1):.3f}, top-5 "
+                f"{hits_top5 / max(scored, 1):.3f}",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
+    elapsed = time.perf_counter() - started
+    if not quiet:
+        print(file=sys.stderr)
+    examples = []
+    for event, ranked in zip(
+        events[-3:], learner.predict(events[-3:], k=3), strict=True
+    ):
+        examples.append(
+            {
+                "event_id": event[learner.spec.event_id_field],
+                "true_label": event[learner.spec.label_field],
+                "top3": [[label, round(p, 3)] for label, p in ranked],
+            }
+        )
+    return {
+        "dataset": learner.spec.name,
+        "device": str(learner.device),
+        "events": len(events),
+        "scored": scored,
+        "top1": hits_top1 / max(scored, 1),
+        "top5": hits_top5 / max(scored, 1),
+        "log_loss": log_loss / max(scored, 1),
+        "examples_per_s": len(events) / elapsed,
+        "seconds": elapsed,
+        "invalid": invalid,
+        "refused_updates": learner.updates_refused,
+        "labels": learner.labels,
+        "examples": examples,
+    }
+
+
+def _print_summary(summary: dict[str, Any], conversion: str) -> None:
+    print(conversion)
+    print(
+        f"learned {summary['scored']} events of {summary['dataset']} on "
+        f"{summary['device']} in {summary['seconds']:.1f} s "
+        f"({summary['examples_per_s']:.0f} examples/s, featurization included)"
+    )
+    print(
+        f"prequential top-1 {summary['top1']:.3f}, top-5 hit {summary['top5']:.3f}, "
+        f"log loss {summary['log_loss']:.3f}"
+    )
+    if summary["invalid"] or summary["refused_updates"]:
+        print(
+            f"rejected events by reason: {summary['invalid']}; rejected updates: "
+            f"{summary['refused_updates']}"
+        )
+    labels = summary["labels"]
+    shown = ", ".join(labels[:12]) + (
+        f", ... ({len(labels)} in all)" if len(labels) > 12 else ""
+    )
+    print(f"labels: {shown}")
+    print("example predictions (last events of the stream):")
+    for example in summary["examples"]:
+        top = ", ".join(f"{label} {p:.2f}" for label, p in example["top3"])
+        print(
+            f"  {example['event_id']}: true {example['true_label']!r}; predicted {top}"
+        )
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(
+        level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )

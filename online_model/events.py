@@ -1,0 +1,213 @@
+"""Checks of incoming events against a feature spec, and what each problem means.
+
+Every problem has a reason code. Some reject the event (it is counted and
+reported, never learned from or scored); the rest are notes on an event that
+is still used:
+
+========================  ========  =================================================
+reason                    rejects   behaviour
+========================  ========  =================================================
+``not_a_record``          yes       the event is not a dict
+``missing_field``         yes       a schema field is absent from the dict
+``null_value``            yes       null in a field the schema does not make nullable
+``wrong_type``            yes       a value of the wrong Python type for its Avro type
+``non_finite_number``     yes       NaN or an infinite number
+``unknown_category``      yes       a symbol outside an Avro enum
+``invalid_label``         yes       an empty label string
+``duplicate_event_id``    yes       an event id seen earlier in the same micro-batch
+``empty_list``            no        an empty multi-valued field, learned as "no values"
+``no_label``              no        a prediction request: scored, never learned from
+``unknown_label``         no        a label the model has not seen: the output grows
+========================  ========  =================================================
+
+A categorical value the model has never seen is not a problem: it hashes to a
+feature of its own, so it needs no restart. The learner counts such first
+sightings per micro-batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from online_model.spec import AvroField, FeatureSpec
+
+logger = logging.getLogger(__name__)
+
+NOT_A_RECORD = "not_a_record"
+MISSING_FIELD = "missing_field"
+NULL_VALUE = "null_value"
+WRONG_TYPE = "wrong_type"
+NON_FINITE_NUMBER = "non_finite_number"
+UNKNOWN_CATEGORY = "unknown_category"
+INVALID_LABEL = "invalid_label"
+DUPLICATE_EVENT_ID = "duplicate_event_id"
+EMPTY_LIST = "empty_list"
+NO_LABEL = "no_label"
+UNKNOWN_LABEL = "unknown_label"
+
+REJECTING_REASONS: frozenset[str] = frozenset(
+    {
+        NOT_A_RECORD,
+        MISSING_FIELD,
+        NULL_VALUE,
+        WRONG_TYPE,
+        NON_FINITE_NUMBER,
+        UNKNOWN_CATEGORY,
+        INVALID_LABEL,
+        DUPLICATE_EVENT_ID,
+    }
+)
+
+# Python types fastavro decodes each Avro type to (and accepts when writing).
+_PYTHON_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "enum": (str,),
+    "boolean": (bool,),
+    "int": (int,),
+    "long": (int, datetime),
+    "float": (float, int),
+    "double": (float, int),
+    "array": (list, tuple),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class EventProblem:
+    """One problem with one event: a reason code, the field involved and details."""
+
+    reason: str
+    field: str | None
+    detail: str
+
+    @property
+    def rejects(self) -> bool:
+        """Whether this problem keeps the event from being scored or learned."""
+        return self.reason in REJECTING_REASONS
+
+
+def check_event(
+    event: Any, spec: FeatureSpec, labels: Collection[str] | None = None
+) -> list[EventProblem]:
+    """Return the problems of one event; an empty list means a clean labelled event.
+
+    Checks every field of the spec's Avro schema. With ``labels`` (the
+    model's label vocabulary) a label outside it is noted as
+    ``unknown_label``.
+    """
+    if not isinstance(event, dict):
+        return [
+            EventProblem(
+                NOT_A_RECORD, None, f"expected a dict, got {type(event).__name__}"
+            )
+        ]
+    problems: list[EventProblem] = []
+    for avro_field in spec.avro_fields.values():
+        problem = _check_field(event, avro_field, spec)
+        if problem is not None:
+            problems.append(problem)
+    label = event.get(spec.label_field)
+    if labels is not None and isinstance(label, str) and label and label not in labels:
+        problems.append(
+            EventProblem(
+                UNKNOWN_LABEL, spec.label_field, f"label {label!r} is new to the model"
+            )
+        )
+    return problems
+
+
+def rejecting(problems: list[EventProblem]) -> EventProblem | None:
+    """Return the first problem that rejects the event, or None."""
+    for problem in problems:
+        if problem.rejects:
+            return problem
+    return None
+
+
+def _check_field(
+    event: dict[str, Any], avro_field: AvroField, spec: FeatureSpec
+) -> EventProblem | None:
+    name = avro_field.name
+    if name not in event:
+        return EventProblem(MISSING_FIELD, name, f"field {name!r} is absent")
+    value = event[name]
+    if value is None:
+        if name == spec.label_field and avro_field.nullable:
+            return EventProblem(NO_LABEL, name, "no label: a prediction request")
+        if avro_field.nullable:
+            return None
+        return EventProblem(
+            NULL_VALUE,
+            name,
+            f"field {name!r} is null, but its Avro "
+            f"type {avro_field.base_type!r} is not nullable",
+        )
+
+    allowed = _PYTHON_TYPES.get(avro_field.base_type)
+    wrong_bool = isinstance(value, bool) and avro_field.base_type != "boolean"
+    if allowed is not None and (wrong_bool or not isinstance(value, allowed)):
+        return EventProblem(
+            WRONG_TYPE,
+            name,
+            f"field {name!r} is "
+            f"{type(value).__name__} {_short(value)}; Avro type "
+            f"{avro_field.base_type!r} needs "
+            f"{' or '.join(t.__name__ for t in allowed)}",
+        )
+    if isinstance(value, float) and not math.isfinite(value):
+        return EventProblem(NON_FINITE_NUMBER, name, f"field {name!r} is {value!r}")
+    if avro_field.base_type == "enum":
+        return _check_enum(name, value, spec)
+    if avro_field.base_type == "array":
+        return _check_array(name, value, avro_field)
+    if name == spec.label_field and value == "":
+        return EventProblem(INVALID_LABEL, name, "the label is an empty string")
+    return None
+
+
+def _check_array(
+    name: str, value: list[Any] | tuple[Any, ...], avro_field: AvroField
+) -> EventProblem | None:
+    if not value:
+        return EventProblem(EMPTY_LIST, name, f"field {name!r} is an empty list")
+    item_types = _PYTHON_TYPES.get(avro_field.items or "")
+    if item_types is None:
+        return None
+    for item in value:
+        if not isinstance(item, item_types) or isinstance(item, bool):
+            return EventProblem(
+                WRONG_TYPE,
+                name,
+                f"field {name!r} holds "
+                f"{type(item).__name__} {_short(item)}; items must "
+                f"be {avro_field.items}",
+            )
+    return None
+
+
+def _check_enum(name: str, value: str, spec: FeatureSpec) -> EventProblem | None:
+    for entry in spec.schema.get("fields", []):
+        if entry["name"] != name:
+            continue
+        avro_type = entry["type"]
+        branches = avro_type if isinstance(avro_type, list) else [avro_type]
+        for branch in branches:
+            if isinstance(branch, dict) and branch.get("type") == "enum":
+                symbols = branch.get("symbols", [])
+                if value not in symbols:
+                    return EventProblem(
+                        UNKNOWN_CATEGORY,
+                        name,
+                        f"field {name!r} is {value!r}; the enum "
+                        f"allows {', '.join(symbols)}",
+                    )
+    return None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

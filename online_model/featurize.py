@@ -1,0 +1,346 @@
+"""Featurization: events to hashed feature ids and numbers, for training and serving.
+
+There is one code path. :meth:`Featurizer.encode` turns decoded events into
+an :class:`EncodedBatch` (a Python pass over the events, with the hash of
+every ``(field, value)`` pair cached), and :func:`hashed_tokens` turns that
+into model input with the model's running statistics (a few bulk tensor
+operations). The learner calls both for scoring and for training, and so
+does serving.
+
+Hashing is stable across processes (BLAKE2b, not Python's salted ``hash``),
+so a saved model reads new events the same way after a restart, and a value
+never seen before simply lands in a bucket of its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from online_model.spec import FeatureSpec
+
+logger = logging.getLogger(__name__)
+
+# Feature ids are 31-bit so that the mixing arithmetic below stays inside int64.
+ID_MASK = 0x7FFFFFFF
+# Largest number of distinct values cached per field; beyond it the cache is
+# cleared, which costs only re-hashing.
+CACHE_LIMIT = 1_000_000
+# Standardized numeric values are clipped to this many standard deviations.
+Z_CLIP = 6.0
+
+_MISSING = "\x00missing"
+_EMPTY = "\x00empty"
+
+
+def stable_id(field: str, value: str) -> int:
+    """Return the 31-bit feature id of a field's value, the same in every process."""
+    digest = hashlib.blake2b(f"{field}\x1f{value}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "little") & ID_MASK
+
+
+def mix_ids(left: torch.Tensor, right: torch.Tensor | int) -> torch.Tensor:
+    """Combine two tensors of 31-bit ids into one 31-bit id per element."""
+    mixed = left * 16777619 + right
+    mixed = mixed ^ (mixed >> 29)
+    mixed = (mixed & ID_MASK) * 0x2545F491
+    mixed = mixed ^ (mixed >> 32)
+    return mixed & ID_MASK
+
+
+@dataclass
+class EncodedBatch:
+    """The model-independent part of a featurized batch.
+
+    ``categorical`` holds one feature id per event and single-valued field
+    (``[events, fields]``), ``numeric`` the raw numbers (NaN when null,
+    ``[events, numeric fields]``), and each bag field a flat tensor of ids
+    with the index of the event each belongs to. ``new_values`` counts the
+    ``(field, value)`` pairs this featurizer had not seen before.
+    """
+
+    size: int
+    categorical: torch.Tensor
+    numeric: torch.Tensor
+    bag_ids: list[torch.Tensor]
+    bag_events: list[torch.Tensor]
+    new_values: int = 0
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """Model input: hashed tokens with their event and weight, and dense columns."""
+
+    size: int
+    tokens: torch.Tensor
+    token_events: torch.Tensor
+    token_weights: torch.Tensor
+    dense: torch.Tensor
+
+
+class Featurizer:
+    """Encode events of one feature spec; the value caches are its only state."""
+
+    def __init__(self, spec: FeatureSpec) -> None:
+        self.spec = spec
+        self.categorical_fields = [
+            f.name for f in spec.fields if f.kind == "categorical"
+        ]
+        self.value_token_fields = [
+            f.name for f in spec.fields if f.kind == "numeric" and f.value_token
+        ]
+        self.numeric_fields = [f.name for f in spec.fields if f.kind == "numeric"]
+        self.bag_fields = [
+            f.name for f in spec.fields if f.kind in ("multi_valued", "text")
+        ]
+        self.text_fields = {f.name for f in spec.fields if f.kind == "text"}
+        self._caches: dict[str, dict[Any, int]] = {}
+        for name in (*self.categorical_fields, *self.bag_fields):
+            self._caches[name] = {}
+        for name in self.value_token_fields:
+            self._caches[f"{name}#value"] = {}
+
+    @property
+    def single_columns(self) -> list[str]:
+        """Names of the columns of :attr:`EncodedBatch.categorical`, in order."""
+        return [
+            *self.categorical_fields,
+            *(f"{n}#value" for n in self.value_token_fields),
+        ]
+
+    def encode(self, events: list[dict[str, Any]]) -> EncodedBatch:
+        """Encode events that passed :func:`online_model.events.check_event`."""
+        categorical: list[int] = []
+        numeric: list[float] = []
+        bag_ids: list[list[int]] = [[] for _ in self.bag_fields]
+        bag_events: list[list[int]] = [[] for _ in self.bag_fields]
+        new_values = 0
+        nan = math.nan
+
+        single_plan = [(name, self._caches[name]) for name in self.categorical_fields]
+        value_plan = [
+            (name, self._caches[f"{name}#value"]) for name in self.value_token_fields
+        ]
+        bag_plan = [
+            (name, self._caches[name], bag_ids[i], bag_events[i])
+            for i, name in enumerate(self.bag_fields)
+        ]
+        numeric_fields = self.numeric_fields
+
+        for index, event in enumerate(events):
+            for name, cache in single_plan:
+                value = event[name]
+                feature_id = cache.get(value)
+                if feature_id is None:
+                    feature_id = self._remember(name, cache, value)
+                    new_values += 1
+                categorical.append(feature_id)
+            for name, cache in value_plan:
+                value = event[name]
+                feature_id = cache.get(value)
+                if feature_id is None:
+                    feature_id = self._remember(f"{name}#value", cache, value)
+                    new_values += 1
+                categorical.append(feature_id)
+            for name in numeric_fields:
+                value = event[name]
+                numeric.append(nan if value is None else value)
+            for name, cache, ids, owners in bag_plan:
+                values = event[name]
+                if name in self.text_fields:
+                    values = _words(values)
+                if not values:
+                    values = (_EMPTY,)
+                for value in values:
+                    feature_id = cache.get(value)
+                    if feature_id is None:
+                        feature_id = self._remember(name, cache, value)
+                        new_values += 1
+                    ids.append(feature_id)
+                    owners.append(index)
+
+        size = len(events)
+        single_count = len(single_plan) + len(value_plan)
+        return EncodedBatch(
+            size=size,
+            categorical=torch.tensor(categorical, dtype=torch.int64).view(
+                size, single_count
+            ),
+            numeric=torch.tensor(numeric, dtype=torch.float64).view(
+                size, len(numeric_fields)
+            ),
+            bag_ids=[torch.tensor(ids, dtype=torch.int64) for ids in bag_ids],
+            bag_events=[
+                torch.tensor(owners, dtype=torch.int64) for owners in bag_events
+            ],
+            new_values=new_values,
+        )
+
+    def _remember(self, name: str, cache: dict[Any, int], value: Any) -> int:
+        if len(cache) >= CACHE_LIMIT:
+            logger.warning(
+                "feature cache of field %r reached %d values; clearing it",
+                name,
+                CACHE_LIMIT,
+            )
+            cache.clear()
+        text = _MISSING if value is None else f"{type(value).__name__}:{value}"
+        feature_id = stable_id(name, text)
+        cache[value] = feature_id
+        return feature_id
+
+
+class TokenLayout:
+    """Where each feature of a spec comes from, precomputed once per spec."""
+
+    def __init__(
+        self, spec: FeatureSpec, featurizer: Featurizer, hash_bits: int
+    ) -> None:
+        self.hash_mask = (1 << hash_bits) - 1
+        self.numeric_fields = featurizer.numeric_fields
+        numeric_specs = [spec.field(n) for n in self.numeric_fields]
+        self.log_columns = [
+            i for i, f in enumerate(numeric_specs) if f.transform == "log1p"
+        ]
+        self.bucket_columns = [i for i, f in enumerate(numeric_specs) if f.buckets > 0]
+        self.boundaries = [
+            _normal_quantiles(numeric_specs[i].buckets) for i in self.bucket_columns
+        ]
+        self.numeric_salts = [stable_id(n, "\x00bucket") for n in self.numeric_fields]
+
+        weights = {f.name: f.weight for f in spec.fields}
+        columns = featurizer.single_columns
+        self.single_weights = torch.tensor(
+            [weights[c.split("#")[0]] for c in columns]
+            + [weights[numeric_specs[i].name] for i in self.bucket_columns],
+            dtype=torch.float32,
+        )
+        self.bag_weights = [weights[n] for n in featurizer.bag_fields]
+
+        # Every single-valued feature: categorical columns, value tokens, buckets.
+        self.single_index = {c: i for i, c in enumerate(columns)}
+        for position, column in enumerate(self.bucket_columns):
+            self.single_index[self.numeric_fields[column]] = len(columns) + position
+        self.bag_index = {n: i for i, n in enumerate(featurizer.bag_fields)}
+        self.cross_salts = [stable_id(c.name, "\x00cross") for c in spec.crosses]
+        self.crosses = [c.fields for c in spec.crosses]
+
+
+def standardize(
+    numeric: torch.Tensor,
+    layout: TokenLayout,
+    count: torch.Tensor,
+    mean: torch.Tensor,
+    m2: torch.Tensor,
+) -> torch.Tensor:
+    """Return transformed, standardized and clipped numbers, NaN kept where missing."""
+    values = transform_numeric(numeric, layout)
+    variance = torch.where(
+        count > 1, m2 / (count - 1).clamp(min=1), torch.ones_like(m2)
+    )
+    scale = variance.clamp(min=1e-12).sqrt()
+    return ((values - mean) / scale).clamp(-Z_CLIP, Z_CLIP)
+
+
+def transform_numeric(numeric: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+    """Apply each numeric field's transform (``log1p`` is sign-preserving)."""
+    if not layout.log_columns:
+        return numeric
+    values = numeric.clone()
+    columns = layout.log_columns
+    values[:, columns] = torch.sign(values[:, columns]) * torch.log1p(
+        values[:, columns].abs()
+    )
+    return values
+
+
+def hashed_tokens(
+    batch: EncodedBatch, layout: TokenLayout, z: torch.Tensor, device: torch.device
+) -> ModelInput:
+    """Build model input from an encoded batch and its standardized numbers ``z``."""
+    size = batch.size
+    singles = [batch.categorical]
+    if layout.bucket_columns:
+        singles.append(_bucket_ids(z, layout))
+    single = torch.cat(singles, dim=1) if len(singles) > 1 else singles[0]
+
+    events_of_single = torch.arange(size).repeat_interleave(single.shape[1])
+    tokens = [single.reshape(-1)]
+    owners = [events_of_single]
+    weights = [layout.single_weights.repeat(size)]
+    for position, (ids, bag_owners) in enumerate(
+        zip(batch.bag_ids, batch.bag_events, strict=True)
+    ):
+        tokens.append(ids)
+        owners.append(bag_owners)
+        weights.append(torch.full((ids.shape[0],), layout.bag_weights[position]))
+    for salt, fields in zip(layout.cross_salts, layout.crosses, strict=True):
+        crossed, crossed_owners = _cross(batch, layout, single, fields, salt, size)
+        tokens.append(crossed)
+        owners.append(crossed_owners)
+        weights.append(torch.ones(crossed.shape[0]))
+
+    dense = torch.nan_to_num(z, nan=0.0).to(torch.float32)
+    missing = torch.isnan(z).to(torch.float32)
+    return ModelInput(
+        size=size,
+        tokens=(torch.cat(tokens) & layout.hash_mask).to(device),
+        token_events=torch.cat(owners).to(device),
+        token_weights=torch.cat(weights).to(device),
+        dense=torch.cat([dense, missing], dim=1).to(device),
+    )
+
+
+def _bucket_ids(z: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+    columns = []
+    for position, column in enumerate(layout.bucket_columns):
+        values = z[:, column]
+        boundaries = layout.boundaries[position]
+        bucket = torch.bucketize(values.float(), boundaries)
+        bucket = torch.where(torch.isnan(values), len(boundaries) + 1, bucket)
+        columns.append(mix_ids(bucket, layout.numeric_salts[column]))
+    return torch.stack(columns, dim=1)
+
+
+def _cross(
+    batch: EncodedBatch,
+    layout: TokenLayout,
+    single: torch.Tensor,
+    fields: tuple[str, ...],
+    salt: int,
+    size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    bag_fields = [f for f in fields if f in layout.bag_index]
+    if bag_fields:
+        bag = layout.bag_index[bag_fields[0]]
+        owners = batch.bag_events[bag]
+        crossed = batch.bag_ids[bag]
+    else:
+        owners = torch.arange(size)
+        crossed = torch.zeros(size, dtype=torch.int64)
+    crossed = mix_ids(crossed, salt)
+    for name in fields:
+        if name in layout.bag_index:
+            continue
+        crossed = mix_ids(crossed, single[owners, layout.single_index[name]])
+    return crossed, owners
+
+
+def _normal_quantiles(buckets: int) -> torch.Tensor:
+    probabilities = torch.arange(1, buckets, dtype=torch.float64) / buckets
+    return torch.special.ndtri(probabilities).float()
+
+
+def _words(text: str | None) -> list[str]:
+    if not text:
+        return []
+    return [
+        word
+        for word in "".join(c.lower() if c.isalnum() else " " for c in text).split()
+        if word
+    ]

@@ -1,0 +1,653 @@
+"""The online learner: test-then-train over micro-batches of events.
+
+>>> from online_model.spec import load_spec
+>>> learner = OnlineLearner(load_spec("electricity"), seed=0, device="cpu")
+>>> report = learner.learn([{"event_id": "a", "event_time": 0, "day": "2",
+...     "period": 0.5, "nswdemand": 0.4, "vicprice": 0.003, "vicdemand": 0.4,
+...     "transfer": 0.4, "class": "UP"}])
+>>> report.learned, learner.labels
+(1, ['UP'])
+
+Each call to :meth:`OnlineLearner.learn` first scores the micro-batch with
+the current weights (the honest, prequential score), then learns from it. A
+label never seen before grows the output layer in place. An update whose
+loss or gradient is not finite is rejected and the weights stay as they
+were. :meth:`OnlineLearner.to_files` stores the full state without pickle
+(safetensors and JSON), and a learner restored from it continues bit for bit
+on the CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+import torch.nn.functional as F
+
+from online_model.events import (
+    DUPLICATE_EVENT_ID,
+    NO_LABEL,
+    EventProblem,
+    check_event,
+    rejecting,
+)
+from online_model.featurize import (
+    EncodedBatch,
+    Featurizer,
+    ModelInput,
+    TokenLayout,
+    hashed_tokens,
+    standardize,
+    transform_numeric,
+)
+from online_model.model import HashedSoftmaxModel
+from online_model.scored import Scored
+from online_model.spec import FeatureSpec, fingerprint, spec_from_dict
+
+logger = logging.getLogger(__name__)
+
+STATE_FORMAT = 1
+TENSORS_FILE = "model.safetensors"
+STATE_FILE = "learner.json"
+OPTIMIZERS = ("adam", "adagrad")
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """Model and training settings; every field is part of the fingerprint.
+
+    ``hash_bits`` sets the number of hashed feature buckets (2**hash_bits).
+    ``steps_per_batch`` is the number of optimizer steps on each micro-batch.
+    ``top_k`` is how many ranked labels each :class:`Scored` carries.
+    """
+
+    hash_bits: int = 18
+    embedding_dim: int = 64
+    hidden_units: int = 128
+    learning_rate: float = 0.01
+    optimizer: str = "adam"
+    steps_per_batch: int = 1
+    top_k: int = 5
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("hash_bits", 8 <= self.hash_bits <= 26, "from 8 to 26"),
+            ("embedding_dim", 1 <= self.embedding_dim <= 4096, "from 1 to 4096"),
+            ("hidden_units", 0 <= self.hidden_units <= 65536, "from 0 to 65536"),
+            ("learning_rate", 0 < self.learning_rate < 10, "above 0 and below 10"),
+            ("steps_per_batch", 1 <= self.steps_per_batch <= 100, "from 1 to 100"),
+            ("top_k", 1 <= self.top_k <= 1000, "from 1 to 1000"),
+        ]
+        for name, valid, allowed in checks:
+            if not valid:
+                raise ValueError(
+                    f"LearnerConfig.{name} is {getattr(self, name)!r}; "
+                    f"allowed: {allowed}"
+                )
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"LearnerConfig.optimizer is {self.optimizer!r}; allowed: "
+                f"{', '.join(OPTIMIZERS)}"
+            )
+
+
+@dataclass
+class MicroBatchReport:
+    """What one call of :meth:`OnlineLearner.learn` did.
+
+    ``scored`` has one entry per labelled event that was learned from, in
+    input order, scored before learning. ``predictions`` holds the top-k of
+    each unlabelled event (a prediction request) as ``(event_id, ranked)``.
+    ``invalid`` counts rejected events by reason (duplicates included), and
+    ``problems`` keeps the first few rejected events with their problem.
+    """
+
+    scored: list[Scored] = field(default_factory=list)
+    predictions: list[tuple[str, list[tuple[str, float]]]] = field(default_factory=list)
+    learned: int = 0
+    unlabelled: int = 0
+    invalid: Counter[str] = field(default_factory=Counter)
+    duplicates: int = 0
+    new_labels: list[str] = field(default_factory=list)
+    new_values: int = 0
+    refused_non_finite: int = 0
+    loss: float | None = None
+    problems: list[tuple[str, EventProblem]] = field(default_factory=list)
+
+    @property
+    def invalid_total(self) -> int:
+        """The number of rejected events, for any reason."""
+        return sum(self.invalid.values())
+
+
+@dataclass
+class _Checked:
+    labelled: list[dict[str, Any]]
+    unlabelled: list[dict[str, Any]]
+
+
+class OnlineLearner:
+    """A softmax classifier over one feature spec, learning test-then-train."""
+
+    MAX_KEPT_PROBLEMS = 20
+
+    def __init__(
+        self,
+        spec: FeatureSpec,
+        config: LearnerConfig | None = None,
+        seed: int = 0,
+        device: str | torch.device | None = None,
+        cpu_threads: int | None = 1,
+    ) -> None:
+        self.spec = spec
+        self.config = config if config is not None else LearnerConfig()
+        self.seed = seed
+        self.device = _choose_device(device)
+        if self.device.type == "cpu" and cpu_threads is not None:
+            # NOTE: this sets torch's thread count for the whole process. On a
+            # busy 2-core machine, 2 intra-op threads made index_add and
+            # bucketize on 256-event batches 50x slower than 1 thread.
+            torch.set_num_threads(cpu_threads)
+        self.featurizer = Featurizer(spec)
+        self._layout = TokenLayout(spec, self.featurizer, self.config.hash_bits)
+        self._generator = torch.Generator().manual_seed(seed)
+        self._model = HashedSoftmaxModel(
+            hash_buckets=1 << self.config.hash_bits,
+            embedding_dim=self.config.embedding_dim,
+            numeric_fields=len(self.featurizer.numeric_fields),
+            hidden_units=self.config.hidden_units,
+            generator=self._generator,
+        ).to(self.device)
+        self._labels: list[str] = []
+        self._label_index: dict[str, int] = {}
+        self._optimizers = self._make_optimizers()
+        self.examples_seen = 0
+        self.batches_seen = 0
+        self.updates_refused = 0
+        self.invalid_seen = 0
+        self.unlabelled_seen = 0
+        logger.info(
+            "learner for spec %r on %s (fingerprint %s)",
+            spec.name,
+            self.device,
+            self.fingerprint[:12],
+        )
+
+    # --- public API -----------------------------------------------------------
+
+    @property
+    def labels(self) -> list[str]:
+        """The label vocabulary, in the order the labels first arrived."""
+        return list(self._labels)
+
+    @property
+    def fingerprint(self) -> str:
+        """The hex digest of spec and config that decides weight compatibility."""
+        return fingerprint(self.spec, self.config)
+
+    def learn(self, events: Sequence[Any]) -> MicroBatchReport:
+        """Score a micro-batch with the current weights, then learn from it.
+
+        Only labelled events are learned from; unlabelled ones get predictions.
+        """
+        report = MicroBatchReport()
+        checked = self._check(events, report)
+        report.unlabelled = len(checked.unlabelled)
+        everything = checked.labelled + checked.unlabelled
+        if not everything:
+            self._count(report)
+            return report
+
+        encoded = self.featurizer.encode(everything)
+        report.new_values = encoded.new_values
+        probabilities = self._probabilities(encoded)
+        labelled_count = len(checked.labelled)
+        report.scored = self._scored(checked.labelled, probabilities[:labelled_count])
+        report.predictions = [
+            (str(event[self.spec.event_id_field]), ranked)
+            for event, ranked in zip(
+                checked.unlabelled,
+                self._ranked(probabilities[labelled_count:], self.config.top_k),
+                strict=True,
+            )
+        ]
+        if labelled_count:
+            report.new_labels = self._add_labels(checked.labelled)
+            self._train(_head(encoded, labelled_count), checked.labelled, report)
+        report.learned = labelled_count if report.refused_non_finite == 0 else 0
+        self._count(report)
+        return report
+
+    def score(self, events: Sequence[Any]) -> list[Scored]:
+        """Score labelled events without learning (for a holdout set).
+
+        Unlabelled and invalid events are left out. A label the model does not
+        know gets probability 0.0.
+        """
+        report = MicroBatchReport()
+        checked = self._check(events, report)
+        if not checked.labelled:
+            return []
+        encoded = self.featurizer.encode(checked.labelled)
+        return self._scored(checked.labelled, self._probabilities(encoded))
+
+    def predict(
+        self, events: Sequence[Any], k: int = 5
+    ) -> list[list[tuple[str, float]]]:
+        """Return the top-k labels with probabilities for each event, labelled or not.
+
+        An event that fails the checks gets an empty list.
+        """
+        results: list[list[tuple[str, float]]] = [[] for _ in events]
+        usable: list[int] = []
+        for index, event in enumerate(events):
+            problems = check_event(event, self.spec)
+            if rejecting(problems) is None:
+                usable.append(index)
+        if not usable or not self._labels:
+            return results
+        encoded = self.featurizer.encode([events[i] for i in usable])
+        ranked = self._ranked(self._probabilities(encoded), k)
+        for index, top in zip(usable, ranked, strict=True):
+            results[index] = top
+        return results
+
+    def to_files(self) -> dict[str, bytes]:
+        """Return the full state as files: tensors in safetensors, the rest in JSON."""
+        tensors = {
+            f"model.{k}": v.detach().cpu().contiguous()
+            for k, v in self._model.state_dict().items()
+        }
+        # Python numbers in optimizer state (SparseAdam's step count) stay Python
+        # numbers in JSON: as tensors they would change the bias-correction
+        # arithmetic and break the bit-for-bit restore.
+        scalars: dict[str, float | int] = {}
+        for position, optimizer in enumerate(self._optimizers):
+            for param_index, param_state in optimizer.state_dict()["state"].items():
+                for key, value in param_state.items():
+                    name = f"{position}.{param_index}.{key}"
+                    if isinstance(value, torch.Tensor):
+                        tensors[f"optimizer.{name}"] = value.detach().cpu().contiguous()
+                    else:
+                        scalars[name] = value
+        tensors["generator"] = self._generator.get_state()
+        state = {
+            "optimizer_scalars": scalars,
+            "format": STATE_FORMAT,
+            "spec": self.spec.to_dict(),
+            "config": dataclasses.asdict(self.config),
+            "seed": self.seed,
+            "labels": self._labels,
+            "counters": self.counters(),
+        }
+        return {
+            TENSORS_FILE: safetensors.torch.save(tensors),
+            STATE_FILE: json.dumps(state, indent=1, sort_keys=True).encode("utf-8"),
+        }
+
+    @classmethod
+    def from_files(
+        cls, files: Mapping[str, bytes], device: str | torch.device | None = None
+    ) -> OnlineLearner:
+        """Rebuild a learner from :meth:`to_files` output."""
+        missing = [name for name in (TENSORS_FILE, STATE_FILE) if name not in files]
+        if missing:
+            raise ValueError(
+                f"learner state is missing {', '.join(missing)}; got "
+                f"{', '.join(sorted(files)) or 'no files'}"
+            )
+        state = json.loads(files[STATE_FILE].decode("utf-8"))
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError(
+                f"learner state has format {state.get('format')!r}; this "
+                f"version reads format {STATE_FORMAT}"
+            )
+        learner = cls(
+            spec_from_dict(state["spec"]),
+            LearnerConfig(**state["config"]),
+            seed=int(state["seed"]),
+            device=device,
+        )
+        tensors = safetensors.torch.load(files[TENSORS_FILE])
+        learner._restore(state, tensors)
+        return learner
+
+    def save(self, directory: str | Path) -> None:
+        """Write :meth:`to_files` output into ``directory`` (created if needed)."""
+        target = Path(directory)
+        target.mkdir(parents=True, exist_ok=True)
+        for name, content in self.to_files().items():
+            (target / name).write_bytes(content)
+
+    @classmethod
+    def load(
+        cls, directory: str | Path, device: str | torch.device | None = None
+    ) -> OnlineLearner:
+        """Read a learner written by :meth:`save`."""
+        source = Path(directory)
+        return cls.from_files(
+            {name: (source / name).read_bytes() for name in (TENSORS_FILE, STATE_FILE)},
+            device=device,
+        )
+
+    def copy(self) -> OnlineLearner:
+        """Return an independent learner with the same state."""
+        return OnlineLearner.from_files(self.to_files(), device=self.device)
+
+    def counters(self) -> dict[str, int]:
+        """Return the lifetime counters."""
+        return {
+            "examples_seen": self.examples_seen,
+            "batches_seen": self.batches_seen,
+            "updates_refused": self.updates_refused,
+            "invalid_seen": self.invalid_seen,
+            "unlabelled_seen": self.unlabelled_seen,
+        }
+
+    # --- scoring --------------------------------------------------------------
+
+    def _model_input(self, encoded: EncodedBatch) -> ModelInput:
+        model = self._model
+        z = standardize(
+            encoded.numeric,
+            self._layout,
+            model.numeric_count.cpu(),
+            model.numeric_mean.cpu(),
+            model.numeric_m2.cpu(),
+        )
+        return hashed_tokens(encoded, self._layout, z, self.device)
+
+    def _probabilities(self, encoded: EncodedBatch) -> torch.Tensor:
+        if not self._labels:
+            return torch.zeros(encoded.size, 0)
+        with torch.no_grad():
+            logits = self._model(self._model_input(encoded))
+            return torch.softmax(logits.float(), dim=1).cpu()
+
+    def _ranked(
+        self, probabilities: torch.Tensor, k: int
+    ) -> list[list[tuple[str, float]]]:
+        k = min(k, probabilities.shape[1])
+        if k == 0:
+            return [[] for _ in range(probabilities.shape[0])]
+        values, indices = probabilities.topk(k, dim=1)
+        labels = self._labels
+        return [
+            [(labels[i], p) for i, p in zip(row_indices, row_values, strict=True)]
+            for row_indices, row_values in zip(
+                indices.tolist(), values.tolist(), strict=True
+            )
+        ]
+
+    def _scored(
+        self, events: list[dict[str, Any]], probabilities: torch.Tensor
+    ) -> list[Scored]:
+        label_field = self.spec.label_field
+        time_field = self.spec.event_time_field
+        k = min(self.config.top_k, probabilities.shape[1])
+        if k:
+            _, top_indices = probabilities.topk(k, dim=1)
+            top_rows = top_indices.tolist()
+        else:
+            top_rows = [[] for _ in events]
+        truth = [self._label_index.get(event[label_field], -1) for event in events]
+        known = torch.tensor([max(t, 0) for t in truth], dtype=torch.int64)
+        true_probabilities = (
+            probabilities.gather(1, known.unsqueeze(1)).squeeze(1).tolist()
+            if probabilities.shape[1]
+            else [0.0] * len(events)
+        )
+        labels = self._labels
+        return [
+            Scored(
+                true_label=event[label_field],
+                ranked_labels=tuple(labels[i] for i in row),
+                true_label_probability=probability if index >= 0 else 0.0,
+                event_time_ms=_millis(event[time_field]),
+            )
+            for event, row, index, probability in zip(
+                events, top_rows, truth, true_probabilities, strict=True
+            )
+        ]
+
+    # --- learning -------------------------------------------------------------
+
+    def _check(self, events: Iterable[Any], report: MicroBatchReport) -> _Checked:
+        labelled: list[dict[str, Any]] = []
+        unlabelled: list[dict[str, Any]] = []
+        seen_ids: set[Any] = set()
+        id_field = self.spec.event_id_field
+        for event in events:
+            problems = check_event(event, self.spec)
+            problem = rejecting(problems)
+            if problem is None and event[id_field] in seen_ids:
+                problem = EventProblem(
+                    DUPLICATE_EVENT_ID,
+                    id_field,
+                    f"event id {event[id_field]!r} appeared earlier "
+                    "in this micro-batch",
+                )
+                report.duplicates += 1
+            if problem is not None:
+                report.invalid[problem.reason] += 1
+                if len(report.problems) < self.MAX_KEPT_PROBLEMS:
+                    event_id = event.get(id_field) if isinstance(event, dict) else None
+                    report.problems.append((str(event_id), problem))
+                continue
+            seen_ids.add(event[id_field])
+            if any(p.reason == NO_LABEL for p in problems):
+                unlabelled.append(event)
+            else:
+                labelled.append(event)
+        if report.invalid:
+            logger.debug(
+                "rejected %d events: %s", report.invalid_total, dict(report.invalid)
+            )
+        return _Checked(labelled, unlabelled)
+
+    def _add_labels(self, events: list[dict[str, Any]]) -> list[str]:
+        new_labels: list[str] = []
+        label_field = self.spec.label_field
+        for event in events:
+            label = event[label_field]
+            if label not in self._label_index:
+                self._label_index[label] = len(self._labels)
+                self._labels.append(label)
+                new_labels.append(label)
+        if new_labels:
+            self._grow(len(new_labels))
+            logger.info(
+                "new labels %s; the model now has %d", new_labels, len(self._labels)
+            )
+        return new_labels
+
+    def _grow(self, count: int) -> None:
+        old_weight, old_bias = self._model.output_weight, self._model.output_bias
+        new_weight, new_bias = self._model.grow_output(count)
+        for optimizer in self._optimizers:
+            _move_state(optimizer, old_weight, new_weight, count)
+            _move_state(optimizer, old_bias, new_bias, count)
+
+    def _train(
+        self,
+        encoded: EncodedBatch,
+        events: list[dict[str, Any]],
+        report: MicroBatchReport,
+    ) -> None:
+        model = self._model
+        transformed = transform_numeric(encoded.numeric, self._layout)
+        saved_statistics = [
+            b.clone()
+            for b in (model.numeric_count, model.numeric_mean, model.numeric_m2)
+        ]
+        model.update_numeric_statistics(transformed.to(self.device))
+        batch = self._model_input(encoded)
+        label_field = self.spec.label_field
+        targets = torch.tensor(
+            [self._label_index[e[label_field]] for e in events],
+            dtype=torch.int64,
+            device=self.device,
+        )
+        loss_value = None
+        for _ in range(self.config.steps_per_batch):
+            for optimizer in self._optimizers:
+                optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(batch), targets)
+            if not torch.isfinite(loss) or not self._backward_finite(loss):
+                self._refuse(report, saved_statistics)
+                return
+            for optimizer in self._optimizers:
+                optimizer.step()
+            if loss_value is None:
+                loss_value = float(loss.detach())
+        report.loss = loss_value
+
+    def _backward_finite(self, loss: torch.Tensor) -> bool:
+        loss.backward()
+        totals = []
+        for parameter in self._model.parameters():
+            grad = parameter.grad
+            if grad is None:
+                continue
+            values = grad.coalesce().values() if grad.is_sparse else grad
+            totals.append(values.sum())
+        return bool(torch.isfinite(torch.stack(totals).sum())) if totals else True
+
+    def _refuse(
+        self, report: MicroBatchReport, saved_statistics: list[torch.Tensor]
+    ) -> None:
+        for buffer, saved in zip(
+            (
+                self._model.numeric_count,
+                self._model.numeric_mean,
+                self._model.numeric_m2,
+            ),
+            saved_statistics,
+            strict=True,
+        ):
+            buffer.copy_(saved)
+        for optimizer in self._optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        report.refused_non_finite += 1
+        self.updates_refused += 1
+        logger.warning(
+            "rejected an update with a non-finite loss or gradient; the "
+            "weights stay as they were (%d rejected so far)",
+            self.updates_refused,
+        )
+
+    def _count(self, report: MicroBatchReport) -> None:
+        self.batches_seen += 1
+        self.examples_seen += report.learned
+        self.invalid_seen += report.invalid_total
+        self.unlabelled_seen += report.unlabelled
+
+    def _make_optimizers(self) -> list[torch.optim.Optimizer]:
+        model = self._model
+        dense = [p for name, p in model.named_parameters() if name != "embedding"]
+        rate = self.config.learning_rate
+        if self.config.optimizer == "adagrad":
+            return [torch.optim.Adagrad([model.embedding, *dense], lr=rate)]
+        return [
+            torch.optim.SparseAdam([model.embedding], lr=rate),
+            torch.optim.Adam(dense, lr=rate),
+        ]
+
+    def _restore(
+        self, state: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]
+    ) -> None:
+        labels = [str(label) for label in state["labels"]]
+        self._add_labels([{self.spec.label_field: label} for label in labels])
+        model_state = {
+            k.removeprefix("model."): v
+            for k, v in tensors.items()
+            if k.startswith("model.")
+        }
+        self._model.load_state_dict(model_state)
+        for position, optimizer in enumerate(self._optimizers):
+            prefix = f"{position}."
+            restored: dict[int, dict[str, Any]] = {}
+            saved_values: list[tuple[str, Any]] = [
+                *((k.removeprefix("optimizer."), v) for k, v in tensors.items()),
+                *state.get("optimizer_scalars", {}).items(),
+            ]
+            for key, value in saved_values:
+                if key.startswith(prefix):
+                    param_index, state_key = key.removeprefix(prefix).split(".", 1)
+                    restored.setdefault(int(param_index), {})[state_key] = value
+            optimizer.load_state_dict(
+                {
+                    "state": restored,
+                    "param_groups": optimizer.state_dict()["param_groups"],
+                }
+            )
+        self._generator.set_state(tensors["generator"])
+        counters = state.get("counters", {})
+        for name in self.counters():
+            setattr(self, name, int(counters.get(name, 0)))
+
+
+def _choose_device(device: str | torch.device | None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _move_state(
+    optimizer: torch.optim.Optimizer,
+    old: torch.nn.Parameter,
+    new: torch.nn.Parameter,
+    added_rows: int,
+) -> None:
+    """Point ``optimizer`` at ``new``, padding the state of ``old`` with zeros."""
+    for group in optimizer.param_groups:
+        for position, parameter in enumerate(group["params"]):
+            if parameter is old:
+                group["params"][position] = new
+    if old not in optimizer.state:
+        return
+    state = optimizer.state.pop(old)
+    for key, value in state.items():
+        if (
+            isinstance(value, torch.Tensor)
+            and value.dim() > 0
+            and value.shape == old.shape
+        ):
+            padding = value.new_zeros((added_rows, *value.shape[1:]))
+            state[key] = torch.cat([value, padding])
+    optimizer.state[new] = state
+
+
+def _head(encoded: EncodedBatch, count: int) -> EncodedBatch:
+    """Return the first ``count`` events of an encoded batch."""
+    if count == encoded.size:
+        return encoded
+    bag_ids = []
+    bag_events = []
+    for ids, owners in zip(encoded.bag_ids, encoded.bag_events, strict=True):
+        keep = owners < count
+        bag_ids.append(ids[keep])
+        bag_events.append(owners[keep])
+    return EncodedBatch(
+        size=count,
+        categorical=encoded.categorical[:count],
+        numeric=encoded.numeric[:count],
+        bag_ids=bag_ids,
+        bag_events=bag_events,
+        new_values=encoded.new_values,
+    )
+
+
+def _millis(value: Any) -> int:
+    if isinstance(value, datetime):
+        return int(value.timestamp() * 1000)
+    return int(value)

@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from online_model import events as ev
+from online_model.events import check_event
+from online_model.spec import load_spec
+
+SPEC = load_spec("job_postings")
+
+
+def posting(**changes: Any) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "event_id": "p1",
+        "event_time": 1_672_531_200_000,
+        "skills": ["sql", "python"],
+        "country": "Germany",
+        "schedule_type": "Full-time",
+        "work_from_home": False,
+        "no_degree_mention": True,
+        "health_insurance": None,
+        "source_site": "via LinkedIn",
+        "salary_year_avg": 90000.0,
+        "salary_hour_avg": None,
+        "job_role": "Data Engineer",
+    }
+    event.update(changes)
+    return event
+
+
+def reasons(event: Any) -> list[str]:
+    return [problem.reason for problem in check_event(event, SPEC)]
+
+
+def test_clean_event_has_no_problems() -> None:
+    assert check_event(posting(), SPEC) == []
+
+
+def test_missing_field_rejects() -> None:
+    event = posting()
+    del event["country"]
+    problems = check_event(event, SPEC)
+    assert [p.reason for p in problems] == [ev.MISSING_FIELD]
+    assert problems[0].field == "country"
+    assert problems[0].rejects
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("skills", "sql, python"),
+        ("skills", ["sql", 3]),
+        ("country", 49),
+        ("work_from_home", "no"),
+        ("salary_year_avg", "90000"),
+        ("salary_year_avg", True),
+        ("event_id", 7),
+    ],
+)
+def test_wrong_type_rejects(field: str, value: Any) -> None:
+    problems = check_event(posting(**{field: value}), SPEC)
+    assert [p.reason for p in problems] == [ev.WRONG_TYPE]
+    assert problems[0].field == field
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_non_finite_number_rejects(value: float) -> None:
+    assert reasons(posting(salary_year_avg=value)) == [ev.NON_FINITE_NUMBER]
+
+
+def test_null_in_required_field_rejects() -> None:
+    assert reasons(posting(skills=None)) == [ev.NULL_VALUE]
+
+
+def test_empty_skills_is_a_note() -> None:
+    problems = check_event(posting(skills=[]), SPEC)
+    assert [p.reason for p in problems] == [ev.EMPTY_LIST]
+    assert not problems[0].rejects
+
+
+def test_missing_label_is_prediction_request() -> None:
+    problems = check_event(posting(job_role=None), SPEC)
+    assert [p.reason for p in problems] == [ev.NO_LABEL]
+    assert not problems[0].rejects
+
+
+def test_empty_label_rejects() -> None:
+    assert reasons(posting(job_role="")) == [ev.INVALID_LABEL]
+
+
+def test_unknown_label_with_vocabulary() -> None:
+    problems = check_event(
+        posting(job_role="Prompt Engineer"), SPEC, labels=["Data Engineer"]
+    )
+    assert [p.reason for p in problems] == [ev.UNKNOWN_LABEL]
+    assert not problems[0].rejects
+
+
+def test_unseen_category_is_fine() -> None:
+    assert reasons(posting(country="Atlantis")) == []
+
+
+def test_not_a_dict_rejects() -> None:
+    assert reasons(["not", "a", "record"]) == [ev.NOT_A_RECORD]
+
+
+def test_integer_salary_accepted() -> None:
+    assert reasons(posting(salary_year_avg=90000)) == []
