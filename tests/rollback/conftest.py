@@ -25,6 +25,7 @@ import pytest
 from registry_helpers import FixedClock
 
 _bucket_numbers = itertools.count(1)
+_topic_numbers = itertools.count(1)
 
 
 def _free_port() -> int:
@@ -109,3 +110,26 @@ def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 def clock() -> FixedClock:
     return FixedClock()
+
+
+@pytest.fixture
+def topic_and_subscription() -> Iterator[tuple[str, str]]:
+    """Create a topic and a subscription to it on the Pub/Sub emulator."""
+    if not os.environ.get("PUBSUB_EMULATOR_HOST"):
+        pytest.fail(
+            "PUBSUB_EMULATOR_HOST is not set: start the emulator with "
+            "'eval \"$(scripts/emulator)\"' or run scripts/test"
+        )
+    from google.cloud import pubsub_v1
+
+    project = os.environ.get("PUBSUB_PROJECT_ID", "streamlearn-local")
+    suffix = f"{os.getpid()}-{next(_topic_numbers)}"
+    publisher = pubsub_v1.PublisherClient()
+    subscriber = pubsub_v1.SubscriberClient()
+    topic = publisher.topic_path(project, f"serving-changes-{suffix}")
+    subscription = subscriber.subscription_path(project, f"follower-{suffix}")
+    publisher.create_topic(name=topic)
+    subscriber.create_subscription(name=subscription, topic=topic)
+    yield topic, subscription
+    subscriber.delete_subscription(subscription=subscription)
+    publisher.delete_topic(topic=topic)

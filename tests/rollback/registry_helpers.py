@@ -1,8 +1,9 @@
-"""Helpers shared by the registry tests: manifest fields, files, a clock."""
+"""Helpers shared by the registry tests: fields, files, a clock, a Pub/Sub pull."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from rollback.manifest import ManifestFields
 
@@ -45,3 +46,26 @@ def make_files(seed: int) -> dict[str, bytes]:
         "weights.safetensors": bytes([seed % 256]) * (1000 + seed),
         "learner.json": f'{{"seed": {seed}}}'.encode(),
     }
+
+
+def pull(subscription: str, count: int) -> list[Any]:
+    """Pull until ``count`` messages arrived; fail after 20 empty pulls."""
+    from google.cloud import pubsub_v1
+
+    subscriber = pubsub_v1.SubscriberClient()
+    received: list[Any] = []
+    for _ in range(20):
+        response = subscriber.pull(
+            request={"subscription": subscription, "max_messages": 10}, timeout=10
+        )
+        if response.received_messages:
+            subscriber.acknowledge(
+                request={
+                    "subscription": subscription,
+                    "ack_ids": [m.ack_id for m in response.received_messages],
+                }
+            )
+        received.extend(m.message for m in response.received_messages)
+        if len(received) >= count:
+            return received
+    raise AssertionError(f"received {len(received)} of {count} messages")

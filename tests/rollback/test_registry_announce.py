@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import itertools
 import json
-import os
 import queue
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from registry_helpers import FixedClock, make_fields, make_files
+from registry_helpers import FixedClock, make_fields, make_files, pull
 
 from rollback.announce import (
     Announcement,
@@ -23,54 +20,6 @@ from rollback.announce import (
 )
 from rollback.errors import AnnounceError
 from rollback.registry import Registry, open_registry
-
-_names = itertools.count(1)
-
-
-@pytest.fixture
-def topic_and_subscription() -> Iterator[tuple[str, str]]:
-    """Create a topic and a subscription to it on the Pub/Sub emulator."""
-    if not os.environ.get("PUBSUB_EMULATOR_HOST"):
-        pytest.fail(
-            "PUBSUB_EMULATOR_HOST is not set: start the emulator with "
-            "'eval \"$(scripts/emulator)\"' or run scripts/test"
-        )
-    from google.cloud import pubsub_v1
-
-    project = os.environ.get("PUBSUB_PROJECT_ID", "streamlearn-local")
-    suffix = f"{os.getpid()}-{next(_names)}"
-    publisher = pubsub_v1.PublisherClient()
-    subscriber = pubsub_v1.SubscriberClient()
-    topic = publisher.topic_path(project, f"serving-changes-{suffix}")
-    subscription = subscriber.subscription_path(project, f"follower-{suffix}")
-    publisher.create_topic(name=topic)
-    subscriber.create_subscription(name=subscription, topic=topic)
-    yield topic, subscription
-    subscriber.delete_subscription(subscription=subscription)
-    publisher.delete_topic(topic=topic)
-
-
-def pull(subscription: str, count: int) -> list[Any]:
-    """Pull until ``count`` messages arrived; fail after 20 empty pulls."""
-    from google.cloud import pubsub_v1
-
-    subscriber = pubsub_v1.SubscriberClient()
-    received: list[Any] = []
-    for _ in range(20):
-        response = subscriber.pull(
-            request={"subscription": subscription, "max_messages": 10}, timeout=10
-        )
-        if response.received_messages:
-            subscriber.acknowledge(
-                request={
-                    "subscription": subscription,
-                    "ack_ids": [m.ack_id for m in response.received_messages],
-                }
-            )
-        received.extend(m.message for m in response.received_messages)
-        if len(received) >= count:
-            return received
-    raise AssertionError(f"received {len(received)} of {count} messages")
 
 
 def announcing_registry(tmp_path: Path, topic: str) -> Registry:

@@ -10,7 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from registry_helpers import OTHER_FINGERPRINT, FixedClock, make_fields, make_files
+from registry_helpers import (
+    OTHER_FINGERPRINT,
+    FixedClock,
+    make_fields,
+    make_files,
+    pull,
+)
 
 from rollback.config import load_config
 from rollback.registry import Registry, open_registry, version_key
@@ -344,3 +350,53 @@ def test_versions_describe_unknown(registry: Registry) -> None:
         "streamlearn versions: unknown version 'v7': the registry holds v1..v3 "
         "(3 versions)\n"
     )
+
+
+@pytest.mark.emulator
+def test_rollback_announces_on_topic(
+    registry: Registry, topic_and_subscription: tuple[str, str]
+) -> None:
+    topic, subscription = topic_and_subscription
+    emulator = {"PUBSUB_EMULATOR_HOST": os.environ.get("PUBSUB_EMULATOR_HOST", "")}
+
+    result = run(
+        "rollback",
+        "--to",
+        "v2",
+        "--registry",
+        registry.url,
+        env={**emulator, "STREAMLEARN_ANNOUNCE_TOPIC": topic},
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    (message,) = pull(subscription, 1)
+    assert message.attributes["serving_version"] == "v2"
+    assert message.attributes["previous_version"] == "v3"
+    assert message.attributes["kind"] == "rollback"
+
+
+@pytest.mark.emulator
+def test_failed_announcement_warns(
+    registry: Registry, topic_and_subscription: tuple[str, str]
+) -> None:
+    topic, _ = topic_and_subscription
+    emulator = {"PUBSUB_EMULATOR_HOST": os.environ.get("PUBSUB_EMULATOR_HOST", "")}
+
+    result = run(
+        "rollback",
+        "--to",
+        "v2",
+        "--registry",
+        registry.url,
+        "--announce-topic",
+        topic + "-missing",
+        env=emulator,
+    )
+
+    assert result.returncode == 0
+    assert result.stdout == "rolled back serving from v3 to v2\n"
+    assert result.stderr.startswith(
+        "rollback: warning: the change stands but was not announced"
+    )
+    assert registry.serving() == 2
