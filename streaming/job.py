@@ -69,10 +69,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--holdout-min-events", type=int, default=200)
     parser.add_argument("--gate-every-micro-batches", type=int, default=20)
     parser.add_argument(
+        "--gate-metric",
+        choices=("log_loss", "top1", "top5", "macro_f1"),
+        default="log_loss",
+        help="holdout metric the gate compares (default log_loss)",
+    )
+    parser.add_argument(
         "--gate-tolerance",
         type=float,
         default=0.0,
-        help="promote when candidate top-1 >= serving top-1 minus this",
+        help="how much worse than the serving version a candidate may be, in "
+        "the metric's unit (nats for log_loss, a fraction for the others)",
     )
     parser.add_argument("--gate-every-s", type=float, default=30.0)
     parser.add_argument("--checkpoint-every-s", type=float, default=5.0)
@@ -102,6 +109,7 @@ def main(argv: list[str]) -> int:
         holdout_fraction=args.holdout_fraction,
         holdout_window_size=args.holdout_window_size,
         holdout_min_events=args.holdout_min_events,
+        gate_metric=args.gate_metric,
         gate_tolerance=args.gate_tolerance,
         gate_every_micro_batches=args.gate_every_micro_batches,
         gate_every_s=args.gate_every_s,
@@ -307,9 +315,8 @@ def _describe(record: dict[str, Any]) -> str:
         )
     if kind == "rejection":
         return (
-            f"rejected a candidate: holdout top-1 {record['candidate_top1']:.3f} "
-            f"< serving v{record['serving_version']} "
-            f"{record.get('serving_top1', float('nan')):.3f}"
+            f"rejected a candidate, kept v{record['serving_version']}: "
+            f"{record['reason']}"
         )
     if kind == "rollback":
         return (

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from online_model.gate import METRIC_FIELDS, GateMetric
+
 
 @dataclass(frozen=True)
 class JobConfig:
@@ -13,10 +15,12 @@ class JobConfig:
     event has waited ``micro_batch_max_wait_s``. A candidate meets the gate
     every ``gate_every_micro_batches`` micro-batches or ``gate_every_s``
     seconds, whichever comes first, once the holdout window contains
-    ``holdout_min_events``. It is promoted when its holdout top-1 accuracy is
-    at least the serving version's minus ``gate_tolerance``.
-    After a drift alarm the job rolls back when an earlier version beats the
-    serving one on the holdout window by ``rollback_margin`` or more.
+    ``holdout_min_events``. It is promoted when its ``gate_metric`` on the
+    holdout window (``log_loss``, ``top1``, ``top5`` or ``macro_f1``, see
+    online_model/gate.py) is no worse than the serving version's by more than
+    ``gate_tolerance``, in that metric's unit. After a drift alarm the job
+    rolls back when an earlier version beats the serving one on the holdout
+    window by ``rollback_margin`` or more, in the same metric.
     """
 
     micro_batch_size: int = 256
@@ -26,6 +30,7 @@ class JobConfig:
     holdout_min_events: int = 200
     gate_every_micro_batches: int = 20
     gate_every_s: float = 30.0
+    gate_metric: GateMetric = "log_loss"
     gate_tolerance: float = 0.0
     rollback_margin: float = 0.02
     rollback_versions_kept: int = 5
@@ -43,6 +48,11 @@ class JobConfig:
         _at_least("rollback_versions_kept", self.rollback_versions_kept, 1)
         _at_least("dedup_window_size", self.dedup_window_size, 1)
         _at_least("top_k", self.top_k, 1)
+        if self.gate_metric not in METRIC_FIELDS:
+            raise ValueError(
+                f"gate_metric must be one of {', '.join(METRIC_FIELDS)}, "
+                f"got {self.gate_metric!r}"
+            )
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ValueError(
                 f"holdout_fraction must be in [0, 1), got {self.holdout_fraction!r}"

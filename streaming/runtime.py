@@ -34,6 +34,7 @@ import fastavro
 
 from online_model.drift import DriftMonitor
 from online_model.evaluation import Metrics, evaluate
+from online_model.gate import LOWER_IS_BETTER, METRIC_FIELDS, GateConfig, ValidationGate
 from online_model.learner import OnlineLearner
 from online_model.spec import FeatureSpec
 from rollback.errors import PointerConflict, RegistryError
@@ -180,6 +181,13 @@ class JobRuntime:
         self.pending_publish_s: list[float] = []
         self.seen_ids: OrderedDict[str, None] = OrderedDict()
         self.drift = DriftMonitor()
+        self.gate = ValidationGate(
+            GateConfig(
+                metric=config.gate_metric,
+                tolerance=config.gate_tolerance,
+                min_holdout_events=config.holdout_min_events,
+            )
+        )
         self.checkpoint_number = 0
 
         now = clock()
@@ -322,7 +330,7 @@ class JobRuntime:
                 "drift_alarm", detector=alarm.detector, statistic=alarm.statistic
             )
         if alarms:
-            self._check_rollback()
+            self.confirm_drop()
 
     def _note_event_times(self, batch: Sequence[Event]) -> None:
         for event in batch:
@@ -372,7 +380,11 @@ class JobRuntime:
             if self.serving_learner is None
             else self._holdout_metrics(self.serving_learner)
         )
-        numbers = {
+        decision = self.gate.decide(candidate, champion)
+        numbers: dict[str, Any] = {
+            "metric": decision.metric,
+            "candidate_value": decision.candidate_value,
+            "serving_value": decision.champion_value,
             "candidate_top1": candidate.top1_accuracy,
             "candidate_top5": candidate.top_k_hit_rate,
             "candidate_log_loss": candidate.log_loss,
@@ -382,25 +394,25 @@ class JobRuntime:
             numbers["serving_top1"] = champion.top1_accuracy
             numbers["serving_top5"] = champion.top_k_hit_rate
             numbers["serving_log_loss"] = champion.log_loss
-        threshold = (
-            0.0
-            if champion is None
-            else champion.top1_accuracy - self.config.gate_tolerance
-        )
-        if candidate.top1_accuracy >= threshold and candidate.n_events > 0:
-            self._promote(candidate, champion, numbers)
+        self._count_holdout(candidate, champion)
+        if decision.promote:
+            self._promote(candidate, champion, decision.reason, numbers)
         else:
-            self._reject(numbers)
+            self._reject(decision.reason, numbers)
 
     def _promote(
-        self, candidate: Metrics, champion: Metrics | None, numbers: dict[str, Any]
+        self,
+        candidate: Metrics,
+        champion: Metrics | None,
+        reason: str,
+        numbers: dict[str, Any],
     ) -> None:
         if self.registry.is_paused():
             self.account.promotions_paused += 1
-            self._record("promotion_paused", **numbers)
+            self._record("promotion_paused", reason=reason, **numbers)
+            logger.info("promotion paused: kept the candidate in training")
             return
         fields = self._manifest_fields(candidate, champion)
-        reason = _promotion_reason(candidate, champion)
         try:
             version = self.registry.publish(
                 self.learner.to_files(),
@@ -432,17 +444,34 @@ class JobRuntime:
         )
         logger.info("published v%d (parent %s): %s", version, parent, reason)
 
-    def _reject(self, numbers: dict[str, Any]) -> None:
+    def _reject(self, reason: str, numbers: dict[str, Any]) -> None:
         self.account.candidates_rejected += 1
         if self.serving_learner is not None:
             self.learner = self.serving_learner.copy()
         self._unserved_publish_s = []
-        self._record("rejection", serving_version=self.serving_version, **numbers)
-        logger.info(
-            "rejected candidate: holdout top-1 %.4f < serving %.4f",
-            numbers["candidate_top1"],
-            numbers.get("serving_top1", float("nan")),
+        self._record(
+            "rejection", serving_version=self.serving_version, reason=reason, **numbers
         )
+        logger.info(
+            "rejected a candidate, back to v%s: %s", self.serving_version, reason
+        )
+
+    def _count_holdout(self, candidate: Metrics, champion: Metrics | None) -> None:
+        if self.telemetry is None:
+            return
+        from streaming import monitoring as mon
+
+        pairs = [("candidate", mon.ROLE_CANDIDATE, candidate)]
+        if champion is not None:
+            pairs.append((f"v{self.serving_version}", mon.ROLE_SERVING, champion))
+        for version, role, metrics in pairs:
+            for spec, value in (
+                (mon.HOLDOUT_TOP1, metrics.top1_accuracy),
+                (mon.HOLDOUT_TOP5, metrics.top_k_hit_rate),
+                (mon.HOLDOUT_LOSS, metrics.log_loss),
+            ):
+                if math.isfinite(value):
+                    self.telemetry.set(spec, value, version=version, role=role)
 
     def _manifest_fields(
         self, candidate: Metrics, champion: Metrics | None
@@ -502,44 +531,75 @@ class JobRuntime:
         self._record("adopted", version=version, previous=previous, reason=reason)
         logger.info("adopted v%d (was %s): %s", version, previous, reason)
 
-    def _check_rollback(self) -> None:
+    def _goodness(self, learner: OnlineLearner) -> float:
+        """Return the gate metric on the holdout window, signed so that
+        higher is better."""
+        metric = self.config.gate_metric
+        value = float(getattr(self._holdout_metrics(learner), METRIC_FIELDS[metric]))
+        return -value if metric in LOWER_IS_BETTER else value
+
+    def confirm_drop(self) -> None:
+        """Decide what a drift alarm means: roll back, or adapt and alert.
+
+        The job rolls back to the best version kept in memory when it beats
+        the serving version on the holdout window by ``rollback_margin``.
+        Otherwise the drift is taken as real: the job keeps learning and
+        records an alert. Either way a cooldown of
+        ``rollback_cooldown_micro_batches`` follows, so that one incident
+        makes one decision.
+        """
         if self.serving_learner is None or self.serving_version is None:
             return
         if self._rollback_cooldown > 0:
             return
         if len(self.holdout) < self.config.holdout_min_events:
             return
-        serving_top1 = self._holdout_metrics(self.serving_learner).top1_accuracy
+        serving_score = self._goodness(self.serving_learner)
         scores = {
-            version: self._holdout_metrics(learner).top1_accuracy
+            version: self._goodness(learner)
             for version, learner in self.recent_versions.items()
             if version != self.serving_version
         }
         best = max(scores, key=lambda v: scores[v], default=None)
-        # One incident, one decision: a cooldown keeps the same drop from
-        # triggering again while the detectors settle.
         self._rollback_cooldown = self.config.rollback_cooldown_micro_batches
         self.drift.reset()
-        if best is None or scores[best] < serving_top1 + self.config.rollback_margin:
+        metric = self.config.gate_metric
+        if best is None or scores[best] < serving_score + self.config.rollback_margin:
             self.account.alerts += 1
             self._record(
                 "alert",
                 reason="drift without a better earlier version: adapting",
+                metric=metric,
                 serving_version=self.serving_version,
-                serving_top1=serving_top1,
+                serving_value=_unsign(metric, serving_score),
                 best_earlier_version=best,
-                best_earlier_top1=None if best is None else scores[best],
+                best_earlier_value=None
+                if best is None
+                else _unsign(metric, scores[best]),
+            )
+            logger.warning(
+                "drift on v%s and no better earlier version: adapting",
+                self.serving_version,
             )
             return
-        self._roll_back(best, serving_top1, scores[best])
-
-    def _roll_back(self, target: int, serving_top1: float, target_top1: float) -> None:
-        source = self.serving_version
-        reason = (
-            f"drift alarm, holdout top-1 of v{source} {serving_top1:.4f} "
-            f"< v{target} {target_top1:.4f}"
+        self._roll_back(
+            best, _unsign(metric, serving_score), _unsign(metric, scores[best])
         )
-        details = {"serving_top1": serving_top1, "target_top1": target_top1}
+
+    def _roll_back(
+        self, target: int, serving_value: float, target_value: float
+    ) -> None:
+        source = self.serving_version
+        metric = self.config.gate_metric
+        reason = (
+            f"drift alarm confirmed on the holdout window: {metric} of v{source} "
+            f"{serving_value:.4f}, of v{target} {target_value:.4f}"
+        )
+        details = {
+            "metric": metric,
+            "serving_value": serving_value,
+            "target_value": target_value,
+        }
         try:
             self.registry.set_serving(
                 target,
@@ -557,6 +617,7 @@ class JobRuntime:
         learner = self.recent_versions[target]
         self._set_serving(target, learner)
         self.learner = learner.copy()
+        self._unserved_publish_s = []
         self._record(
             "rollback", from_version=source, to_version=target, reason=reason, **details
         )
@@ -579,12 +640,12 @@ class JobRuntime:
         if self.checkpoints is None:
             return
         self.checkpoint_number += 1
+        self.account.checkpoints += 1
         files = {f"learner.{k}": v for k, v in self.learner.to_files().items()}
         files["holdout.avro"] = self._events_to_avro(list(self.holdout))
         files["pending.avro"] = self._events_to_avro(self.pending)
         files["state.json"] = json.dumps(self._state_dict()).encode("utf-8")
         self.checkpoints.save(self.checkpoint_number, files)
-        self.account.checkpoints += 1
         self._record("checkpoint", number=self.checkpoint_number, **self._totals())
 
     def restore(self, number: int) -> None:
@@ -671,13 +732,8 @@ def _telemetry_event(telemetry: Any, kind: str, fields: Mapping[str, Any]) -> No
     telemetry.record_event(event_kind, labels=labels, **details)
 
 
-def _promotion_reason(candidate: Metrics, champion: Metrics | None) -> str:
-    if champion is None:
-        return f"first version: holdout top-1 {candidate.top1_accuracy:.4f}"
-    return (
-        f"holdout top-1 {candidate.top1_accuracy:.4f} >= serving "
-        f"{champion.top1_accuracy:.4f} on {candidate.n_events} events"
-    )
+def _unsign(metric: str, score: float) -> float:
+    return -score if metric in LOWER_IS_BETTER else score
 
 
 def _finite(values: Mapping[str, float | int]) -> dict[str, float]:

@@ -1,0 +1,273 @@
+"""The learner stage without Beam: real learner, real registry, real events."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from online_model.datasets import iter_events
+from online_model.learner import OnlineLearner
+from online_model.spec import load_spec
+from rollback.registry import Registry, open_registry
+from streaming.checkpoint import CheckpointStore
+from streaming.job_config import JobConfig
+from streaming.runtime import EventBatch, JobRuntime, holdout_share
+
+SPEC = load_spec("job_postings")
+EVENTS = list(itertools.islice(iter_events("job_postings"), 4000))
+LABELS = sorted({e["job_role"] for e in EVENTS})
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_runtime(
+    tmp_path: Path,
+    clock: FakeClock,
+    registry: Registry | None = None,
+    **settings: Any,
+) -> tuple[JobRuntime, list[dict[str, Any]]]:
+    options: dict[str, Any] = {
+        "micro_batch_size": 128,
+        "gate_every_micro_batches": 4,
+        "gate_every_s": 10_000.0,
+        "holdout_min_events": 100,
+        "checkpoint_every_s": 10_000.0,
+    }
+    options.update(settings)
+    records: list[dict[str, Any]] = []
+    runtime = JobRuntime(
+        SPEC,
+        JobConfig(**options),
+        registry or open_registry(tmp_path / "registry", create=True),
+        new_learner=lambda: OnlineLearner(SPEC, seed=0, device="cpu"),
+        load_learner=lambda files: OnlineLearner.from_files(files, device="cpu"),
+        checkpoints=CheckpointStore(tmp_path / "checkpoints"),
+        decisions=records.append,
+        clock=clock,
+    )
+    return runtime, records
+
+
+def feed(runtime: JobRuntime, events: list[dict[str, Any]], size: int = 250) -> None:
+    for start in range(0, len(events), size):
+        runtime.handle_batch(EventBatch(events[start : start + size]))
+
+
+def kinds(records: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [r for r in records if r["kind"] == kind]
+
+
+def wrong_labels(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Give each event another label, and a fresh id so it is no duplicate."""
+    shifted = []
+    for event in events:
+        label = LABELS[(LABELS.index(event["job_role"]) + 3) % len(LABELS)]
+        shifted.append(
+            {**event, "event_id": event["event_id"] + "-w", "job_role": label}
+        )
+    return shifted
+
+
+def assert_adds_up(runtime: JobRuntime) -> None:
+    account = runtime.account
+    outcomes = (
+        account.learned
+        + account.held_out
+        + account.predictions
+        + account.duplicates
+        + account.pending
+        + account.refused_non_finite
+    )
+    assert outcomes == account.events_read
+
+
+def test_counts_with_duplicates_and_requests(tmp_path: Path) -> None:
+    runtime, _ = make_runtime(tmp_path, FakeClock())
+    events = [dict(e) for e in EVENTS[:1500]]
+    for event in events[::10]:
+        event["job_role"] = None
+    feed(runtime, events)
+    feed(runtime, events[:300])
+
+    account = runtime.account
+    assert account.events_read == 1800
+    assert account.duplicates == 300
+    assert account.predictions == 150
+    expected_holdout = sum(
+        holdout_share(e["event_id"]) < 0.1 for e in events if e["job_role"]
+    )
+    assert account.held_out == expected_holdout
+    assert account.learned + account.pending == 1350 - expected_holdout
+    assert_adds_up(runtime)
+
+
+def test_holdout_window_only_holdout_ids(tmp_path: Path) -> None:
+    runtime, _ = make_runtime(tmp_path, FakeClock(), holdout_window_size=150)
+    feed(runtime, EVENTS[:2500])
+    assert len(runtime.holdout) == 150
+    for event in runtime.holdout:
+        assert holdout_share(event["event_id"]) < 0.1
+    for event in runtime.pending:
+        assert holdout_share(event["event_id"]) >= 0.1
+
+
+def test_micro_batch_closes_on_time(tmp_path: Path) -> None:
+    clock = FakeClock()
+    runtime, _ = make_runtime(tmp_path, clock, micro_batch_max_wait_s=2.0)
+    batch = [e for e in EVENTS[:40] if holdout_share(e["event_id"]) >= 0.1][:10]
+    runtime.handle_batch(EventBatch(batch))
+    assert runtime.account.learned == 0
+    clock.now += 1.9
+    runtime.handle_tick()
+    assert runtime.account.learned == 0
+    clock.now += 0.2
+    runtime.handle_tick()
+    assert runtime.account.learned == 10
+    assert runtime.account.pending == 0
+
+
+def test_first_version_then_predictions(tmp_path: Path) -> None:
+    runtime, records = make_runtime(tmp_path, FakeClock())
+    request = dict(EVENTS[3999], job_role=None)
+    assert runtime.handle_batch(EventBatch([request]))[0].version is None
+    feed(runtime, EVENTS[:2000])
+    promotions = kinds(records, "promotion")
+    assert promotions[0]["version"] == 1
+    assert promotions[0]["parent"] is None
+    answer = runtime.handle_batch(EventBatch([dict(request, event_id="r2")]))[0]
+    assert answer.version == runtime.serving_version
+    assert len(answer.ranked) == 5
+    assert answer.ranked == runtime.serving_learner.predict([request], k=5)[0]
+
+
+def test_wrong_labels_rejected_and_reset(tmp_path: Path) -> None:
+    runtime, records = make_runtime(tmp_path, FakeClock())
+    feed(runtime, EVENTS[:2500])
+    assert runtime.serving_version is not None
+    burst_starts = len(records)
+    feed(runtime, wrong_labels(EVENTS[2500:3500]))
+
+    rejections = kinds(records[burst_starts:], "rejection")
+    assert rejections
+    assert rejections[-1]["metric"] == "log_loss"
+    assert rejections[-1]["candidate_value"] > rejections[-1]["serving_value"]
+    assert rejections[-1]["serving_version"] == runtime.serving_version
+    # After a rejection the learner is the serving version again.
+    holdout = list(runtime.holdout)
+    assert runtime.learner.predict(holdout[:20]) == runtime.serving_learner.predict(
+        holdout[:20]
+    )
+
+
+def test_operator_rollback_adopted(tmp_path: Path) -> None:
+    registry = open_registry(tmp_path / "registry", create=True)
+    runtime, records = make_runtime(
+        tmp_path, FakeClock(), registry, gate_metric="top5", gate_tolerance=0.5
+    )
+    feed(runtime, EVENTS[:2600])
+    assert len(kinds(records, "promotion")) >= 2
+    highest = max(registry.versions())
+
+    registry.rollback(1, actor="ops:test", reason="test")
+    runtime.follow_registry()
+    assert runtime.serving_version == 1
+    v1 = OnlineLearner.from_files(registry.read(1).files, device="cpu")
+    sample = EVENTS[3000:3020]
+    assert runtime.learner.predict(sample) == v1.predict(sample)
+
+    feed(runtime, EVENTS[2600:3400])
+    later = [p for p in kinds(records, "promotion") if p["version"] > highest]
+    assert later[0]["parent"] == 1
+    assert registry.describe(later[0]["version"]).parent == 1
+    assert kinds(records, "learned_from_adopted")[0]["version"] == 1
+
+
+def test_wrong_labels_roll_back_once(tmp_path: Path) -> None:
+    # A gate that promotes anything lets bad versions out; the drift
+    # detectors and the holdout window must then bring back a good one.
+    registry = open_registry(tmp_path / "registry", create=True)
+    runtime, records = make_runtime(
+        tmp_path, FakeClock(), registry, gate_tolerance=100.0
+    )
+    feed(runtime, EVENTS[:2500])
+    good = runtime.serving_version
+    assert good is not None
+    feed(runtime, wrong_labels(EVENTS[2500:3700]))
+
+    rollbacks = kinds(records, "rollback")
+    assert len(rollbacks) == 1
+    assert runtime.account.rollbacks_automatic == 1
+    rollback = rollbacks[0]
+    assert rollback["to_version"] < rollback["from_version"]
+    assert rollback["to_version"] <= good
+    assert rollback["target_value"] < rollback["serving_value"]
+    changes = [c for c in registry.history() if c.kind == "auto_rollback"]
+    assert len(changes) == 1
+    assert changes[0].to_version == rollback["to_version"]
+
+
+def test_drop_without_better_version_alerts(tmp_path: Path) -> None:
+    runtime, records = make_runtime(tmp_path, FakeClock(), gate_every_micro_batches=100)
+    feed(runtime, EVENTS[:1500])
+    runtime.finish()
+    assert runtime.serving_version == 1
+    runtime.confirm_drop()
+    assert kinds(records, "rollback") == []
+    assert len(kinds(records, "alert")) == 1
+    assert runtime.serving_version == 1
+
+
+def test_pause_keeps_pointer(tmp_path: Path) -> None:
+    registry = open_registry(tmp_path / "registry", create=True)
+    runtime, records = make_runtime(tmp_path, FakeClock(), registry)
+    feed(runtime, EVENTS[:1500])
+    serving = registry.serving()
+    registry.pause(actor="ops:test", reason="incident")
+    feed(runtime, EVENTS[1500:3000], size=100)
+    assert kinds(records, "promotion_paused")
+    assert registry.serving() == serving
+    assert runtime.serving_version == serving
+
+
+def test_checkpoint_restore_continues(tmp_path: Path) -> None:
+    clock = FakeClock()
+    registry = open_registry(tmp_path / "registry", create=True)
+    first, _ = make_runtime(tmp_path, clock, registry)
+    feed(first, EVENTS[:1700])
+    first.save_checkpoint()
+
+    second, records = make_runtime(tmp_path, clock, registry)
+    second.restore(first.checkpoint_number)
+    assert second.account == first.account
+    assert second.serving_version == first.serving_version
+    assert list(second.holdout) == list(first.holdout)
+    assert second.pending == first.pending
+    sample = EVENTS[3000:3010]
+    assert second.learner.predict(sample) == first.learner.predict(sample)
+
+    feed(second, EVENTS[1500:1700])
+    assert second.account.duplicates == 200
+    assert kinds(records, "restored")[0]["learned"] == first.account.learned
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("micro_batch_size", 0),
+        ("holdout_fraction", 1.0),
+        ("gate_metric", "accuracy"),
+        ("checkpoint_every_s", -1.0),
+    ],
+)
+def test_config_rejects_invalid(name: str, value: Any) -> None:
+    with pytest.raises(ValueError, match=name):
+        JobConfig(**{name: value})
