@@ -12,7 +12,7 @@ import abc
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -331,18 +331,19 @@ class VowpalWabbitCommandLine(StreamLearner):
         workspace.finish()
         return time.perf_counter() - started
 
-    def read_records(self) -> list[Scored]:
-        """Read the predictions of the last ``run_driver`` into Scored records."""
-        records = []
+    def iter_records(self) -> Iterator[Scored]:
+        """Yield the predictions of the last ``run_driver`` as Scored records."""
         with self._predictions_path.open(encoding="utf-8") as predictions:
             for line, label in zip(predictions, self._true_labels, strict=False):
                 probabilities = {}
                 for pair in line.split():
                     class_id, probability = pair.split(":")
                     probabilities[self._labels[int(class_id) - 1]] = float(probability)
-                records.append(scored_from_probabilities(label, probabilities))
+                yield scored_from_probabilities(label, probabilities)
+
+    def cleanup(self) -> None:
+        """Delete the data and predictions files."""
         self._directory.cleanup()
-        return records
 
 
 def label_ids_in_order_of_appearance(

@@ -131,7 +131,8 @@ def stream_section(stream: str, results: list[dict[str, Any]]) -> list[str]:
         )
         lines += [
             "",
-            f"Stopped at the time limit, so reported on the prefix only: {names}.",
+            "Stopped because the whole stream would have taken longer than the "
+            f"time limit, so reported on the prefix only: {names}.",
         ]
     lines += ["", f"First {prefix:,} events, every learner:", ""]
     lines += markdown_table([table_row(r, "prefix") for r in done])
@@ -270,9 +271,11 @@ def write_reports(
         "",
         f"Started {settings['started_utc']} UTC, {settings['wall_s']:.0f} s in all, "
         f"on {machine['cpu_count']} CPUs ({machine['platform']}), Python "
-        f"{machine['python']}, {packages}. Learners past the "
-        f"{settings['prefix']:,}-event prefix stop after "
-        f"{settings['time_limit_s']:g} s; streamlearn's micro-batch is "
+        f"{machine['python']}, {packages}. A learner whose rate over the "
+        f"{settings['prefix']:,}-event prefix projects a whole stream past "
+        f"{settings['time_limit_s']:g} s stops at the prefix, except "
+        f"{', '.join(settings['whole_stream_peers']) or 'none'}. streamlearn's "
+        "micro-batch is "
         f"{settings['micro_batch']} events.{load_text}",
         "",
         EXPLANATION,

@@ -30,7 +30,7 @@ from peer_learners import (
 )
 
 from online_model.datasets import Event, iter_events
-from online_model.evaluation import evaluate
+from online_model.evaluation import Metrics, MetricsAccumulator
 from online_model.scored import Scored
 from online_model.spec import load_spec
 
@@ -122,6 +122,27 @@ def chunk_bounds(total: int, size: int, prefix: int) -> list[tuple[int, int]]:
     return bounds
 
 
+class PrequentialTally:
+    """Running metrics over scored events, with a copy taken at the prefix."""
+
+    def __init__(self, prefix: int) -> None:
+        self.prefix = prefix
+        self.events = 0
+        self.accumulator = MetricsAccumulator()
+        self.prefix_metrics: Metrics | None = None
+
+    def add(self, records: Sequence[Scored]) -> None:
+        """Add scored events in stream order."""
+        before_prefix = max(0, self.prefix - self.events)
+        head, tail = records[:before_prefix], records[before_prefix:]
+        self.accumulator.update(head)
+        self.events += len(head)
+        if self.prefix_metrics is None and self.events == self.prefix:
+            self.prefix_metrics = self.accumulator.result()
+        self.accumulator.update(tail)
+        self.events += len(tail)
+
+
 @dataclass
 class RunTimes:
     """Seconds spent turning event dicts into learner input, and in the model."""
@@ -148,18 +169,20 @@ def stream_through(
     labels: Sequence[str],
     arguments: argparse.Namespace,
     baseline_mib: float,
-) -> tuple[list[Scored], RunTimes, dict[str, Any], bool]:
+    tally: PrequentialTally,
+) -> tuple[RunTimes, dict[str, Any], bool]:
     """Run the learner test-then-train in chunks, timing and sampling memory.
 
-    Returns the records, the timings, the snapshot taken at the prefix and
-    whether the learner stopped at the time limit before the stream's end.
+    The scored events go to ``tally`` as they come, so the run keeps no
+    per-event records that would count as the learner's memory. Returns the
+    timings, the snapshot taken at the prefix and whether the learner stopped
+    at the prefix because of the time limit.
     """
     bounds = chunk_bounds(len(events), arguments.micro_batch, arguments.prefix)
     prefix = min(arguments.prefix, len(events))
     sample_every = max(1, len(bounds) // RSS_SAMPLES)
     progress_every = max(1, len(bounds) // 10)
     times = RunTimes()
-    records: list[Scored] = []
     prefix_snapshot: dict[str, Any] = {}
     stopped = False
     for index, (start, stop) in enumerate(bounds):
@@ -167,10 +190,11 @@ def stream_through(
         started = time.perf_counter()
         features = learner.featurize(events[start:stop])
         featurized = time.perf_counter()
-        records += learner.test_then_train(features, labels[start:stop])
+        records = learner.test_then_train(features, labels[start:stop])
         inner = learner.inner_featurize_s - inner_before
         times.featurize_s += featurized - started + inner
         times.model_s += time.perf_counter() - featurized - inner
+        tally.add(records)
 
         if index % sample_every == 0 or stop == len(events):
             rss_mib = read_rss_bytes() / MIB - baseline_mib
@@ -180,31 +204,72 @@ def stream_through(
             prefix_snapshot = times.snapshot(prefix, peak)
         if index % progress_every == 0:
             logger.info("%s: %d/%d events", learner.name, stop, len(events))
-        spent = times.featurize_s + times.model_s
-        if stop >= prefix and stop < len(events) and spent > arguments.time_limit_s:
-            logger.warning(
-                "%s: stopped after %d of %d events at the time limit of %.0f s",
-                learner.name,
-                stop,
-                len(events),
-                arguments.time_limit_s,
-            )
+        if stop < len(events) and _past_time_limit(
+            learner.name, stop, prefix, len(events), times, arguments.time_limit_s
+        ):
             stopped = True
             break
-    return records, times, prefix_snapshot, stopped
+    return times, prefix_snapshot, stopped
+
+
+# A learner projected to fit the time limit at the prefix still stops at this
+# multiple of the limit, in case it slows down later in the stream.
+HARD_TIME_LIMIT_FACTOR = 3.0
+
+
+def _past_time_limit(
+    name: str,
+    stop: int,
+    prefix: int,
+    total: int,
+    times: RunTimes,
+    time_limit_s: float,
+) -> bool:
+    """Decide at the prefix whether the learner can finish the stream in time.
+
+    The projection assumes the prefix's rate holds for the whole stream.
+    """
+    spent = times.featurize_s + times.model_s
+    if stop == prefix:
+        projected = spent * total / prefix
+        if projected > time_limit_s:
+            logger.warning(
+                "%s: stopped at the %d-event prefix: the whole stream of %d "
+                "events would take about %.0f s, over the limit of %.0f s",
+                name,
+                prefix,
+                total,
+                projected,
+                time_limit_s,
+            )
+            return True
+    if stop > prefix and spent > HARD_TIME_LIMIT_FACTOR * time_limit_s:
+        logger.warning(
+            "%s: stopped after %d of %d events, %.0f s in, past %g times the "
+            "limit of %.0f s",
+            name,
+            stop,
+            total,
+            spent,
+            HARD_TIME_LIMIT_FACTOR,
+            time_limit_s,
+        )
+        return True
+    return False
 
 
 def finish_command_line(
     learner: VowpalWabbitCommandLine,
     times: RunTimes,
+    tally: PrequentialTally,
     prefix_snapshot: dict[str, Any],
     events_run: int,
-) -> list[Scored]:
+) -> None:
     """Run Vowpal Wabbit's driver over the prefix and the whole file.
 
     Predictions of a single online pass over the first N lines equal the
     first N predictions of the whole pass, so the prefix run only adds its
-    time and memory.
+    time and memory, and the metrics come from the whole pass.
     """
     prefix = prefix_snapshot["events"]
     if prefix < events_run:
@@ -213,10 +278,16 @@ def finish_command_line(
         peak = read_peak_rss_bytes() / MIB
         prefix_snapshot.update(prefix_times.snapshot(prefix, peak))
     times.model_s += learner.run_driver(limit=None)
-    records = learner.read_records()
     if prefix == events_run:
         prefix_snapshot.update(times.snapshot(prefix, read_peak_rss_bytes() / MIB))
-    return records
+    batch: list[Scored] = []
+    for record in learner.iter_records():
+        batch.append(record)
+        if len(batch) == 1024:
+            tally.add(batch)
+            batch = []
+    tally.add(batch)
+    learner.cleanup()
 
 
 def rss_growth(samples: list[tuple[int, float]]) -> float | None:
@@ -247,31 +318,36 @@ def run_worker(arguments: argparse.Namespace) -> int:
     baseline_mib = read_rss_bytes() / MIB
     learner = build_learner(peer, stream, events, arguments.seed)
 
-    records, times, prefix_snapshot, stopped = stream_through(
-        learner, events, labels, arguments, baseline_mib
+    tally = PrequentialTally(min(arguments.prefix, len(events)))
+    times, prefix_snapshot, stopped = stream_through(
+        learner, events, labels, arguments, baseline_mib, tally
     )
     if isinstance(learner, VowpalWabbitCommandLine):
-        records = finish_command_line(learner, times, prefix_snapshot, len(events))
+        finish_command_line(learner, times, tally, prefix_snapshot, len(events))
     else:
         started = time.perf_counter()
-        records += learner.finish()
+        tally.add(learner.finish())
         times.model_s += time.perf_counter() - started
 
-    full_snapshot = times.snapshot(len(records), read_peak_rss_bytes() / MIB)
-    prefix = prefix_snapshot["events"]
+    full_snapshot = times.snapshot(tally.events, read_peak_rss_bytes() / MIB)
+    if tally.prefix_metrics is None:
+        raise RuntimeError(
+            f"{peer} on {stream} scored {tally.events} events, fewer than the "
+            f"prefix of {tally.prefix}"
+        )
     result = {
         "stream": stream,
         "peer": peer,
         "events_total": len(events),
-        "events_run": len(records),
+        "events_run": tally.events,
         "stopped_at_time_limit": stopped,
         "labels_total": len(set(labels)),
         "baseline_rss_mib": round(baseline_mib, 1),
         "peak_reset": peak_reset,
-        "prefix": {**prefix_snapshot, "metrics": evaluate(records[:prefix]).as_dict()},
+        "prefix": {**prefix_snapshot, "metrics": tally.prefix_metrics.as_dict()},
         "full": None
         if stopped
-        else {**full_snapshot, "metrics": evaluate(records).as_dict()},
+        else {**full_snapshot, "metrics": tally.accumulator.result().as_dict()},
         "load_average_1m": [round(load_at_start, 2), round(os.getloadavg()[0], 2)],
         "rss_samples_mib": times.rss_samples,
         "rss_growth_mib": rss_growth(times.rss_samples),

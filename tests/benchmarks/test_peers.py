@@ -17,7 +17,9 @@ from peer_learners import (
     label_ids_in_order_of_appearance,
     scored_from_probabilities,
 )
-from peer_worker import chunk_bounds, rss_growth
+from peer_worker import PrequentialTally, chunk_bounds, rss_growth
+
+from online_model.scored import Scored
 
 KINDS = FieldKinds(
     label="role",
@@ -95,6 +97,20 @@ def test_chunk_bounds_cut_at_prefix() -> None:
     assert chunk_bounds(total=3, size=4, prefix=6) == [(0, 3)]
 
 
+def test_tally_takes_prefix_metrics_inside_a_batch() -> None:
+    tally = PrequentialTally(prefix=3)
+    hit = Scored("a", ("a",), 1.0)
+    miss = Scored("a", ("b",), 0.5)
+    tally.add([hit, hit])
+    assert tally.prefix_metrics is None
+    tally.add([miss, miss, miss])
+    assert tally.prefix_metrics is not None
+    assert tally.prefix_metrics.n_events == 3
+    assert tally.prefix_metrics.top1_accuracy == pytest.approx(2 / 3)
+    assert tally.events == 5
+    assert tally.accumulator.result().top1_accuracy == pytest.approx(2 / 5)
+
+
 def test_rss_growth_from_first_quarter() -> None:
     samples = [(i, float(i)) for i in range(8)]
     assert rss_growth(samples) == 5.0
@@ -118,7 +134,8 @@ def test_vw_binding_matches_command_line(
     command_line.featurize(events)
     command_line.test_then_train(None, labels)
     command_line.run_driver(limit=None)
-    from_driver = command_line.read_records()
+    from_driver = list(command_line.iter_records())
+    command_line.cleanup()
 
     assert len(from_driver) == len(from_binding) == 600
     for binding_record, driver_record in zip(from_binding, from_driver, strict=True):
