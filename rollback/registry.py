@@ -25,6 +25,15 @@ The API the streaming job uses::
     registry.pause(actor="ops:ana", reason="incident"); registry.is_paused()
     registry.resume(actor="ops:ana")
 
+To announce every change on Pub/Sub, and to follow them without polling::
+
+    from rollback.announce import PubSubAnnouncer, follow
+
+    registry = open_registry(url, announcer=PubSubAnnouncer(
+        "projects/p/topics/serving-changes"))
+    future = follow("projects/p/subscriptions/job", on_change,
+                    last_seq=len(registry.history()))  # on_change(Announcement)
+
 Guarantees, for both backends (a local folder and ``gs://bucket/prefix``):
 
 - A version appears whole or not at all. Its files are written first and
@@ -38,9 +47,10 @@ Guarantees, for both backends (a local folder and ``gs://bucket/prefix``):
   changes are applied one after the other, never lost. With ``expected``
   a caller instead gets PointerConflict if the pointer moved since it read
   it.
-- The pointer only moves to a version whose files all match their SHA-256
-  and whose fingerprint matches the running job's (or, if no job recorded
-  one, the serving version's).
+- ``set_serving`` and ``rollback`` move the pointer only to a version whose
+  files all match their SHA-256 and whose fingerprint matches the running
+  job's (or, if no job recorded one, the serving version's). ``publish``
+  moves it to the version it has just written, without these checks.
 - While automatic promotion is paused, ``publish`` stores the version but
   leaves the pointer, and ``set_serving(kind="promote")`` raises
   PromotionPaused. Rollbacks, manual or automatic, still move the pointer.
@@ -93,6 +103,7 @@ from rollback.manifest import (
     Manifest,
     ManifestFields,
     check_file_name,
+    compute_fingerprint,
 )
 from rollback.names import format_version, parse_version
 from rollback.state import (
@@ -104,6 +115,16 @@ from rollback.state import (
 
 if TYPE_CHECKING:
     import random
+
+__all__ = [
+    "ANY",
+    "Announcer",
+    "LoadedVersion",
+    "ManifestFields",
+    "Registry",
+    "compute_fingerprint",
+    "open_registry",
+]
 
 logger = logging.getLogger(__name__)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from registry_helpers import make_fields
@@ -111,7 +112,7 @@ def test_truncated_manifest_rejected() -> None:
         {"parent": 0},
     ],
 )
-def test_invalid_manifest_fields(overrides: dict[str, object]) -> None:
+def test_invalid_manifest_fields(overrides: dict[str, Any]) -> None:
     with pytest.raises(InvalidInput):
         make_fields(**overrides)
 

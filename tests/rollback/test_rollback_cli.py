@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -400,3 +402,67 @@ def test_failed_announcement_warns(
         "rollback: warning: the change stands but was not announced"
     )
     assert registry.serving() == 2
+
+
+@contextlib.contextmanager
+def read_only(folder: Path) -> Iterator[None]:
+    """Make ``folder`` reject new entries, also for root (chattr +i)."""
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "+i", str(folder)], check=True)
+        try:
+            yield
+        finally:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+    else:
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            folder.chmod(0o755)
+
+
+def test_read_only_registry_one_line(registry: Registry) -> None:
+    with read_only(Path(registry.url)):
+        result = run("rollback", "--to", "v1", "--registry", registry.url)
+
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        f"rollback: cannot write state.json in registry {registry.url}: "
+    )
+    assert "check the folder's permissions" in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert registry.serving() == 3
+
+
+def test_versions_list_shows_corrupt(registry: Registry) -> None:
+    (Path(registry.url) / version_key(2, "manifest.json")).write_text("{")
+
+    listing = run("streamlearn", "versions", "list", "--registry", registry.url)
+    described = run(
+        "streamlearn", "versions", "describe", "v2", "--registry", registry.url
+    )
+
+    rows = [re.split(r"\s{2,}", line) for line in listing.stdout.splitlines()]
+    assert listing.returncode == 0, listing.stderr
+    assert rows[2] == ["v2", "corrupt"]
+    assert described.returncode == 1
+    assert described.stderr.startswith(
+        "streamlearn versions: version v2 is corrupt: manifest.json is unreadable"
+    )
+
+
+def test_versions_describe_corrupt_file(registry: Registry) -> None:
+    (Path(registry.url) / version_key(1, "learner.json")).write_text("{}")
+
+    result = run(
+        "streamlearn", "versions", "describe", "v1", "--registry", registry.url
+    )
+
+    integrity = [
+        line for line in result.stdout.splitlines() if line.startswith("integrity")
+    ]
+    assert result.returncode == 0, result.stderr
+    assert integrity == [
+        "integrity:        CORRUPT: version v1 is corrupt: file learner.json has 2 "
+        "bytes, the manifest records 11"
+    ]
