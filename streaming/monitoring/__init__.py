@@ -157,6 +157,11 @@ def open_telemetry(
         sinks.append(exporter)
 
     telemetry = Telemetry(sinks, clock=clock)
+    # Counters start at zero, so "nothing happened" is a series with value 0
+    # rather than no series: the no-promotion and stall alerts need that.
+    for spec in ALL_METRICS:
+        if spec.is_counter and not spec.labels:
+            telemetry.count(spec, 0)
     if exporter is not None:
         exporter.on_export_error = lambda code: telemetry.count(
             EXPORT_ERRORS, 1, code=code

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import SupportsFloat
+from typing import Protocol, SupportsFloat
 
 from streaming.monitoring.catalogue import (
     EVENT_COUNTERS,
@@ -87,6 +87,17 @@ class ConfusionCounts:
     counts: Mapping[tuple[str, str], int]
     time_s: float = 0.0
     event_time_ms: int | None = None
+
+
+class ConfusionTable(Protocol):
+    """A square confusion matrix: ``counts[i][j]`` events had the true label
+    ``labels[i]`` and the predicted label ``labels[j]``."""
+
+    @property
+    def labels(self) -> Sequence[str]: ...
+
+    @property
+    def counts(self) -> Sequence[Sequence[int]]: ...
 
 
 class Sink:
@@ -248,16 +259,22 @@ class Telemetry:
 
     def record_confusion(
         self,
-        counts: Mapping[tuple[str, str], int],
+        counts: Mapping[tuple[str, str], int] | ConfusionTable,
         *,
         version: str,
         source: str = "holdout",
         event_time_ms: int | None = None,
     ) -> None:
-        """Write a confusion matrix: counts of (true, predicted) label pairs."""
+        """Write a confusion matrix of top-1 predictions.
+
+        ``counts`` maps (true, predicted) label pairs to counts, or is a
+        table with ``labels`` and ``counts[row][column]`` (rows true labels),
+        such as ``online_model.evaluation.ConfusionMatrix``.
+        """
+        pairs = dict(counts) if isinstance(counts, Mapping) else _table_pairs(counts)
         with self._lock:
             confusion = ConfusionCounts(
-                version, source, dict(counts), self.clock(), event_time_ms
+                version, source, pairs, self.clock(), event_time_ms
             )
             for sink in self.sinks:
                 sink.write_confusion(confusion)
@@ -304,6 +321,15 @@ def _label_values(spec: MetricSpec, labels: Mapping[str, str]) -> LabelValues:
         raise MetricError(
             f"{spec.name}: expected labels {list(spec.labels)}, got {sorted(labels)}"
         ) from None
+
+
+def _table_pairs(table: ConfusionTable) -> dict[tuple[str, str], int]:
+    pairs: dict[tuple[str, str], int] = {}
+    for row_label, row in zip(table.labels, table.counts, strict=True):
+        for column_label, count in zip(table.labels, row, strict=True):
+            if count:
+                pairs[(row_label, column_label)] = int(count)
+    return pairs
 
 
 def _coerce(spec: MetricSpec, value: SupportsFloat) -> float:

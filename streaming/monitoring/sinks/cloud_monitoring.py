@@ -268,10 +268,10 @@ class CloudMonitoringSink(Sink):
     def close(self) -> None:
         """Stop the thread and send the last values of every series.
 
-        Waits until each series may take its next point (at most
-        ``export_interval_s``), so the final totals reach Cloud Monitoring.
-        Returns after ``close_timeout_s`` at the latest if the thread is stuck
-        in a request, without the final export.
+        Waits until each series may take its next point, so the final totals
+        reach Cloud Monitoring: at most ``export_interval_s`` plus two
+        requests. If the thread is stuck in a request, returns after
+        ``close_timeout_s`` without the final export.
         """
         self._stop.set()
         if self._thread is not None:

@@ -178,6 +178,25 @@ def test_jsonl_writes_numpy_and_nan(tmp_path: Path, clock: FakeClock) -> None:
     assert isinstance(values[3], int)
 
 
+def test_confusion_from_matrix_table(tmp_path: Path, clock: FakeClock) -> None:
+    from online_model.evaluation import ConfusionMatrix
+
+    sink = mon.JsonLinesSink(tmp_path, job="j", model="m", clock=clock)
+    telemetry = mon.Telemetry([sink], clock=clock)
+    table = ConfusionMatrix(("analyst", "engineer"), ((7, 2), (0, 5)))
+
+    telemetry.record_confusion(table, version="v3", source="prequential")
+    telemetry.close()
+
+    [record] = read_records(tmp_path)[1:]
+    assert record["counts"] == [
+        ["analyst", "analyst", 7],
+        ["analyst", "engineer", 2],
+        ["engineer", "engineer", 5],
+    ]
+    assert record["source"] == "prequential"
+
+
 def test_jsonl_flushes_on_interval(tmp_path: Path, clock: FakeClock) -> None:
     sink = mon.JsonLinesSink(
         tmp_path, job="j", model="m", clock=clock, flush_interval_s=5.0
@@ -266,7 +285,9 @@ def test_open_telemetry_session(tmp_path: Path) -> None:
     records = read_records(tmp_path)
     assert [r["type"] for r in records].count("run") == 1
     read = [r for r in records if r.get("name") == "events/read"]
-    assert read[0]["value"] == 5
+    assert [r["value"] for r in read] == [0, 5]
+    promotions = [r for r in records if r.get("name") == "registry/promotions"]
+    assert [r["value"] for r in promotions] == [0]
     # close() takes one last resource sample.
     assert any(r.get("name") == "resource/memory_rss" for r in records)
 
