@@ -171,9 +171,9 @@ def build_river_learner(
         model = forest.ARFClassifier(seed=seed)
     elif peer == "river-nb":
         # Multinomial naive Bayes needs counts, so it sees the indicator
-        # features only; on an all-numeric stream Gaussian naive Bayes is used.
+        # features only. An all-numeric stream gets Gaussian naive Bayes.
         if kinds.has_indicators:
-            model = compose_indicators_only(kinds, naive_bayes.MultinomialNB())
+            model = _indicators_only(kinds, naive_bayes.MultinomialNB())
         else:
             model = naive_bayes.GaussianNB()
     else:
@@ -181,7 +181,7 @@ def build_river_learner(
     return RiverLearner(peer, model, featurizer)
 
 
-def compose_indicators_only(kinds: FieldKinds, classifier: Any) -> Any:
+def _indicators_only(kinds: FieldKinds, classifier: Any) -> Any:
     """Drop the numeric fields in front of ``classifier``."""
     from river import compose
 
@@ -192,7 +192,7 @@ def compose_indicators_only(kinds: FieldKinds, classifier: Any) -> Any:
 
 
 def vw_arguments(label_count: int, quadratic: bool) -> list[str]:
-    """Vowpal Wabbit options for one-against-all with probabilities.
+    """Return Vowpal Wabbit's options for one-against-all with probabilities.
 
     ``--probabilities`` needs the logistic loss. ``-q ::`` adds the products
     of every pair of namespaces, each namespace with itself included.
@@ -271,9 +271,9 @@ class VowpalWabbitCommandLine(StreamLearner):
     In a single pass VW predicts each example before it learns from it, and
     ``-p`` writes those predictions, so the pass is test-then-train. The pip
     package ships no ``vw`` executable, so ``run_driver`` does what
-    ``python -m vowpalwabbit -d FILE ...`` does: it starts VW's C++ driver
-    (parser thread and learning loop) in-process, and no example passes
-    through Python.
+    ``python -m vowpalwabbit -d FILE ...`` does. It runs, in-process, the C++
+    loop of the executable (``start_parser``, ``generic_driver``,
+    ``end_parser``), and no example passes through Python.
     """
 
     def __init__(
@@ -399,6 +399,6 @@ class StreamlearnLearner(StreamLearner):
         if len(report.scored) != len(labels):
             raise RuntimeError(
                 f"streamlearn scored {len(report.scored)} of {len(labels)} events "
-                f"in a micro-batch; rejected: {dict(report.invalid)}"
+                f"of a micro-batch and rejected the rest: {dict(report.invalid)}"
             )
         return report.scored

@@ -47,13 +47,17 @@ after another.
   featurization for that learner included (River dicts, VW text lines,
   streamlearn's own encoder). ex/s model step: the same without the
   featurization from event dicts. For VW that step still parses VW's text
-  format, which is part of how VW learns; for vw-cli it is the C++ driver's
+  format, which is part of how VW learns. For vw-cli it is the C++ driver's
   single pass over the file (`--oaa K --probabilities -p`), which the pip
-  package runs in-process because it ships no `vw` executable.
+  package runs in-process because it ships no `vw` executable. For
+  streamlearn it is `learn` minus the time spent in its featurizer's
+  `encode`, so event validation, token hashing and the scoring pass count
+  as model step.
 - peak RSS MiB: peak resident memory of the learner's process (VmHWM, reset
   after the events were loaded and the learner's library imported). learner
   MiB: peak minus the resident memory at that reset. RSS growth MiB: resident
-  memory at the end minus after the first quarter of the run.
+  memory at the end minus after the first quarter of the run (not measured
+  for vw-cli, whose model runs after its input file is written).
 - VW needs the number of classes up front (`--oaa K`): K is the number of
   labels in the whole stream, counted before the run, which a live stream
   could not do. River's learners and streamlearn's grow their label sets.

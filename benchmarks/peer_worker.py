@@ -44,8 +44,8 @@ MIB = 1024 * 1024
 def read_peak_rss_bytes() -> int:
     """Return the process's peak resident set size since the last reset.
 
-    Reads VmHWM from /proc/self/status (Linux); elsewhere falls back to
-    ``ru_maxrss``, which cannot be reset and is in KiB on Linux.
+    Reads VmHWM from /proc/self/status on Linux. Elsewhere it falls back to
+    ``ru_maxrss``, which cannot be reset.
     """
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -64,9 +64,10 @@ def read_rss_bytes() -> int:
 
 
 def reset_peak_rss() -> bool:
-    """Set the peak resident set size to the current one; False where unsupported.
+    """Set the peak resident set size to the current one, if the system can.
 
     Writing 5 to /proc/self/clear_refs does this on Linux 4.0 and later.
+    Returns False where that file cannot be written.
     """
     try:
         Path("/proc/self/clear_refs").write_text("5")
@@ -144,8 +145,8 @@ class PrequentialTally:
 
 
 @dataclass
-class RunTimes:
-    """Seconds spent turning event dicts into learner input, and in the model."""
+class RunMeasurements:
+    """Seconds spent in featurization and in the model, and RSS samples in MiB."""
 
     featurize_s: float = 0.0
     model_s: float = 0.0
@@ -170,7 +171,7 @@ def stream_through(
     arguments: argparse.Namespace,
     baseline_mib: float,
     tally: PrequentialTally,
-) -> tuple[RunTimes, dict[str, Any], bool]:
+) -> tuple[RunMeasurements, dict[str, Any], bool]:
     """Run the learner test-then-train in chunks, timing and sampling memory.
 
     The scored events go to ``tally`` as they come, so the run keeps no
@@ -182,7 +183,7 @@ def stream_through(
     prefix = min(arguments.prefix, len(events))
     sample_every = max(1, len(bounds) // RSS_SAMPLES)
     progress_every = max(1, len(bounds) // 10)
-    times = RunTimes()
+    times = RunMeasurements()
     prefix_snapshot: dict[str, Any] = {}
     stopped = False
     for index, (start, stop) in enumerate(bounds):
@@ -222,7 +223,7 @@ def _past_time_limit(
     stop: int,
     prefix: int,
     total: int,
-    times: RunTimes,
+    times: RunMeasurements,
     time_limit_s: float,
 ) -> bool:
     """Decide at the prefix whether the learner can finish the stream in time.
@@ -260,7 +261,7 @@ def _past_time_limit(
 
 def finish_command_line(
     learner: VowpalWabbitCommandLine,
-    times: RunTimes,
+    times: RunMeasurements,
     tally: PrequentialTally,
     prefix_snapshot: dict[str, Any],
     events_run: int,
@@ -273,7 +274,7 @@ def finish_command_line(
     """
     prefix = prefix_snapshot["events"]
     if prefix < events_run:
-        prefix_times = RunTimes(featurize_s=prefix_snapshot["featurize_s"])
+        prefix_times = RunMeasurements(featurize_s=prefix_snapshot["featurize_s"])
         prefix_times.model_s = learner.run_driver(limit=prefix)
         peak = read_peak_rss_bytes() / MIB
         prefix_snapshot.update(prefix_times.snapshot(prefix, peak))
@@ -329,6 +330,11 @@ def run_worker(arguments: argparse.Namespace) -> int:
         tally.add(learner.finish())
         times.model_s += time.perf_counter() - started
 
+    # The command-line learner's memory is sampled only while its input file
+    # is written, so its RSS samples say nothing about the model.
+    growth = None
+    if not isinstance(learner, VowpalWabbitCommandLine):
+        growth = rss_growth(times.rss_samples)
     full_snapshot = times.snapshot(tally.events, read_peak_rss_bytes() / MIB)
     if tally.prefix_metrics is None:
         raise RuntimeError(
@@ -350,8 +356,7 @@ def run_worker(arguments: argparse.Namespace) -> int:
         else {**full_snapshot, "metrics": tally.accumulator.result().as_dict()},
         "load_average_1m": [round(load_at_start, 2), round(os.getloadavg()[0], 2)],
         "rss_samples_mib": times.rss_samples,
-        "rss_growth_mib": rss_growth(times.rss_samples),
-        "notes": getattr(learner, "notes", ""),
+        "rss_growth_mib": growth,
     }
     arguments.worker.write_text(json.dumps(result, indent=1), encoding="utf-8")
     return 0
