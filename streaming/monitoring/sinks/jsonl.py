@@ -27,7 +27,7 @@ import logging
 import math
 import threading
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, SupportsFloat, TextIO
 
 from streaming.monitoring.telemetry import (
     Clock,
@@ -137,7 +137,7 @@ class JsonLinesSink(Sink):
                 self._file = None
 
     def _write(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, separators=(",", ":")) + "\n"
+        line = json.dumps(record, separators=(",", ":"), default=_plain) + "\n"
         self._write_line(line, record["time"])
 
     def _write_line(self, line: str, now: float) -> None:
@@ -170,3 +170,11 @@ def _number_json(value: float) -> str:
     if isinstance(value, int) or math.isfinite(value):
         return repr(value)
     return json.dumps(value)
+
+
+def _plain(value: Any) -> Any:
+    """Convert a detail value json cannot encode: numbers (numpy, torch
+    scalars) to float, anything else to its string form."""
+    if isinstance(value, SupportsFloat):
+        return float(value)
+    return str(value)

@@ -167,15 +167,22 @@ def test_jsonl_writes_numpy_and_nan(tmp_path: Path, clock: FakeClock) -> None:
     telemetry.set(mon.TRAINING_LOSS, float("nan"))
     telemetry.count(mon.EVENTS_LEARNED, numpy.int64(3))
     telemetry.set(mon.SERVING_VERSION, 4.0)
+    telemetry.record_event(
+        mon.EventKind.PROMOTION,
+        top5=numpy.float32(0.25),  # type: ignore[arg-type]
+        path=Path("v4"),  # type: ignore[arg-type]
+    )
     telemetry.close()
 
-    values = [r["value"] for r in read_records(tmp_path)[1:]]
+    values = [r["value"] for r in read_records(tmp_path)[1:5]]
     assert values[0] == 0.5
     assert values[1] != values[1]  # NaN survives the round trip
     assert values[2] == 3
     assert isinstance(values[2], int)
     assert values[3] == 4
     assert isinstance(values[3], int)
+    event = read_records(tmp_path)[-1]
+    assert event["details"] == {"top5": 0.25, "path": "v4"}
 
 
 def test_confusion_from_matrix_table(tmp_path: Path, clock: FakeClock) -> None:
