@@ -35,11 +35,12 @@ from streaming.monitoring.catalogue import (
 
 logger = logging.getLogger(__name__)
 
-# proto-plus enums; mypy sees their members as int, so parameters say int.
+# proto-plus enums. mypy types their members as int, so parameters say int.
 Aligner = monitoring_v3.Aggregation.Aligner
 Reducer = monitoring_v3.Aggregation.Reducer
 Comparison = monitoring_v3.ComparisonType
 MissingData = monitoring_v3.AlertPolicy.Condition.EvaluationMissingData
+Severity = monitoring_v3.AlertPolicy.Severity
 
 DISPLAY_NAME_PREFIX = "streamlearn"
 MAX_ALIGNMENT_PERIOD_S = 90_000
@@ -158,10 +159,7 @@ def _policy(
     )
 
 
-def build_policies(thresholds: AlertThresholds) -> list[monitoring_v3.AlertPolicy]:
-    """Build every alert policy for ``thresholds``, in a fixed order."""
-    severity = monitoring_v3.AlertPolicy.Severity
-    t = thresholds
+def _rollback_policy(t: AlertThresholds) -> monitoring_v3.AlertPolicy:
     rollback = _condition(
         "registry/rollbacks increased",
         _metric_filter(ROLLBACKS, t),
@@ -171,6 +169,14 @@ def build_policies(thresholds: AlertThresholds) -> list[monitoring_v3.AlertPolic
         comparison=Comparison.COMPARISON_GT,
         threshold=0,
     )
+    advice = (
+        "The job or an operator rolled the model back. The run's metrics.jsonl "
+        "and `streamlearn report` show the rollback's reason and numbers."
+    )
+    return _policy(t, "rollback happened", advice, [rollback], Severity.WARNING)
+
+
+def _serving_quality_policy(t: AlertThresholds) -> monitoring_v3.AlertPolicy:
     quality = _condition(
         f"serving holdout top-5 below {t.serving_top5_min}",
         _metric_filter(HOLDOUT_TOP5, t, f'metric.label.role = "{ROLE_SERVING}"'),
@@ -180,9 +186,19 @@ def build_policies(thresholds: AlertThresholds) -> list[monitoring_v3.AlertPolic
         threshold=t.serving_top5_min,
         duration_s=t.serving_quality_window_s,
     )
-    # The loss fell by less than loss_min_drop_percent over the window (or
-    # rose). ALIGN_PERCENT_CHANGE works on gauges and smooths with a
-    # 10-minute moving mean first.
+    advice = (
+        "The serving version's top-5 accuracy on the holdout window stayed below "
+        "the threshold. Check for drift alarms and recent promotions; "
+        "`rollback --to vN` restores an earlier version."
+    )
+    title = "serving quality below threshold"
+    return _policy(t, title, advice, [quality], Severity.ERROR)
+
+
+def _loss_plateau_policy(t: AlertThresholds) -> monitoring_v3.AlertPolicy:
+    # Fires when the loss fell by less than loss_min_drop_percent over the
+    # window, or rose. ALIGN_PERCENT_CHANGE works on gauges and smooths the
+    # series with a 10-minute moving mean first.
     plateau = _condition(
         f"training loss fell less than {t.loss_min_drop_percent}% "
         f"in {t.loss_window_s} s",
@@ -192,6 +208,15 @@ def build_policies(thresholds: AlertThresholds) -> list[monitoring_v3.AlertPolic
         comparison=Comparison.COMPARISON_GT,
         threshold=-t.loss_min_drop_percent,
     )
+    advice = (
+        "The training loss stopped falling. This is expected once the model has "
+        "converged; otherwise check the label stream."
+    )
+    title = "training loss on a plateau"
+    return _policy(t, title, advice, [plateau], Severity.WARNING)
+
+
+def _no_promotion_policy(t: AlertThresholds) -> monitoring_v3.AlertPolicy:
     no_promotion = _condition(
         f"no promotion in {t.no_promotion_window_s} s",
         _metric_filter(PROMOTIONS, t),
@@ -202,6 +227,15 @@ def build_policies(thresholds: AlertThresholds) -> list[monitoring_v3.AlertPolic
         threshold=1,
         missing_data=MissingData.EVALUATION_MISSING_DATA_ACTIVE,
     )
+    advice = (
+        "No candidate passed the validation gate in the window, or the job wrote "
+        "no promotion counts. Check rejections and whether automatic promotion "
+        "is paused."
+    )
+    return _policy(t, "no promotion", advice, [no_promotion], Severity.WARNING)
+
+
+def _trainer_policy(t: AlertThresholds) -> monitoring_v3.AlertPolicy:
     # A stopped job stops writing, so missing data counts as stalled too.
     stalled = _condition(
         f"no events learned in {t.stall_window_s} s",
@@ -223,6 +257,15 @@ def build_policies(thresholds: AlertThresholds) -> list[monitoring_v3.AlertPolic
         threshold=t.micro_batch_latency_max_s,
         duration_s=300,
     )
+    advice = (
+        "The job learned no events in the window, stopped writing metrics, or "
+        "its micro-batches take longer than expected."
+    )
+    title = "trainer stalled or slow"
+    return _policy(t, title, advice, [stalled, slow], Severity.ERROR)
+
+
+def _memory_policy(t: AlertThresholds) -> monitoring_v3.AlertPolicy:
     memory = _condition(
         f"resident memory above {t.memory_utilization_max:.0%} of the limit",
         _metric_filter(PROCESS_MEMORY_UTILIZATION, t),
@@ -232,58 +275,26 @@ def build_policies(thresholds: AlertThresholds) -> list[monitoring_v3.AlertPolic
         threshold=t.memory_utilization_max,
         duration_s=300,
     )
-    return [
-        _policy(
-            t,
-            "rollback happened",
-            "The job or an operator rolled the model back. The run's "
-            "metrics.jsonl and `streamlearn report` show the rollback's "
-            "reason and numbers.",
-            [rollback],
-            severity.WARNING,
-        ),
-        _policy(
-            t,
-            "serving quality below threshold",
-            "The serving version's top-5 accuracy on the holdout window stayed "
-            "below the threshold. Check for drift alarms and recent "
-            "promotions; `rollback --to vN` restores an earlier version.",
-            [quality],
-            severity.ERROR,
-        ),
-        _policy(
-            t,
-            "training loss on a plateau",
-            "The training loss stopped falling. This is expected once the "
-            "model has converged; otherwise check the label stream.",
-            [plateau],
-            severity.WARNING,
-        ),
-        _policy(
-            t,
-            "no promotion",
-            "No candidate passed the validation gate in the window, or the "
-            "job wrote no promotion counts. Check rejections and whether "
-            "automatic promotion is paused.",
-            [no_promotion],
-            severity.WARNING,
-        ),
-        _policy(
-            t,
-            "trainer stalled or slow",
-            "The job learned no events in the window, stopped writing "
-            "metrics, or its micro-batches take longer than expected.",
-            [stalled, slow],
-            severity.ERROR,
-        ),
-        _policy(
-            t,
-            "memory near its limit",
-            "The job's resident memory is close to its limit; it may be killed soon.",
-            [memory],
-            severity.ERROR,
-        ),
-    ]
+    advice = (
+        "The job's resident memory is close to its limit, so the job may be "
+        "killed soon."
+    )
+    return _policy(t, "memory near its limit", advice, [memory], Severity.ERROR)
+
+
+POLICY_BUILDERS = (
+    _rollback_policy,
+    _serving_quality_policy,
+    _loss_plateau_policy,
+    _no_promotion_policy,
+    _trainer_policy,
+    _memory_policy,
+)
+
+
+def build_policies(thresholds: AlertThresholds) -> list[monitoring_v3.AlertPolicy]:
+    """Build every alert policy for ``thresholds``, in a fixed order."""
+    return [build(thresholds) for build in POLICY_BUILDERS]
 
 
 def apply_policies(
@@ -319,8 +330,54 @@ def apply_policies(
     return results
 
 
+# (option, AlertThresholds field, type, help) of the threshold options.
+THRESHOLD_OPTIONS: tuple[tuple[str, str, type, str], ...] = (
+    (
+        "--serving-top5-min",
+        "serving_top5_min",
+        float,
+        "alert when the serving holdout top-5 stays below this share",
+    ),
+    (
+        "--loss-window-s",
+        "loss_window_s",
+        int,
+        "window in seconds over which the training loss must fall",
+    ),
+    (
+        "--loss-min-drop-percent",
+        "loss_min_drop_percent",
+        float,
+        "minimum drop of the training loss over the window, in percent",
+    ),
+    (
+        "--no-promotion-window-s",
+        "no_promotion_window_s",
+        int,
+        "alert when nothing was promoted for this many seconds (max 90000)",
+    ),
+    (
+        "--stall-window-s",
+        "stall_window_s",
+        int,
+        "alert when no event was learned for this many seconds",
+    ),
+    (
+        "--micro-batch-latency-max-s",
+        "micro_batch_latency_max_s",
+        float,
+        "alert when the p99 micro-batch learning time exceeds this, in seconds",
+    ),
+    (
+        "--memory-utilization-max",
+        "memory_utilization_max",
+        float,
+        "alert when resident memory exceeds this share of the limit",
+    ),
+)
+
+
 def _parser() -> argparse.ArgumentParser:
-    defaults = AlertThresholds()
     parser = argparse.ArgumentParser(
         prog="streamlearn alerts",
         description=(
@@ -343,54 +400,14 @@ def _parser() -> argparse.ArgumentParser:
     apply.add_argument(
         "--format", choices=("text", "json"), default="text", help="output format"
     )
-    apply.add_argument(
-        "--serving-top5-min",
-        type=float,
-        default=defaults.serving_top5_min,
-        help="alert when the serving holdout top-5 stays below this share "
-        "(default %(default)s)",
-    )
-    apply.add_argument(
-        "--loss-window-s",
-        type=int,
-        default=defaults.loss_window_s,
-        help="window in seconds over which the loss must fall (default %(default)s)",
-    )
-    apply.add_argument(
-        "--loss-min-drop-percent",
-        type=float,
-        default=defaults.loss_min_drop_percent,
-        help="minimum drop of the loss over the window, in percent "
-        "(default %(default)s)",
-    )
-    apply.add_argument(
-        "--no-promotion-window-s",
-        type=int,
-        default=defaults.no_promotion_window_s,
-        help="alert when nothing was promoted for this many seconds "
-        "(default %(default)s, max 90000)",
-    )
-    apply.add_argument(
-        "--stall-window-s",
-        type=int,
-        default=defaults.stall_window_s,
-        help="alert when no event was learned for this many seconds "
-        "(default %(default)s)",
-    )
-    apply.add_argument(
-        "--micro-batch-latency-max-s",
-        type=float,
-        default=defaults.micro_batch_latency_max_s,
-        help="alert when p99 micro-batch learning time exceeds this, in seconds "
-        "(default %(default)s)",
-    )
-    apply.add_argument(
-        "--memory-utilization-max",
-        type=float,
-        default=defaults.memory_utilization_max,
-        help="alert when resident memory exceeds this share of the limit "
-        "(default %(default)s)",
-    )
+    defaults = AlertThresholds()
+    for option, field_name, option_type, help_text in THRESHOLD_OPTIONS:
+        apply.add_argument(
+            option,
+            type=option_type,
+            default=getattr(defaults, field_name),
+            help=f"{help_text} (default %(default)s)",
+        )
     apply.add_argument(
         "--notification-channel",
         action="append",
@@ -421,17 +438,12 @@ def _alert_client(endpoint: str | None) -> monitoring_v3.AlertPolicyServiceClien
 def main(argv: Sequence[str]) -> int:
     """Run ``streamlearn alerts``; return the exit code."""
     args = _parser().parse_args(list(argv))
+    settings = {field: getattr(args, field) for _, field, _, _ in THRESHOLD_OPTIONS}
     try:
         thresholds = AlertThresholds(
             job=args.job,
-            serving_top5_min=args.serving_top5_min,
-            loss_window_s=args.loss_window_s,
-            loss_min_drop_percent=args.loss_min_drop_percent,
-            no_promotion_window_s=args.no_promotion_window_s,
-            stall_window_s=args.stall_window_s,
-            micro_batch_latency_max_s=args.micro_batch_latency_max_s,
-            memory_utilization_max=args.memory_utilization_max,
             notification_channels=tuple(args.notification_channel),
+            **settings,
         )
     except ValueError as error:
         print(f"streamlearn alerts: {error}", file=sys.stderr)
