@@ -307,10 +307,11 @@ class VowpalWabbitCommandLine(StreamLearner):
         self._true_labels.extend(labels)
         return []
 
-    def run_driver(self, limit: int | None) -> float:
-        """Run one pass over the first ``limit`` lines (all if None); return seconds.
+    def run_driver(self, limit: int | None) -> tuple[float, float]:
+        """Run one pass over the first ``limit`` lines, or all lines if None.
 
-        Copying the first lines to their own file is not timed.
+        Returns the wall and CPU seconds of the pass. Copying the first lines
+        to their own file is not timed.
         """
         import vowpalwabbit
 
@@ -326,10 +327,11 @@ class VowpalWabbitCommandLine(StreamLearner):
                     head.write(line)
         arguments = vw_arguments(len(self._labels), self._quadratic)
         arguments += ["-d", str(data_path), "-p", str(self._predictions_path)]
+        cpu_started = time.process_time()
         started = time.perf_counter()
         workspace = vowpalwabbit.Workspace(arg_list=arguments)
         workspace.finish()
-        return time.perf_counter() - started
+        return time.perf_counter() - started, time.process_time() - cpu_started
 
     def iter_records(self) -> Iterator[Scored]:
         """Yield the predictions of the last ``run_driver`` as Scored records."""

@@ -28,6 +28,7 @@ COLUMNS = (
     "log loss",
     "ex/s",
     "ex/s model step",
+    "ex/CPU s",
     "peak RSS MiB",
     "learner MiB",
     "RSS growth MiB",
@@ -52,7 +53,9 @@ after another.
   package runs in-process because it ships no `vw` executable. For
   streamlearn it is `learn` minus the time spent in its featurizer's
   `encode`, so event validation, token hashing and the scoring pass count
-  as model step.
+  as model step. ex/CPU s: events per CPU second of the process (all its
+  threads), featurization included, which depends less on what else runs
+  on the machine than the wall-clock rates do.
 - peak RSS MiB: peak resident memory of the learner's process (VmHWM, reset
   after the events were loaded and the learner's library imported). learner
   MiB: peak minus the resident memory at that reset. RSS growth MiB: resident
@@ -95,6 +98,7 @@ def table_row(result: dict[str, Any], scope: str) -> dict[str, str]:
         "log loss": _number(metrics["log_loss"], 3),
         "ex/s": _number(part["examples_per_s"], 0),
         "ex/s model step": _number(part["model_examples_per_s"], 0),
+        "ex/CPU s": _number(part.get("examples_per_cpu_s"), 0),
         "peak RSS MiB": _number(part["peak_rss_mib"], 0),
         "learner MiB": _number(learner_mib, 0),
         "RSS growth MiB": _number(growth, 1),
@@ -314,6 +318,7 @@ def _write_csv(results: list[dict[str, Any]], path: Path) -> None:
         "macro_f1",
         "examples_per_s",
         "model_examples_per_s",
+        "examples_per_cpu_s",
         "peak_rss_mib",
         "learner_mib",
         "rss_growth_mib",
@@ -339,6 +344,7 @@ def _write_csv(results: list[dict[str, Any]], path: Path) -> None:
                         metrics["macro_f1"],
                         part["examples_per_s"],
                         part["model_examples_per_s"],
+                        part.get("examples_per_cpu_s"),
                         part["peak_rss_mib"],
                         round(part["peak_rss_mib"] - result["baseline_rss_mib"], 1),
                         result["rss_growth_mib"] if scope == "full" else "",

@@ -146,10 +146,13 @@ class PrequentialTally:
 
 @dataclass
 class RunMeasurements:
-    """Seconds spent in featurization and in the model, and RSS samples in MiB."""
+    """Wall seconds in featurization and in the model, CPU seconds of both, and
+    RSS samples in MiB. CPU seconds add up every thread of the process.
+    """
 
     featurize_s: float = 0.0
     model_s: float = 0.0
+    cpu_s: float = 0.0
     rss_samples: list[tuple[int, float]] = field(default_factory=list)
 
     def snapshot(self, events: int, peak_mib: float) -> dict[str, Any]:
@@ -158,6 +161,8 @@ class RunMeasurements:
             "events": events,
             "featurize_s": round(self.featurize_s, 4),
             "model_s": round(self.model_s, 4),
+            "cpu_s": round(self.cpu_s, 4),
+            "examples_per_cpu_s": events / self.cpu_s if self.cpu_s else None,
             "examples_per_s": events / total if total else None,
             "model_examples_per_s": events / self.model_s if self.model_s else None,
             "peak_rss_mib": round(peak_mib, 1),
@@ -188,6 +193,7 @@ def stream_through(
     stopped = False
     for index, (start, stop) in enumerate(bounds):
         inner_before = learner.inner_featurize_s
+        cpu_started = time.process_time()
         started = time.perf_counter()
         features = learner.featurize(events[start:stop])
         featurized = time.perf_counter()
@@ -195,6 +201,7 @@ def stream_through(
         inner = learner.inner_featurize_s - inner_before
         times.featurize_s += featurized - started + inner
         times.model_s += time.perf_counter() - featurized - inner
+        times.cpu_s += time.process_time() - cpu_started
         tally.add(records)
 
         if index % sample_every == 0 or stop == len(events):
@@ -274,11 +281,17 @@ def finish_command_line(
     """
     prefix = prefix_snapshot["events"]
     if prefix < events_run:
-        prefix_times = RunMeasurements(featurize_s=prefix_snapshot["featurize_s"])
-        prefix_times.model_s = learner.run_driver(limit=prefix)
+        prefix_times = RunMeasurements(
+            featurize_s=prefix_snapshot["featurize_s"], cpu_s=prefix_snapshot["cpu_s"]
+        )
+        wall_s, cpu_s = learner.run_driver(limit=prefix)
+        prefix_times.model_s += wall_s
+        prefix_times.cpu_s += cpu_s
         peak = read_peak_rss_bytes() / MIB
         prefix_snapshot.update(prefix_times.snapshot(prefix, peak))
-    times.model_s += learner.run_driver(limit=None)
+    wall_s, cpu_s = learner.run_driver(limit=None)
+    times.model_s += wall_s
+    times.cpu_s += cpu_s
     if prefix == events_run:
         prefix_snapshot.update(times.snapshot(prefix, read_peak_rss_bytes() / MIB))
     batch: list[Scored] = []
@@ -326,9 +339,11 @@ def run_worker(arguments: argparse.Namespace) -> int:
     if isinstance(learner, VowpalWabbitCommandLine):
         finish_command_line(learner, times, tally, prefix_snapshot, len(events))
     else:
+        cpu_started = time.process_time()
         started = time.perf_counter()
         tally.add(learner.finish())
         times.model_s += time.perf_counter() - started
+        times.cpu_s += time.process_time() - cpu_started
 
     # The command-line learner's memory is sampled only while its input file
     # is written, so its RSS samples say nothing about the model.
