@@ -25,7 +25,6 @@ How points are sent:
 from __future__ import annotations
 
 import logging
-import math
 import os
 import random
 import socket
@@ -33,21 +32,23 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-from google.api import distribution_pb2, label_pb2, metric_pb2
 from google.api_core import exceptions as api_exceptions
 from google.cloud import monitoring_v3
-from google.protobuf import timestamp_pb2
 
 from streaming.monitoring.catalogue import (
     ALL_METRICS,
-    COMMON_LABELS,
     DISTRIBUTION_BOUNDS,
     EXPORT_ERRORS,
     MetricKind,
     MetricSpec,
-    ValueType,
+)
+from streaming.monitoring.sinks.cloud_series import (
+    DistributionState,
+    SeriesSnapshot,
+    SeriesState,
+    build_time_series,
+    metric_descriptor,
 )
 from streaming.monitoring.telemetry import Clock, LabelValues, Point, Sink
 
@@ -118,70 +119,6 @@ class CloudMonitoringConfig:
 
 
 @dataclass
-class _DistributionState:
-    bounds: tuple[float, ...]
-    count: int = 0
-    mean: float = 0.0
-    sum_of_squared_deviation: float = 0.0
-    bucket_counts: list[int] = field(default_factory=list)
-
-    def add(self, value: float) -> None:
-        if not self.bucket_counts:
-            self.bucket_counts = [0] * (len(self.bounds) + 1)
-        # Welford's update keeps mean and squared deviation exact enough in
-        # one pass.
-        self.count += 1
-        delta = value - self.mean
-        self.mean += delta / self.count
-        self.sum_of_squared_deviation += delta * (value - self.mean)
-        index = 0
-        while index < len(self.bounds) and value >= self.bounds[index]:
-            index += 1
-        self.bucket_counts[index] += 1
-
-
-@dataclass
-class _Series:
-    spec: MetricSpec
-    labels: LabelValues
-    start_time_s: float
-    value: float = 0.0
-    distribution: _DistributionState | None = None
-    changed: bool = True
-    last_end_s: float | None = None
-
-
-@dataclass(frozen=True)
-class _Snapshot:
-    """The values of one series at the moment it was taken for export."""
-
-    key: tuple[str, LabelValues]
-    spec: MetricSpec
-    start_time_s: float
-    end_s: float
-    value: float
-    distribution: _DistributionState | None
-
-    @classmethod
-    def of(
-        cls, key: tuple[str, LabelValues], series: _Series, end_s: float
-    ) -> _Snapshot:
-        distribution = None
-        if series.distribution is not None:
-            state = series.distribution
-            distribution = _DistributionState(
-                state.bounds,
-                state.count,
-                state.mean,
-                state.sum_of_squared_deviation,
-                list(state.bucket_counts),
-            )
-        return cls(
-            key, series.spec, series.start_time_s, end_s, series.value, distribution
-        )
-
-
-@dataclass
 class ExportStats:
     """Counts of the exporter's work so far, for tests and logs."""
 
@@ -219,7 +156,7 @@ class CloudMonitoringSink(Sink):
         self._specs = tuple(spec for spec in specs if spec is not EXPORT_ERRORS)
         # Guards _series (values and send state of every series).
         self._lock = threading.Lock()
-        self._series: dict[tuple[str, LabelValues], _Series] = {}
+        self._series: dict[tuple[str, LabelValues], SeriesState] = {}
         # Touched only by the exporting thread (or the caller of
         # export_once, never both at once).
         self._descriptors_done: set[str] = set()
@@ -229,6 +166,16 @@ class CloudMonitoringSink(Sink):
         self._codes_logged: set[str] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._resource = {
+            "type": "generic_task",
+            "labels": {
+                "project_id": config.project_id,
+                "location": config.location,
+                "namespace": "streamlearn",
+                "job": config.job,
+                "task_id": config.task_id,
+            },
+        }
 
     # --- caller side ------------------------------------------------------
 
@@ -240,10 +187,10 @@ class CloudMonitoringSink(Sink):
         with self._lock:
             series = self._series.get(key)
             if series is None:
-                series = _Series(spec, point.labels, point.start_time_s)
+                series = SeriesState(spec, point.labels, point.start_time_s)
                 if spec.is_distribution:
                     bounds = DISTRIBUTION_BOUNDS.get(spec.name, ())
-                    series.distribution = _DistributionState(bounds)
+                    series.distribution = DistributionState(bounds)
                 self._series[key] = series
             if series.distribution is not None:
                 series.distribution.add(point.value)
@@ -347,14 +294,14 @@ class CloudMonitoringSink(Sink):
                 "%d metric series not exported at close", self.pending_series()
             )
 
-    def _take_due_series(self, now: float) -> list[_Snapshot]:
+    def _take_due_series(self, now: float) -> list[SeriesSnapshot]:
         """Copy the values of due series and mark them sent.
 
         Only the copy runs under the lock. The caller builds the protos
         afterwards, so writers never wait for that.
         """
         interval = self.config.export_interval_s
-        due: list[_Snapshot] = []
+        due: list[SeriesSnapshot] = []
         with self._lock:
             for key, series in self._series.items():
                 if series.spec.name not in self._descriptors_done:
@@ -372,45 +319,21 @@ class CloudMonitoringSink(Sink):
                     end_s = max(end_s, last_end_s + 0.001)
                 if cumulative:
                     end_s = max(end_s, series.start_time_s + 0.001)
-                due.append(_Snapshot.of(key, series, end_s))
+                due.append(SeriesSnapshot.of(key, series, end_s))
                 series.changed = False
                 series.last_end_s = end_s
         return due
 
-    def _mark_changed(self, due: Sequence[_Snapshot]) -> None:
+    def _mark_changed(self, due: Sequence[SeriesSnapshot]) -> None:
         with self._lock:
             for snapshot in due:
                 series = self._series.get(snapshot.key)
                 if series is not None:
                     series.changed = True
 
-    def _time_series(self, snapshot: _Snapshot) -> monitoring_v3.TimeSeries:
-        spec = snapshot.spec
-        labels = {"job": self.config.job, "model": self.config.model}
-        labels.update(zip(spec.labels, snapshot.key[1], strict=True))
-        interval: dict[str, Any] = {"end_time": _timestamp(snapshot.end_s)}
-        if spec.kind is MetricKind.CUMULATIVE:
-            interval["start_time"] = _timestamp(snapshot.start_time_s)
-        point = monitoring_v3.Point(
-            interval=monitoring_v3.TimeInterval(**interval),
-            value=_typed_value(snapshot),
-        )
-        return monitoring_v3.TimeSeries(
-            metric={"type": spec.metric_type, "labels": labels},
-            resource={
-                "type": "generic_task",
-                "labels": {
-                    "project_id": self.config.project_id,
-                    "location": self.config.location,
-                    "namespace": "streamlearn",
-                    "job": self.config.job,
-                    "task_id": self.config.task_id,
-                },
-            },
-            metric_kind=spec.kind.value,
-            value_type=spec.value_type.value,
-            points=[point],
-        )
+    def _time_series(self, snapshot: SeriesSnapshot) -> monitoring_v3.TimeSeries:
+        common_labels = {"job": self.config.job, "model": self.config.model}
+        return build_time_series(snapshot, common_labels, self._resource)
 
     def _create_descriptors(self) -> bool:
         """Create missing descriptors; return True once all are done or failed
@@ -486,48 +409,6 @@ class CloudMonitoringSink(Sink):
         callback = self.on_export_error
         if callback is not None:
             callback(code)
-
-
-def _typed_value(snapshot: _Snapshot) -> monitoring_v3.TypedValue:
-    state = snapshot.distribution
-    if state is not None:
-        distribution = distribution_pb2.Distribution(
-            count=state.count,
-            mean=state.mean,
-            sum_of_squared_deviation=state.sum_of_squared_deviation,
-            bucket_counts=state.bucket_counts,
-        )
-        distribution.bucket_options.explicit_buckets.bounds.extend(state.bounds)
-        return monitoring_v3.TypedValue(distribution_value=distribution)
-    if snapshot.spec.value_type is ValueType.INT64:
-        return monitoring_v3.TypedValue(int64_value=int(snapshot.value))
-    return monitoring_v3.TypedValue(double_value=float(snapshot.value))
-
-
-def metric_descriptor(spec: MetricSpec) -> metric_pb2.MetricDescriptor:
-    """Build the Cloud Monitoring descriptor of a catalogue metric."""
-    descriptor = metric_pb2.MetricDescriptor(
-        type=spec.metric_type,
-        metric_kind=metric_pb2.MetricDescriptor.MetricKind.Value(spec.kind.value),
-        value_type=metric_pb2.MetricDescriptor.ValueType.Value(spec.value_type.value),
-        unit=spec.unit,
-        description=spec.description,
-        display_name=spec.name,
-    )
-    for key in COMMON_LABELS + spec.labels:
-        descriptor.labels.append(
-            label_pb2.LabelDescriptor(
-                key=key, value_type=label_pb2.LabelDescriptor.ValueType.STRING
-            )
-        )
-    return descriptor
-
-
-def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
-    whole = math.floor(seconds)
-    return timestamp_pb2.Timestamp(
-        seconds=whole, nanos=min(999_999_999, round((seconds - whole) * 1e9))
-    )
 
 
 def _error_code(error: Exception) -> str:
