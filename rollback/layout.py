@@ -53,6 +53,12 @@ def open_storage(url: str | Path) -> Storage:
 def check_marker(storage: Storage, create: bool) -> None:
     """Check that ``storage`` is a registry, or make it one if ``create``."""
     url = storage.url
+    # The marker first: one request on the usual path, and on GCS it needs
+    # no permission on the bucket itself.
+    marker = storage.read(MARKER_KEY)
+    if marker is not None:
+        check_marker_content(url, marker)
+        return
     if not storage.exists():
         if not create or url.startswith("gs://"):
             raise RegistryNotFound(
@@ -60,10 +66,6 @@ def check_marker(storage: Storage, create: bool) -> None:
                 "STREAMLEARN_REGISTRY, or let the job publish a first version"
             )
     else:
-        marker = storage.read(MARKER_KEY)
-        if marker is not None:
-            check_marker_content(url, marker)
-            return
         if not storage.is_empty():
             raise NotARegistry(
                 f"{url} is not a registry: it contains other files but no "

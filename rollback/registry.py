@@ -310,7 +310,7 @@ class Registry:
         number = self._allocate_number()
         entries = {}
         for name, data in files.items():
-            self.storage.put(version_key(number, name), data)
+            self._create_new(number, name, bytes(data))
             entries[name] = FileEntry(name, _sha256(data), len(data))
         manifest = Manifest(
             version=number,
@@ -319,14 +319,7 @@ class Registry:
             fields=replace(fields, parent=parent),
             files=entries,
         )
-        if not self.storage.create(
-            version_key(number, MANIFEST_NAME), manifest.to_json()
-        ):
-            raise RegistryError(
-                f"version {format_version(number)} already exists in {self.url} "
-                f"although {COUNTER_KEY} had just handed out its number; the "
-                "counter was edited by hand: set next_version above every version"
-            )
+        self._create_new(number, MANIFEST_NAME, manifest.to_json())
         logger.info("published %s to %s", manifest.name, self.url)
 
         if move_pointer:
@@ -554,6 +547,26 @@ class Registry:
             f"could not update {STATE_KEY} in {self.url}: other writers won "
             f"{self.max_attempts} times in a row; retry"
         )
+
+    def _create_new(self, number: int, name: str, data: bytes) -> None:
+        """Write one file of a new version without ever replacing one.
+
+        Create-only, so that a number handed out twice (a counter edited by
+        hand) cannot overwrite a stored version's files.
+        """
+        key = version_key(number, name)
+        if self.storage.create(key, data):
+            return
+        stored = self.storage.read(key)
+        # A create whose response was lost and then retried by the client
+        # finds its own bytes; any other content is another version's.
+        if stored is None or stored.data != data:
+            raise RegistryError(
+                f"version {format_version(number)} already has a file {name} in "
+                f"{self.url} although {COUNTER_KEY} had just handed out the "
+                "number, so the counter was edited by hand: set next_version "
+                "above every version folder"
+            )
 
     def _allocate_number(self) -> int:
         for attempt in range(self.max_attempts):

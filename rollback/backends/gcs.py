@@ -12,12 +12,14 @@ application default credentials.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from typing import Any
 
 from rollback.backends.base import Blob
-from rollback.errors import RegistryError, RegistryNotFound, RegistryNotWritable
+from rollback.errors import RegistryError, RegistryNotWritable
 
 logger = logging.getLogger(__name__)
 
@@ -65,20 +67,16 @@ class GcsStorage:
         return self._url
 
     def exists(self) -> bool:
-        try:
+        with self._request("check bucket", ""):
             return bool(self._bucket.exists())
-        except self._exceptions.Forbidden as error:
-            raise RegistryNotFound(
-                f"cannot access bucket {self._bucket_name} of registry {self._url}: "
-                f"{error.message}; check the credentials' permissions"
-            ) from error
 
     def read(self, key: str) -> Blob | None:
         blob = self._bucket.blob(self._prefix + key)
-        try:
-            data = blob.download_as_bytes()
-        except self._exceptions.NotFound:
-            return None
+        with self._request("read", key):
+            try:
+                data = blob.download_as_bytes()
+            except self._exceptions.NotFound:
+                return None
         return Blob(data=data, generation=str(blob.generation))
 
     def create(self, key: str, data: bytes) -> bool:
@@ -87,25 +85,29 @@ class GcsStorage:
     def swap(self, key: str, data: bytes, expected: str | None) -> bool:
         blob = self._bucket.blob(self._prefix + key)
         generation = 0 if expected is None else int(expected)
-        try:
-            blob.upload_from_string(data, if_generation_match=generation)
-        except self._exceptions.PreconditionFailed:
-            return False
-        except self._exceptions.Forbidden as error:
-            raise self._not_writable(key, error) from error
+        with self._request("write", key):
+            try:
+                blob.upload_from_string(data, if_generation_match=generation)
+            except self._exceptions.PreconditionFailed:
+                return False
         return True
 
     def put(self, key: str, data: bytes) -> None:
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
         blob = self._bucket.blob(self._prefix + key)
-        try:
-            blob.upload_from_string(data)
-        except self._exceptions.Forbidden as error:
-            raise self._not_writable(key, error) from error
+        with self._request("write", key):
+            # Retrying is safe here: the registry puts only keys that one
+            # writer owns, such as the files of the version it numbered.
+            blob.upload_from_string(data, retry=DEFAULT_RETRY)
 
     def list_keys(self, prefix: str) -> list[str]:
         start = len(self._prefix)
-        blobs = self._client.list_blobs(self._bucket_name, prefix=self._prefix + prefix)
-        return [blob.name[start:] for blob in blobs]
+        with self._request("list", prefix):
+            blobs = self._client.list_blobs(
+                self._bucket_name, prefix=self._prefix + prefix
+            )
+            return [blob.name[start:] for blob in blobs]
 
     def folders_containing(self, prefix: str, name: str) -> list[str]:
         # One paged listing of the prefix, not one request per folder.
@@ -117,13 +119,26 @@ class GcsStorage:
         return folders
 
     def is_empty(self) -> bool:
-        blobs = self._client.list_blobs(
-            self._bucket_name, prefix=self._prefix, max_results=1
-        )
-        return not any(True for _ in blobs)
+        with self._request("list", ""):
+            blobs = self._client.list_blobs(
+                self._bucket_name, prefix=self._prefix, max_results=1
+            )
+            return not any(True for _ in blobs)
 
-    def _not_writable(self, key: str, error: Any) -> RegistryNotWritable:
-        return RegistryNotWritable(
-            f"cannot write {key} in registry {self._url}: {error.message}; "
-            "check the credentials' permissions on the bucket"
-        )
+    @contextlib.contextmanager
+    def _request(self, action: str, key: str) -> Iterator[None]:
+        """Turn the client's errors into registry errors naming the key."""
+        target = f"{key} in registry {self._url}" if key else f"registry {self._url}"
+        try:
+            yield
+        except self._exceptions.Forbidden as error:
+            denied = RegistryNotWritable if action == "write" else RegistryError
+            raise denied(
+                f"cannot {action} {target}: {error.message}; check the "
+                "credentials' permissions on the bucket"
+            ) from error
+        except self._exceptions.GoogleAPIError as error:
+            raise RegistryError(
+                f"failed to {action} {target}: {error}; retry, or check the "
+                "bucket and STORAGE_EMULATOR_HOST"
+            ) from error

@@ -3,9 +3,9 @@
 Every write goes to a temporary file in the target's folder, is flushed with
 fsync and then renamed into place (hard-linked, for create-only writes). A
 reader therefore sees the old object or the new one, never part of one, even
-if the writer is killed. Compare-and-swap holds an exclusive ``flock`` on
-``.lock`` in the registry folder; the kernel drops the lock when its holder
-dies, so a killed writer leaves no stale lock.
+if the writer is killed. Compare-and-swap takes an exclusive ``flock`` on
+``.lock`` in the registry folder. The kernel releases the lock when its
+holder dies, so a killed writer leaves no stale lock.
 """
 
 from __future__ import annotations

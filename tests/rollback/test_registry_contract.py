@@ -23,9 +23,11 @@ from rollback.errors import (
     NoPreviousVersion,
     PointerConflict,
     PromotionPaused,
+    RegistryError,
     RegistryNotFound,
     VersionNotFound,
 )
+from rollback.layout import COUNTER_KEY, STATE_KEY
 from rollback.registry import Registry, open_registry, version_key
 
 
@@ -342,3 +344,22 @@ def test_reopen_sees_same_state(registry_url: str, clock: FixedClock) -> None:
 def test_open_missing_registry_rejected(registry_url: str) -> None:
     with pytest.raises(RegistryNotFound):
         open_registry(registry_url)
+
+
+def test_counter_behind_versions_rejected(registry: Registry) -> None:
+    publish_many(registry, 3)
+    registry.storage.put(COUNTER_KEY, b'{"next_version": 2}')
+
+    with pytest.raises(RegistryError, match="version v2 already has a file"):
+        registry.publish(make_files(9), make_fields(), "job", "after a bad edit")
+
+    assert registry.read(2).files == make_files(1)
+    assert registry.serving() == 3
+
+
+def test_damaged_state_named(registry: Registry) -> None:
+    publish_many(registry, 1)
+    registry.storage.put(STATE_KEY, b'{"format": "streamlearn-state/1", "serv')
+
+    with pytest.raises(RegistryError, match=r"state\.json in registry .* is damaged"):
+        registry.serving()
