@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from monitoring_fake_clock import FakeClock
 
 from streaming import monitoring as mon
+from streaming.monitoring.catalogue import DISTRIBUTION_BOUNDS, EVENT_COUNTERS
 from streaming.monitoring.sinks.beam import BeamMetricsSink
 
 
@@ -286,7 +288,12 @@ def test_open_telemetry_session(tmp_path: Path) -> None:
     telemetry = mon.shared_telemetry(config)
     again = mon.shared_telemetry(config)
     telemetry.count(mon.EVENTS_READ, 5)
+    running = {thread.name for thread in threading.enumerate()}
     mon.close_shared_telemetry()
+    stopped = {thread.name for thread in threading.enumerate()}
+
+    assert "streamlearn-resource-sampler" in running
+    assert "streamlearn-resource-sampler" not in stopped
 
     assert again is telemetry
     records = read_records(tmp_path)
@@ -302,3 +309,24 @@ def test_open_telemetry_session(tmp_path: Path) -> None:
 def test_telemetry_config_rejects_fast_export() -> None:
     with pytest.raises(ValueError, match="export_interval_s must be >= 5 s"):
         mon.TelemetryConfig(job="j", model="m", export_interval_s=1.0)
+
+
+def test_catalogue_is_consistent() -> None:
+    names = [spec.name for spec in mon.ALL_METRICS]
+    assert len(names) == len(set(names))
+    for spec in mon.ALL_METRICS:
+        assert spec.metric_type.startswith("custom.googleapis.com/streamlearn/")
+        assert spec.unit, spec.name
+        assert spec.description.endswith("."), spec.name
+        if spec.is_distribution:
+            bounds = DISTRIBUTION_BOUNDS[spec.name]
+            assert list(bounds) == sorted(set(bounds)), spec.name
+    for kind, counter in EVENT_COUNTERS.items():
+        assert counter.is_counter, kind
+
+
+def test_docs_list_every_metric() -> None:
+    docs = Path(__file__).parents[3] / "docs" / "metrics.md"
+    text = docs.read_text()
+    for spec in mon.ALL_METRICS:
+        assert f"| `{spec.name}` |" in text, spec.name
