@@ -7,10 +7,13 @@ memory measured here belongs to one learner only. The result is one JSON file.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import gc
+import io
 import json
 import logging
 import os
+import pstats
 import resource
 import time
 from collections.abc import Sequence
@@ -304,6 +307,16 @@ def finish_command_line(
     learner.cleanup()
 
 
+def write_profile(profiler: cProfile.Profile, path: Path, title: str) -> None:
+    """Write the functions with the most own time, then the most cumulative time."""
+    text = io.StringIO()
+    text.write(f"cProfile of {title}, test-then-train over the whole run\n\n")
+    stats = pstats.Stats(profiler, stream=text)
+    stats.strip_dirs().sort_stats("tottime").print_stats(25)
+    stats.sort_stats("cumulative").print_stats(25)
+    path.write_text(text.getvalue(), encoding="utf-8")
+
+
 def rss_growth(samples: list[tuple[int, float]]) -> float | None:
     """Return RSS at the end minus RSS after the first quarter of the run, MiB."""
     if len(samples) < 4:
@@ -333,9 +346,15 @@ def run_worker(arguments: argparse.Namespace) -> int:
     learner = build_learner(peer, stream, events, arguments.seed)
 
     tally = PrequentialTally(min(arguments.prefix, len(events)))
+    profiler = cProfile.Profile() if arguments.profile_out else None
+    if profiler is not None:
+        profiler.enable()
     times, prefix_snapshot, stopped = stream_through(
         learner, events, labels, arguments, baseline_mib, tally
     )
+    if profiler is not None:
+        profiler.disable()
+        write_profile(profiler, arguments.profile_out, f"{peer} on {stream}")
     if isinstance(learner, VowpalWabbitCommandLine):
         finish_command_line(learner, times, tally, prefix_snapshot, len(events))
     else:

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from peer_report import write_reports
+from peer_report import OURS, write_reports
 from peer_worker import run_worker
 
 logger = logging.getLogger("peers")
@@ -119,6 +119,12 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also run streamlearn once more per stream under cProfile and save "
+        "where its time goes to peers-profile-STREAM.txt in --out",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=RESULTS_DIR,
@@ -128,6 +134,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--stream", help=argparse.SUPPRESS)
     parser.add_argument("--peer", help=argparse.SUPPRESS)
+    parser.add_argument("--profile-out", type=Path, help=argparse.SUPPRESS)
     arguments = parser.parse_args(argv)
 
     arguments.stream_list = _checked_names(arguments.streams, STREAMS, "--streams")
@@ -228,6 +235,33 @@ def run_all(arguments: argparse.Namespace) -> list[dict[str, Any]]:
     return results
 
 
+def profile_streamlearn(arguments: argparse.Namespace) -> list[Path]:
+    """Run streamlearn under cProfile on each stream; return the profile files.
+
+    These runs are extra and slower than the measured ones, so no table
+    number comes from them.
+    """
+    paths = []
+    arguments.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="peers-profile-") as scratch:
+        for stream in arguments.stream_list:
+            profile_path = arguments.out / f"peers-profile-{stream}.txt"
+            result_path = Path(scratch) / f"{stream}.json"
+            command = _worker_command(arguments, stream, OURS, result_path)
+            command += ["--profile-out", str(profile_path)]
+            logger.info("profiling streamlearn on %s", stream)
+            completed = subprocess.run(command, check=False)
+            if completed.returncode != 0:
+                logger.error(
+                    "profiling streamlearn on %s failed with exit code %d",
+                    stream,
+                    completed.returncode,
+                )
+                continue
+            paths.append(profile_path)
+    return paths
+
+
 def describe_machine() -> dict[str, Any]:
     """Return the facts about this machine and its software that the numbers need."""
     from importlib.metadata import version
@@ -272,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": describe_machine(),
     }
     paths = write_reports(results, settings, arguments.out)
+    if arguments.profile and OURS in arguments.peer_list:
+        profile_streamlearn(arguments)
     print(paths["markdown"].read_text(encoding="utf-8"))
     failed = [r for r in results if "error" in r]
     return 1 if failed else 0
