@@ -2,12 +2,12 @@
 AlertPolicyService protocols, for tests.
 
 There is no Cloud Monitoring emulator, so this server decodes the real
-``google.monitoring.v3`` request protos and enforces the service rules the
-exporter must respect: descriptors exist before points, kinds and value types
-match, one point per series per request, at most 200 series per request,
-points of a series in time order and at least ``min_interval_s`` apart. A
-request that breaks a rule fails with INVALID_ARGUMENT and is listed in
-``violations``.
+``google.monitoring.v3`` request protos. It enforces the service rules the
+exporter must respect: descriptors exist before points, and kinds and value
+types match them. A request holds at most 200 series with one point each.
+The points of a series come in time order, at least ``min_interval_s``
+apart. A request that breaks a rule fails with INVALID_ARGUMENT and is
+listed in ``violations``.
 """
 
 from __future__ import annotations
@@ -45,7 +45,11 @@ class ReceivedPoint:
 
 @dataclass
 class FakeMonitoringServer:
-    """The server's state; every field is guarded by ``lock``."""
+    """The server's state.
+
+    ``lock`` guards what the handlers record and store. The test sets the
+    failure switches (``fail_with``, ``hold_requests``) directly.
+    """
 
     min_interval_s: float = 5.0
     # Set to a status code to fail every request with it.

@@ -1,7 +1,7 @@
 """A realistic run written through the telemetry API, for report tests.
 
 It simulates a year of job postings learned in 400 micro-batches: accuracy
-climbs, a burst of wrong labels at batch 240 drops it, a drift alarm fires,
+climbs, a burst of wrong labels at batch 265 drops it, a drift alarm fires,
 the job rolls back automatically, and an operator rolls back later.
 """
 

@@ -6,6 +6,7 @@ import itertools
 import logging
 import random
 import threading
+from pathlib import Path
 
 import grpc
 import pytest
@@ -327,11 +328,9 @@ def test_export_thread_names_itself_and_exports(
 
 
 def test_export_errors_reach_local_sinks(
-    monitoring_server: FakeMonitoringServer, clock: FakeClock, tmp_path: object
+    monitoring_server: FakeMonitoringServer, clock: FakeClock, tmp_path: Path
 ) -> None:
-    from pathlib import Path
-
-    run_dir = Path(str(tmp_path))
+    run_dir = tmp_path
     jsonl = mon.JsonLinesSink(run_dir, job="jobs-demo", model="roles", clock=clock)
     exporter = CloudMonitoringSink(
         CloudMonitoringConfig(project_id="demo-project", job="jobs-demo", model="r"),
