@@ -88,7 +88,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TelemetryConfig:
-    """Which sinks a process's telemetry writes to.
+    """Choice of sinks and intervals for one process's telemetry.
 
     ``run_dir`` set: points go to ``run_dir/metrics.jsonl``. ``beam``: counters
     and distributions also become Beam metrics. ``cloud_project`` set: points

@@ -255,9 +255,14 @@ class CloudMonitoringSink(Sink):
         return written
 
     def pending_series(self) -> int:
-        """Return how many series have values not yet exported."""
+        """Return how many series have values not yet exported, leaving out
+        those whose descriptor the service rejected for good."""
         with self._lock:
-            return sum(1 for series in self._series.values() if series.changed)
+            return sum(
+                1
+                for series in self._series.values()
+                if series.changed and series.spec.name not in self._descriptors_failed
+            )
 
     def _run(self) -> None:
         while True:
@@ -280,19 +285,28 @@ class CloudMonitoringSink(Sink):
         return max(0.01, next_s - now)
 
     def _drain(self) -> None:
-        interval = self.config.export_interval_s
-        # Two rounds: the first sends what is due, the second (after waiting
-        # out the interval) what was written too recently for the first.
-        for _ in range(2):
+        # The first round sends what is due. Series written less than an
+        # interval before their last point must wait for the second round.
+        self._retry_at_s = 0.0
+        self.export_once()
+        if self.pending_series():
+            self._sleep(min(self.config.export_interval_s, self._seconds_until_due()))
             self._retry_at_s = 0.0
             self.export_once()
-            if self.pending_series() == 0:
-                return
-            self._sleep(interval)
         if self.pending_series():
             logger.warning(
                 "%d metric series not exported at close", self.pending_series()
             )
+
+    def _seconds_until_due(self) -> float:
+        now = self._clock()
+        with self._lock:
+            due = [
+                series.last_end_s + self.config.export_interval_s
+                for series in self._series.values()
+                if series.changed and series.last_end_s is not None
+            ]
+        return max(0.0, max(due, default=now) - now)
 
     def _take_due_series(self, now: float) -> list[SeriesSnapshot]:
         """Copy the values of due series and mark them sent.

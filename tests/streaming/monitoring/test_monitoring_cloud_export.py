@@ -350,3 +350,26 @@ def test_export_errors_reach_local_sinks(
     assert '"name":"monitoring/export_errors"' in text
     assert '"code":"UNAVAILABLE"' in text
     assert exporter.pending_series() == 0
+
+
+def test_close_sends_final_values(
+    monitoring_server: FakeMonitoringServer, clock: FakeClock
+) -> None:
+    telemetry, exporter = make_exporter(
+        monitoring_server, clock, export_interval_s=10.0
+    )
+    telemetry.count(mon.EVENTS_LEARNED, 100)
+    clock.advance(1)
+    exporter.export_once()
+    clock.advance(3)
+    telemetry.count(mon.EVENTS_LEARNED, 28)
+    closing_s = clock()
+
+    telemetry.close()
+
+    learned = monitoring_server.series_points(PREFIX + "events/learned")
+    assert [point.value for point in learned] == [100, 128]
+    # close() waited out the rest of the interval (7 s), not a whole one more.
+    assert clock() - closing_s == pytest.approx(7.0)
+    assert exporter.pending_series() == 0
+    assert monitoring_server.violations == []
