@@ -9,6 +9,7 @@ apart from ``test_then_train`` and ``finish`` (the model step).
 from __future__ import annotations
 
 import abc
+import logging
 import tempfile
 import time
 from collections import Counter
@@ -21,6 +22,8 @@ from peer_features import FieldKinds, PeerFeaturizer
 
 from online_model.scored import Scored
 from online_model.spec import FeatureSpec
+
+logger = logging.getLogger("peers.learners")
 
 Event = Mapping[str, Any]
 
@@ -380,6 +383,7 @@ class StreamlearnLearner(StreamLearner):
 
         self.learner = OnlineLearner(spec, seed=seed, device="cpu")
         self.inner_featurize_s = 0.0
+        self.rejected_events = 0
         encode = self.learner.featurizer.encode
 
         def timed_encode(events: list[dict[str, Any]]) -> Any:
@@ -398,9 +402,19 @@ class StreamlearnLearner(StreamLearner):
         self, features: Sequence[Event], labels: Sequence[str]
     ) -> list[Scored]:
         report = self.learner.learn(features)
-        if len(report.scored) != len(labels):
-            raise RuntimeError(
-                f"streamlearn scored {len(report.scored)} of {len(labels)} events "
-                f"of a micro-batch and rejected the rest: {dict(report.invalid)}"
+        records = list(report.scored)
+        if len(records) < len(labels):
+            # The peers score every event, so an event the learner rejected
+            # counts as a miss with probability 0. Within a micro-batch only
+            # the rejected events' labels matter, not their order.
+            missing = Counter(labels) - Counter(r.true_label for r in records)
+            for label in missing.elements():
+                records.append(Scored(label, (), 0.0))
+            self.rejected_events += missing.total()
+            logger.warning(
+                "streamlearn rejected %d of %d events of a micro-batch: %s",
+                missing.total(),
+                len(labels),
+                dict(report.invalid),
             )
-        return report.scored
+        return records

@@ -144,6 +144,13 @@ def stream_section(stream: str, results: list[dict[str, Any]]) -> list[str]:
         ]
     lines += ["", f"First {prefix:,} events, every learner:", ""]
     lines += markdown_table([table_row(r, "prefix") for r in done])
+    rejecting = [r for r in done if r.get("rejected_events")]
+    for result in rejecting:
+        lines += [
+            "",
+            f"{result['peer']} rejected {result['rejected_events']:,} events as "
+            "invalid. They count as misses with probability 0.",
+        ]
     if failed:
         lines += ["", f"Failed (see the run's log): {', '.join(failed)}."]
     return [*lines, ""]

@@ -391,6 +391,7 @@ def run_worker(arguments: argparse.Namespace) -> int:
         "load_average_1m": [round(load_at_start, 2), round(os.getloadavg()[0], 2)],
         "rss_samples_mib": times.rss_samples,
         "rss_growth_mib": growth,
+        "rejected_events": getattr(learner, "rejected_events", 0),
     }
     arguments.worker.write_text(json.dumps(result, indent=1), encoding="utf-8")
     return 0

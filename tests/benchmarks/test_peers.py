@@ -12,6 +12,7 @@ import pytest
 from peer_features import FieldKinds, PeerFeaturizer
 from peer_learners import (
     MostFrequentClasses,
+    StreamlearnLearner,
     VowpalWabbitBinding,
     VowpalWabbitCommandLine,
     label_ids_in_order_of_appearance,
@@ -20,6 +21,7 @@ from peer_learners import (
 from peer_worker import PrequentialTally, chunk_bounds, rss_growth
 
 from online_model.scored import Scored
+from online_model.spec import load_spec
 
 KINDS = FieldKinds(
     label="role",
@@ -175,3 +177,17 @@ def test_peers_writes_tables(tmp_path: Path) -> None:
     }
     results = json.loads((tmp_path / "peers.json").read_text(encoding="utf-8"))
     assert all(r["events_run"] == 600 for r in results["results"])
+
+
+def test_streamlearn_rejected_events_count_as_misses(
+    electricity: list[dict[str, object]],
+) -> None:
+    learner = StreamlearnLearner(load_spec("electricity"), seed=0)
+    batch = [*electricity[:8], electricity[0]]
+    labels = [str(event["class"]) for event in batch]
+    records = learner.test_then_train(learner.featurize(batch), labels)
+    assert len(records) == len(batch)
+    assert learner.rejected_events == 1
+    assert records[-1].ranked_labels == ()
+    assert records[-1].true_label_probability == 0.0
+    assert records[-1].true_label == labels[0]
