@@ -49,8 +49,10 @@ after another.
   streamlearn's own encoder). ex/s model step: the same without the
   featurization from event dicts. For VW that step still parses VW's text
   format, which is part of how VW learns. For vw-cli it is the C++ driver's
-  single pass over the file (`--oaa K --probabilities -p`), which the pip
-  package runs in-process because it ships no `vw` executable. For
+  single pass over the file (`--oaa K --probabilities -p`), run in-process
+  through the binding as `python -m vowpalwabbit -d FILE` does, because the
+  pip package (9.11.9) ships no `vw` executable and Debian 12's apt
+  repositories have no Vowpal Wabbit package. For
   streamlearn it is `learn` minus the time spent in its featurizer's
   `encode`, so event validation, token hashing and the scoring pass count
   as model step. ex/CPU s: events per CPU second of the process (all its
