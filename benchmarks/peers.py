@@ -7,10 +7,12 @@ runs in its own subprocess so that peak memory is its own. The results go to
 ``peers.md`` (one table per stream, full stream and a common prefix),
 ``peers.csv`` and ``peers.json`` in ``--out``.
 
-Example, a quick look at two streams on a 2,048-event prefix::
+Examples: the full run (about 20 minutes in a trial on 2 shared cores), then
+a quick look at two streams, cut to 5,000 events with a 2,048-event prefix::
 
+    .venv/bin/python benchmarks/peers.py --profile
     .venv/bin/python benchmarks/peers.py --streams job_postings,electricity \\
-        --prefix 2048 --out /tmp/peers
+        --limit 5000 --prefix 2048 --out /tmp/peers
 """
 
 from __future__ import annotations
@@ -50,9 +52,10 @@ PEERS = (
 )
 # 40 micro-batches of 256. Every learner is compared on this prefix. A
 # learner whose rate over the prefix projects the whole stream past
-# --time-limit-s stops there and is reported on the prefix only. River's ARF,
-# the slowest peer, ran about 600-2,000 examples/s on these streams on a
-# 2-core machine, so the prefix costs it 5-20 s.
+# --time-limit-s stops there and is reported on the prefix only. On a 2-core
+# machine shared with other work (1-minute load 4-7), River's HAT and ARF ran
+# 100-1,200 examples/s over this prefix, up to about 100 s each, and the
+# default run of all streams and learners took about 20 minutes.
 DEFAULT_PREFIX = 10_240
 DEFAULT_TIME_LIMIT_S = 60.0
 # Learners that run whole streams whatever the time limit: streamlearn, the
