@@ -120,6 +120,84 @@ def check_event(
     return problems
 
 
+CLEAN = 0
+UNLABELLED = 1
+NEEDS_CHECK = 2
+
+_ABSENT = object()
+
+
+class EventScreen:
+    """A fast pre-check that passes the common, clean events without building problems.
+
+    :meth:`screen` returns ``CLEAN`` (a labelled event with no problem),
+    ``UNLABELLED`` (a clean prediction request) or ``NEEDS_CHECK``, after
+    which :func:`check_event` gives the details. It accepts exactly the
+    events that :func:`check_event` finds no problem with, apart from the
+    missing label, and passes every other event on to it.
+    """
+
+    def __init__(self, spec: FeatureSpec) -> None:
+        self._label_field = spec.label_field
+        self._plan: list[tuple[str, frozenset[type], bool, int, frozenset[str]]] = []
+        for avro_field in spec.avro_fields.values():
+            base = avro_field.base_type
+            exact_types = frozenset(_PYTHON_TYPES.get(base, (object,)))
+            if base == "boolean":
+                exact_types = frozenset({bool})
+            check = {"float": 1, "double": 1, "array": 2, "enum": 3}.get(base, 0)
+            if base not in _PYTHON_TYPES or (
+                base == "array" and avro_field.items != "string"
+            ):
+                check = 4
+            symbols = frozenset(_enum_symbols(spec, avro_field.name))
+            nullable = avro_field.nullable
+            self._plan.append((avro_field.name, exact_types, nullable, check, symbols))
+
+    def screen(self, event: Any) -> int:
+        """Return CLEAN, UNLABELLED or NEEDS_CHECK for one event."""
+        if type(event) is not dict:
+            return NEEDS_CHECK
+        for name, exact_types, nullable, check, symbols in self._plan:
+            value = event.get(name, _ABSENT)
+            if value is None:
+                if nullable:
+                    continue
+                return NEEDS_CHECK
+            if type(value) not in exact_types:
+                return NEEDS_CHECK
+            if check == 1:
+                if value - value != 0:  # NaN and infinities
+                    return NEEDS_CHECK
+            elif check == 2:
+                if not value:
+                    return NEEDS_CHECK
+                try:
+                    "".join(value)  # raises TypeError unless every item is a str
+                except TypeError:
+                    return NEEDS_CHECK
+            elif check == 3:
+                if value not in symbols:
+                    return NEEDS_CHECK
+            elif check == 4:
+                return NEEDS_CHECK
+        label = event[self._label_field]
+        if label is None:
+            return UNLABELLED
+        return CLEAN if label != "" else NEEDS_CHECK
+
+
+def _enum_symbols(spec: FeatureSpec, name: str) -> list[str]:
+    for entry in spec.schema.get("fields", []):
+        if entry["name"] != name:
+            continue
+        avro_type = entry["type"]
+        for branch in avro_type if isinstance(avro_type, list) else [avro_type]:
+            if isinstance(branch, dict) and branch.get("type") == "enum":
+                return list(branch.get("symbols", []))
+    return []
+
+
 def rejecting(problems: list[EventProblem]) -> EventProblem | None:
     """Return the first problem that rejects the event, or None."""
     for problem in problems:

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from online_model.spec import FeatureSpec
+from online_model.spec import CrossSpec, FeatureSpec
 
 logger = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ class TokenLayout:
             self.single_index[self.numeric_fields[column]] = len(columns) + position
         self.bag_index = {n: i for i, n in enumerate(featurizer.bag_fields)}
         self.cross_salts = [stable_id(c.name, "\x00cross") for c in spec.crosses]
-        self.crosses = [c.fields for c in spec.crosses]
+        self.crosses = [_cross_columns(c, spec) for c in spec.crosses]
 
 
 def standardize(
@@ -329,6 +329,15 @@ def _cross(
             continue
         crossed = mix_ids(crossed, single[owners, layout.single_index[name]])
     return crossed, owners
+
+
+def _cross_columns(cross: CrossSpec, spec: FeatureSpec) -> tuple[str, ...]:
+    """Name the columns a cross combines: numeric fields by bucket or exact value."""
+    columns = []
+    for name in cross.fields:
+        exact_number = cross.exact and spec.field(name).kind == "numeric"
+        columns.append(f"{name}#value" if exact_number else name)
+    return tuple(columns)
 
 
 def _normal_quantiles(buckets: int) -> torch.Tensor:

@@ -30,6 +30,7 @@ class HashedSoftmaxModel(nn.Module):
     numeric_count: torch.Tensor
     numeric_mean: torch.Tensor
     numeric_m2: torch.Tensor
+    label_counts: torch.Tensor
 
     def __init__(
         self,
@@ -51,6 +52,7 @@ class HashedSoftmaxModel(nn.Module):
         nn.init.zeros_(self.hidden.bias)
         self.output_weight = nn.Parameter(torch.zeros(0, features + hidden_units))
         self.output_bias = nn.Parameter(torch.zeros(0))
+        self.register_buffer("label_counts", torch.zeros(0, dtype=torch.float64))
         self.register_buffer(
             "numeric_count", torch.zeros(numeric_fields, dtype=torch.float64)
         )
@@ -92,6 +94,9 @@ class HashedSoftmaxModel(nn.Module):
             torch.cat([weight, weight.new_zeros(new_labels, weight.shape[1])])
         )
         self.output_bias = nn.Parameter(torch.cat([bias, bias.new_zeros(new_labels)]))
+        self.label_counts = torch.cat(
+            [self.label_counts, self.label_counts.new_zeros(new_labels)]
+        )
         return self.output_weight, self.output_bias
 
     def update_numeric_statistics(self, transformed: torch.Tensor) -> None:

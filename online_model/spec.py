@@ -91,11 +91,13 @@ class FieldSpec:
 class CrossSpec:
     """A feature cross: one hashed feature per combination of field values.
 
-    At most one field of a cross may be multi-valued or text; numeric fields
-    take part through their bucket.
+    At most one field of a cross may be multi-valued or text. Numeric fields
+    take part through their bucket, or through their exact value when
+    ``exact`` is set (which needs ``value_token`` on those fields).
     """
 
     fields: tuple[str, ...]
+    exact: bool = False
 
     @property
     def name(self) -> str:
@@ -137,7 +139,9 @@ class FeatureSpec:
             # A list, not a table, because field order fixes the model's input
             # layout and JSON writers may sort keys.
             "fields": [{"name": f.name, **_field_options(f)} for f in self.fields],
-            "crosses": [{"fields": list(c.fields)} for c in self.crosses],
+            "crosses": [
+                {"fields": list(c.fields), "exact": c.exact} for c in self.crosses
+            ],
         }
 
 
@@ -399,6 +403,9 @@ def _cross_from_dict(
         or not all(isinstance(n, str) for n in names)
     ):
         raise SpecError(f"{where}: needs 'fields', a list of two or more field names")
+    exact = entry.get("exact", False)
+    if not isinstance(exact, bool):
+        raise SpecError(f"{where}: exact must be true or false, got {exact!r}")
     by_name = {f.name: f for f in fields}
     for cross_field in names:
         if cross_field not in by_name:
@@ -407,7 +414,12 @@ def _cross_from_dict(
                 f"the spec; features are: {', '.join(by_name)}"
             )
         field_spec = by_name[cross_field]
-        if field_spec.kind == "numeric" and field_spec.buckets == 0:
+        if exact and field_spec.kind == "numeric" and not field_spec.value_token:
+            raise SpecError(
+                f"{where}: an exact cross needs value_token = true on numeric "
+                f"field {cross_field!r}"
+            )
+        if not exact and field_spec.kind == "numeric" and field_spec.buckets == 0:
             raise SpecError(
                 f"{where}: numeric field {cross_field!r} takes part in a "
                 "cross only through its buckets; set buckets > 0"
@@ -420,7 +432,7 @@ def _cross_from_dict(
         )
     if len(set(names)) != len(names):
         raise SpecError(f"{where}: a field appears twice")
-    return CrossSpec(fields=tuple(names))
+    return CrossSpec(fields=tuple(names), exact=exact)
 
 
 def _required_str(raw: Mapping[str, Any], key: str, spec_name: str) -> str:

@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 
 from online_model import events as ev
-from online_model.events import check_event
+from online_model.events import EventScreen, check_event
 from online_model.spec import load_spec
 
 SPEC = load_spec("job_postings")
@@ -109,3 +109,40 @@ def test_not_a_dict_rejects() -> None:
 
 def test_integer_salary_accepted() -> None:
     assert reasons(posting(salary_year_avg=90000)) == []
+
+
+SCREEN = EventScreen(SPEC)
+BAD_OR_NOTED = [
+    posting(skills="sql, python"),
+    posting(skills=["sql", 3]),
+    posting(skills=[]),
+    posting(skills=None),
+    posting(country=49),
+    posting(work_from_home=1),
+    posting(salary_year_avg="90000"),
+    posting(salary_year_avg=True),
+    posting(salary_year_avg=math.nan),
+    posting(salary_year_avg=-math.inf),
+    posting(event_id=7),
+    posting(job_role=""),
+    {k: v for k, v in posting().items() if k != "source_site"},
+    "not a record",
+]
+
+
+@pytest.mark.parametrize("event", BAD_OR_NOTED)
+def test_screen_passes_problems_on(event: Any) -> None:
+    assert check_event(event, SPEC) != []
+    assert SCREEN.screen(event) == ev.NEEDS_CHECK
+
+
+def test_screen_clean_and_unlabelled() -> None:
+    assert SCREEN.screen(posting()) == ev.CLEAN
+    assert SCREEN.screen(posting(salary_year_avg=90000)) == ev.CLEAN
+    assert SCREEN.screen(posting(job_role=None)) == ev.UNLABELLED
+
+
+def test_screen_agrees_on_real_stream(job_postings: list[dict[str, Any]]) -> None:
+    for event in job_postings:
+        clean = check_event(event, SPEC) == []
+        assert (SCREEN.screen(event) == ev.CLEAN) == clean

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from pathlib import Path
@@ -99,15 +100,22 @@ def test_invalid_and_duplicate_events_counted(
     assert report.problems[0][1].reason == "duplicate_event_id"
 
 
-def test_new_label_grows_and_keeps_old(job_postings: list[dict[str, Any]]) -> None:
-    learner = new_learner()
+@pytest.mark.parametrize(
+    ("optimizer", "position", "state_key"),
+    [("adagrad", 0, "sum"), ("adam", 1, "exp_avg")],
+)
+def test_new_label_grows_and_keeps_old(
+    job_postings: list[dict[str, Any]], optimizer: str, position: int, state_key: str
+) -> None:
+    config = dataclasses.replace(SMALL_CONFIG, optimizer=optimizer)
+    learner = OnlineLearner(JOB_SPEC, config, seed=0, device="cpu")
     for batch in batches(job_postings[:512], 128):
         learner.learn(batch)
     old_count = len(learner.labels)
     probe = job_postings[600:610]
     before = learner._model(learner._model_input(learner.featurizer.encode(probe)))
-    adam = learner._optimizers[1]
-    old_moment = adam.state[learner._model.output_weight]["exp_avg"].clone()
+    chosen = learner._optimizers[position]
+    old_moment = chosen.state[learner._model.output_weight][state_key].clone()
 
     learner._add_labels([dict(job_postings[0], job_role="Prompt Engineer")])
 
@@ -115,7 +123,7 @@ def test_new_label_grows_and_keeps_old(job_postings: list[dict[str, Any]]) -> No
     assert learner.labels[-1] == "Prompt Engineer"
     assert after.shape == (10, old_count + 1)
     assert torch.equal(after[:, :old_count], before)
-    moment = adam.state[learner._model.output_weight]["exp_avg"]
+    moment = chosen.state[learner._model.output_weight][state_key]
     assert torch.equal(moment[:old_count], old_moment)
     assert torch.count_nonzero(moment[old_count:]) == 0
 
@@ -159,7 +167,7 @@ def test_non_finite_update_rejected(job_postings: list[dict[str, Any]]) -> None:
     assert report.loss is None
     assert learner.updates_refused == 1
     for name, value in learner._model.state_dict().items():
-        if name.startswith("output"):
+        if name.startswith("output") or name == "label_counts":
             value = value[:old_count]
         assert torch.equal(value.nan_to_num(), saved[name].nan_to_num()), name
 
