@@ -35,8 +35,8 @@ import torch.nn.functional as F
 
 from online_model.events import (
     DUPLICATE_EVENT_ID,
-    NO_LABEL,
     NEEDS_CHECK,
+    NO_LABEL,
     UNLABELLED,
     EventProblem,
     EventScreen,
@@ -264,7 +264,8 @@ class OnlineLearner:
         for index, event in enumerate(events):
             if self._screen.screen(event) != NEEDS_CHECK:
                 usable.append(index)
-            elif rejecting(check_event(event, self.spec)) is None:
+                continue
+            if rejecting(check_event(event, self.spec)) is None:
                 usable.append(index)
         if not usable or not self._labels:
             return results
