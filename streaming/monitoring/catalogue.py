@@ -232,14 +232,15 @@ PROCESS_MEMORY_UTILIZATION = _gauge(
 NETWORK_SENT = _counter(
     "resource/network_sent_bytes",
     "By",
-    "Bytes sent by all network interfaces of the host since the resource "
-    "sampler started (psutil has no per-process network counters).",
+    "Bytes sent by all network interfaces of the host, loopback included, "
+    "since the resource sampler started (psutil has no per-process network "
+    "counters).",
 )
 NETWORK_RECEIVED = _counter(
     "resource/network_received_bytes",
     "By",
-    "Bytes received by all network interfaces of the host since the resource "
-    "sampler started.",
+    "Bytes received by all network interfaces of the host, loopback included, "
+    "since the resource sampler started.",
 )
 GPU_UTILIZATION = _gauge(
     "resource/gpu_utilization",

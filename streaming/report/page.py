@@ -30,12 +30,20 @@ h2 { font-size: 17px; margin-top: 28px; border-bottom: 1px solid #ddd; }
 table { border-collapse: collapse; margin: 8px 0; }
 td, th { border: 1px solid #ddd; padding: 3px 8px; text-align: left; }
 td.number { text-align: right; font-variant-numeric: tabular-nums; }
+td.when { white-space: nowrap; font-size: 12px; }
+td.details { font-size: 12px; }
 svg.chart { display: block; margin: 10px 0; }
 .chart-title { font-weight: 600; font-size: 13px; }
 .tick, .legend { font-size: 11px; fill: #444; }
 .cell-count { font-size: 10px; }
 .empty { font-size: 13px; fill: #999; }
 """
+
+# Bins of the events-per-second chart. Runners process input in bundles, so
+# finer bins show the bundles rather than the rate.
+THROUGHPUT_BINS = 40
+# A long run may decide thousands of times; the page lists the latest.
+MAX_DECISION_ROWS = 300
 
 EVENT_TITLES = {
     "promotion": "promoted",
@@ -52,10 +60,10 @@ def render_page(records: RunRecords, run_dir: Path, top_roles: int = 10) -> str:
         _summary(records),
         _quality_section(records),
         _holdout_section(records),
-        _decisions_section(records),
         _confusion_section(records, top_roles),
         _throughput_section(records),
         _resource_section(records),
+        _decisions_section(records),
     ]
     body = "\n".join(sections)
     return (
@@ -120,25 +128,35 @@ def _summary(records: RunRecords) -> str:
 def _decisions_section(records: RunRecords) -> str:
     if not records.events:
         return "<h2>Decisions and alarms</h2><p>None recorded.</p>"
+    shown = records.events[-MAX_DECISION_ROWS:]
     rows = []
-    for event in records.events:
+    for event in shown:
         labels = ", ".join(f"{k}={v}" for k, v in sorted(event.labels.items()))
         details = ", ".join(
             f"{k}={_format_detail(v)}" for k, v in event.details.items()
         )
-        event_time = (
-            _utc(event.event_time_ms / 1000) if event.event_time_ms is not None else ""
-        )
+        event_time = ""
+        if event.event_time_ms is not None:
+            event_time = _utc(event.event_time_ms / 1000)
         rows.append(
-            f"<tr><td>{_utc(event.time_s)}</td><td>{escape(event_time)}</td>"
+            f'<tr><td class="when">{_utc(event.time_s)}</td>'
+            f'<td class="when">{escape(event_time)}</td>'
             f"<td>{escape(EVENT_TITLES.get(event.kind, event.kind))}</td>"
-            f"<td>{escape(labels)}</td><td>{escape(details)}</td></tr>"
+            f"<td>{escape(labels)}</td>"
+            f'<td class="details">{escape(details)}</td></tr>'
+        )
+    left_out = len(records.events) - len(shown)
+    note = ""
+    if left_out:
+        note = (
+            f"<p>The {left_out} earlier decisions and alarms are in "
+            "metrics.jsonl (records of type event).</p>"
         )
     return (
-        "<h2>Decisions and alarms</h2><table><tr><th>time (UTC)</th>"
-        "<th>event time</th><th>what</th><th>labels</th><th>numbers</th></tr>"
-        + "".join(rows)
-        + "</table>"
+        "<h2>Decisions and alarms</h2>"
+        + note
+        + "<table><tr><th>time (UTC)</th><th>event time (UTC)</th><th>what</th>"
+        "<th>labels</th><th>numbers</th></tr>" + "".join(rows) + "</table>"
     )
 
 
@@ -250,25 +268,31 @@ def _throughput_section(records: RunRecords) -> str:
         (("learned", "events/learned"), ("read", "events/read"))
     ):
         samples = _merged_counter(records, name)
-        rates = [(t - start_s, rate) for t, rate in counter_rates(samples)]
+        rates = [
+            (t - start_s, rate)
+            for t, rate in counter_rates(samples, max_points=THROUGHPUT_BINS)
+        ]
         lines.append(Line(f"{label} per second", rates, PALETTE[index]))
-    reported = records.gauge("training/examples_per_second")
-    if reported:
-        lines.append(
-            Line(
-                "examples/s during learning steps",
-                [(s.time_s - start_s, s.value) for s in reported],
-                PALETTE[2],
-            )
-        )
-    chart = line_chart(
+    charts = line_chart(
         "Events per second over time since start",
         [line for line in lines if line.points],
         x_format=_elapsed_format(records),
         y_format=_number,
-        y_range=None,
     )
-    return "<h2>Throughput</h2>" + chart
+    reported = records.gauge("training/examples_per_second")
+    if reported:
+        step_speed = Line(
+            "events/s of each learning step",
+            [(s.time_s - start_s, s.value) for s in reported],
+            PALETTE[2],
+        )
+        charts += line_chart(
+            "Speed of the learning step alone (the job's own measure)",
+            [step_speed],
+            x_format=_elapsed_format(records),
+            y_format=_number,
+        )
+    return "<h2>Throughput</h2>" + charts
 
 
 def _resource_section(records: RunRecords) -> str:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
+import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,30 +192,40 @@ def _add_point(records: RunRecords, record: dict[str, Any], time_s: float) -> No
 
 
 def counter_rates(
-    samples: list[CounterSample], max_points: int = 200
+    samples: list[CounterSample], max_points: int = 120
 ) -> list[tuple[float, float]]:
-    """Return (time, increase per second) between successive samples.
+    """Return (bin middle time, increase per second) over equal time bins.
 
-    Increases are taken between samples of one process; a new start time (a
-    restart) begins a new sequence instead of a negative step. When there are
-    more than ``max_points`` steps, runs of consecutive steps are merged, so
-    the rate stays exact over each merged run.
+    Increases are taken between successive samples of one process; a new
+    start time (a restart) begins a new sequence instead of a negative step.
+    Each step's increase is spread evenly over the time it covers, so a long
+    step does not show as a spike in one bin. Bins are at least twice the
+    median step long, so sparse samples do not leave empty bins between them.
     """
-    steps: list[tuple[float, float, float]] = []  # (end time, seconds, increase)
+    steps: list[tuple[float, float, float]] = []  # (start, end, increase)
     for previous, sample in itertools.pairwise(samples):
         if previous.start_time_s != sample.start_time_s:
             continue
-        seconds = sample.time_s - previous.time_s
-        if seconds > 0:
-            steps.append((sample.time_s, seconds, sample.total - previous.total))
+        if sample.time_s > previous.time_s:
+            increase = sample.total - previous.total
+            steps.append((previous.time_s, sample.time_s, increase))
     if not steps:
         return []
-    group = max(1, -(-len(steps) // max_points))
-    rates = []
-    for offset in range(0, len(steps), group):
-        run = steps[offset : offset + group]
-        seconds = sum(step[1] for step in run)
-        increase = sum(step[2] for step in run)
-        middle_s = run[-1][0] - seconds / 2
-        rates.append((middle_s, increase / seconds))
-    return rates
+    first_s, last_s = steps[0][0], steps[-1][1]
+    median_step_s = statistics.median(end - start for start, end, _ in steps)
+    width_s = max((last_s - first_s) / max_points, 2 * median_step_s)
+    bins = max(1, math.ceil((last_s - first_s) / width_s))
+    sums = [0.0] * bins
+    for start, end, increase in steps:
+        rate = increase / (end - start)
+        first_bin = int((start - first_s) / width_s)
+        last_bin = min(bins - 1, int((end - first_s) / width_s))
+        for index in range(first_bin, last_bin + 1):
+            low = first_s + index * width_s
+            overlap = min(end, low + width_s) - max(start, low)
+            if overlap > 0:
+                sums[index] += rate * overlap
+    return [
+        (first_s + (index + 0.5) * width_s, total / width_s)
+        for index, total in enumerate(sums)
+    ]

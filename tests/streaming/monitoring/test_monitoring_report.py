@@ -79,20 +79,26 @@ def test_counter_rates_across_restart() -> None:
         CounterSample(time_s=40.0, total=150, start_time_s=25.0),
     ]
 
-    rates = counter_rates(samples)
+    rates = counter_rates(samples, max_points=4)
 
-    assert rates == [(5.0, 10.0), (15.0, 20.0), (35.0, 10.0)]
+    # Bins of 20 s (twice the median step): 300 events in the first, and in
+    # the second 100 events over 10 s, then nothing for the gap.
+    assert rates == [(10.0, 15.0), (30.0, 5.0)]
 
 
-def test_counter_rates_merge_steps() -> None:
+def test_counter_rates_spread_long_steps() -> None:
     samples = [
         CounterSample(time_s=float(t), total=t * 3, start_time_s=0.0) for t in range(11)
-    ]
+    ] + [CounterSample(time_s=40.0, total=60, start_time_s=0.0)]
 
-    rates = counter_rates(samples, max_points=5)
+    rates = counter_rates(samples, max_points=20)
 
-    assert len(rates) == 5
-    assert all(rate == pytest.approx(3.0) for _, rate in rates)
+    # Steps of 1 s give 2 s bins; the last step (30 over 30 s) is spread
+    # over its bins at 1 event/s instead of landing in one.
+    assert rates[0] == (1.0, 3.0)
+    assert rates[4] == (9.0, 3.0)
+    assert rates[-1] == (39.0, 1.0)
+    assert len(rates) == 20
 
 
 def test_truncated_line_skipped(tmp_path: Path) -> None:
@@ -114,7 +120,7 @@ def test_page_has_every_chart(synthetic_run: Path, tmp_path: Path) -> None:
     path = write_report(synthetic_run, tmp_path / "page.html")
 
     html = path.read_text()
-    assert html.count('<svg class="chart line-chart"') == 6
+    assert html.count('<svg class="chart line-chart"') == 7
     assert html.count('<svg class="chart bar-chart"') == 1
     assert html.count('<svg class="chart heatmap"') == 1
     assert "empty-chart" not in html
@@ -137,7 +143,7 @@ def test_report_renders_in_chromium(synthetic_run: Path, tmp_path: Path) -> None
     dom = run_chromium("--dump-dom", url).stdout
     run_chromium(f"--screenshot={screenshot}", "--window-size=940,2400", url)
 
-    assert len(re.findall(r"<svg class=\"chart ", dom)) == 8
+    assert len(re.findall(r"<svg class=\"chart ", dom)) == 9
     assert len(re.findall(r"<polyline class=\"series\"", dom)) >= 10
     assert len(re.findall(r"<rect class=\"bar\"", dom)) >= 15
     image = Image.open(screenshot).convert("RGB")

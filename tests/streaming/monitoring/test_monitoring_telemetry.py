@@ -329,4 +329,12 @@ def test_docs_list_every_metric() -> None:
     docs = Path(__file__).parents[3] / "docs" / "metrics.md"
     text = docs.read_text()
     for spec in mon.ALL_METRICS:
-        assert f"| `{spec.name}` |" in text, spec.name
+        if spec.is_distribution:
+            kind = "distribution"
+        else:
+            kind = "counter" if spec.is_counter else "gauge"
+        row = (
+            f"| `{spec.name}` | {kind} | {spec.value_type.value} | `{spec.unit}` | "
+            f"{', '.join(spec.labels)} | {spec.description} |"
+        )
+        assert row in text, spec.name
