@@ -338,3 +338,56 @@ def test_docs_list_every_metric() -> None:
             f"{', '.join(spec.labels)} | {spec.description} |"
         )
         assert row in text, spec.name
+
+
+class FakeCuda:
+    """The parts of torch.cuda the sampler reads, for two devices; NVML
+    (utilisation) fails on the second."""
+
+    @staticmethod
+    def is_available() -> bool:
+        return True
+
+    @staticmethod
+    def device_count() -> int:
+        return 2
+
+    @staticmethod
+    def memory_allocated(index: int) -> int:
+        return (index + 1) * 2**30
+
+    @staticmethod
+    def memory_reserved(index: int) -> int:
+        return (index + 2) * 2**30
+
+    @staticmethod
+    def utilization(index: int) -> int:
+        if index == 1:
+            raise ModuleNotFoundError("nvidia-ml-py is not installed")
+        return 37
+
+
+def test_resource_sampler_reads_gpus(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import types
+
+    fake_torch = types.SimpleNamespace(cuda=FakeCuda)
+    monkeypatch.setitem(sys.modules, "torch", fake_torch)
+    sink = ListSink()
+    telemetry = mon.Telemetry([sink], clock=clock)
+
+    mon.ResourceSampler(telemetry).sample_once()
+
+    gpu = {
+        (p.spec.name, p.labels): p.value
+        for p in sink.points
+        if p.spec.name.startswith("resource/gpu")
+    }
+    assert gpu == {
+        ("resource/gpu_memory_allocated", ("0",)): 2**30,
+        ("resource/gpu_memory_reserved", ("0",)): 2 * 2**30,
+        ("resource/gpu_utilization", ("0",)): 0.37,
+        ("resource/gpu_memory_allocated", ("1",)): 2 * 2**30,
+        ("resource/gpu_memory_reserved", ("1",)): 3 * 2**30,
+    }
