@@ -304,8 +304,9 @@ def apply_policies(
 ) -> list[tuple[str, str]]:
     """Create each policy, or update the existing one with its display name.
 
-    Returns (action, policy name) pairs, action being ``created`` or
-    ``updated``.
+    When several existing policies share a display name, the first one listed
+    is updated and the others are left alone. Returns (action, policy name)
+    pairs, action being ``created`` or ``updated``.
     """
     project_name = f"projects/{project_id}"
     existing: dict[str, str] = {}
