@@ -173,7 +173,7 @@ def build_river_learner(
     elif peer == "river-arf":
         model = forest.ARFClassifier(seed=seed)
     elif peer == "river-nb":
-        # Multinomial naive Bayes needs counts, so it sees the indicator
+        # Multinomial naive Bayes needs counts, so it gets the indicator
         # features only. An all-numeric stream gets Gaussian naive Bayes.
         if kinds.has_indicators:
             model = _indicators_only(kinds, naive_bayes.MultinomialNB())

@@ -365,7 +365,7 @@ def run_worker(arguments: argparse.Namespace) -> int:
         times.cpu_s += time.process_time() - cpu_started
 
     # The command-line learner's memory is sampled only while its input file
-    # is written, so its RSS samples say nothing about the model.
+    # is written, so its RSS samples do not measure the model.
     growth = None
     if not isinstance(learner, VowpalWabbitCommandLine):
         growth = rss_growth(times.rss_samples)
