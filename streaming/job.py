@@ -179,6 +179,7 @@ def run_job(settings: Any, args: argparse.Namespace) -> int:
         write_account(settings, slot.runtime, force=True)
     elapsed_s = time.monotonic() - started
     _print_summary(args, settings, slot.runtime, elapsed_s)
+    _write_report(settings)
     stop.set()
     relay.cancel()
     sys.stdout.flush()
@@ -187,6 +188,20 @@ def run_job(settings: Any, args: argparse.Namespace) -> int:
     # leaves its threads running, so the process ends here.
     result.cancel()
     os._exit(0)
+
+
+def _write_report(settings: Any) -> None:
+    from streaming import monitoring as mon
+
+    mon.close_shared_telemetry()
+    try:
+        from streaming.report import write_report
+
+        path = write_report(Path(settings.run_dir), None, 10)
+    except (OSError, ValueError) as error:
+        logger.error("could not write the run report: %s", error)
+        return
+    print(f"report: {path}", flush=True)
 
 
 def _tick(topics: JobTopics, interval_s: float, stop: threading.Event) -> None:

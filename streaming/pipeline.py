@@ -67,6 +67,7 @@ class JobSettings:
     schema_folder: str | None = None
     device: str = "cpu"
     announce: bool = True
+    metrics_file: bool = True
 
     @property
     def topics(self) -> JobTopics:
@@ -170,6 +171,7 @@ def build_runtime(settings: JobSettings) -> Any:
     from online_model.spec import load_spec
     from rollback.announce import PubSubAnnouncer
     from rollback.registry import open_registry
+    from streaming import monitoring as mon
     from streaming.checkpoint import CheckpointStore
     from streaming.runtime import JobRuntime
 
@@ -184,6 +186,15 @@ def build_runtime(settings: JobSettings) -> Any:
     run_dir.mkdir(parents=True, exist_ok=True)
     store = CheckpointStore(run_dir / "checkpoints")
     decisions = DecisionLog(run_dir / "decisions.jsonl")
+    telemetry = mon.shared_telemetry(
+        mon.TelemetryConfig(
+            job=settings.job_name,
+            model=settings.spec_name,
+            run_dir=run_dir if settings.metrics_file else None,
+            beam=True,
+            resource_interval_s=5.0,
+        )
+    )
     device = settings.device
     seed = settings.config.seed
 
@@ -195,6 +206,7 @@ def build_runtime(settings: JobSettings) -> Any:
         load_learner=lambda files: OnlineLearner.from_files(files, device=device),
         checkpoints=store,
         decisions=decisions,
+        telemetry=telemetry,
     )
     registry.set_running_fingerprint(runtime.learner.fingerprint, actor="job")
     latest = store.latest()

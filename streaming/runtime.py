@@ -210,10 +210,12 @@ class JobRuntime:
             self.account.dead_lettered[reason] = (
                 self.account.dead_lettered.get(reason, 0) + count
             )
+        before = (self.account.duplicates, self.account.held_out)
         requests: list[Event] = []
         for event in batch.events:
             self._route(event, batch.publish_time_s, requests)
         predictions = self._answer(requests)
+        self._count_routing(batch, before, len(requests))
         while len(self.pending) >= self.config.micro_batch_size:
             self._learn_micro_batch(self.config.micro_batch_size)
         self._after_input()
@@ -261,6 +263,25 @@ class JobRuntime:
             self.pending.append(event)
             self.pending_publish_s.append(publish_time_s)
         self.account.pending = len(self.pending)
+
+    def _count_routing(
+        self, batch: EventBatch, before: tuple[int, int], requests: int
+    ) -> None:
+        if self.telemetry is None:
+            return
+        from streaming import monitoring as mon
+
+        duplicates = self.account.duplicates - before[0]
+        held_out = self.account.held_out - before[1]
+        self.telemetry.count(mon.EVENTS_READ, len(batch.events))
+        for reason, count in batch.dead_letters.items():
+            self.telemetry.count(mon.EVENTS_DEAD_LETTERED, count, reason=reason)
+        if duplicates:
+            self.telemetry.count(mon.EVENTS_DUPLICATE, duplicates)
+        if held_out:
+            self.telemetry.count(mon.EVENTS_HELD_OUT, held_out)
+        if requests:
+            self.telemetry.count(mon.PREDICTIONS_ANSWERED, requests)
 
     def _answer(self, requests: list[Event]) -> list[Prediction]:
         if not requests:
@@ -351,13 +372,23 @@ class JobRuntime:
         self.telemetry.count(mon.EVENTS_LEARNED, size)
         self.telemetry.observe(mon.MICRO_BATCH_SIZE, size)
         self.telemetry.observe(mon.MICRO_BATCH_LATENCY, elapsed_s)
+        if elapsed_s > 0:
+            self.telemetry.set(mon.EXAMPLES_PER_SECOND, size / elapsed_s)
+        scored = report.scored
+        event_time_ms = max((s.event_time_ms for s in scored), default=None)
         if report.loss is not None and math.isfinite(report.loss):
-            self.telemetry.set(mon.TRAINING_LOSS, report.loss)
-        if report.scored:
-            hits = sum(s.ranked_labels[:1] == (s.true_label,) for s in report.scored)
-            top5 = sum(s.true_label in s.ranked_labels[:5] for s in report.scored)
-            self.telemetry.set(mon.PREQUENTIAL_TOP1, hits / len(report.scored))
-            self.telemetry.set(mon.PREQUENTIAL_TOP5, top5 / len(report.scored))
+            self.telemetry.set(
+                mon.TRAINING_LOSS, report.loss, event_time_ms=event_time_ms
+            )
+        if scored:
+            hits = sum(s.ranked_labels[:1] == (s.true_label,) for s in scored)
+            top5 = sum(s.true_label in s.ranked_labels[:5] for s in scored)
+            self.telemetry.set(
+                mon.PREQUENTIAL_TOP1, hits / len(scored), event_time_ms=event_time_ms
+            )
+            self.telemetry.set(
+                mon.PREQUENTIAL_TOP5, top5 / len(scored), event_time_ms=event_time_ms
+            )
 
     # ------------------------------------------------------------ the gate
 
@@ -373,6 +404,8 @@ class JobRuntime:
             return
         self._learned_since_gate = 0
         self.follow_registry()
+        if self._rollback_cooldown == 0 and len(self.recent_versions) > 1:
+            self.confirm_drop(alert=False)
 
         candidate = self._holdout_metrics(self.learner)
         champion = (
@@ -538,15 +571,18 @@ class JobRuntime:
         value = float(getattr(self._holdout_metrics(learner), METRIC_FIELDS[metric]))
         return -value if metric in LOWER_IS_BETTER else value
 
-    def confirm_drop(self) -> None:
-        """Decide what a drift alarm means: roll back, or adapt and alert.
+    def confirm_drop(self, alert: bool = True) -> None:
+        """Check the serving version against the earlier ones kept in memory.
 
-        The job rolls back to the best version kept in memory when it beats
-        the serving version on the holdout window by ``rollback_margin``.
-        Otherwise the drift is taken as real: the job keeps learning and
-        records an alert. Either way a cooldown of
-        ``rollback_cooldown_micro_batches`` follows, so that one incident
-        makes one decision.
+        The job rolls back to the best of them when it beats the serving
+        version on the holdout window by ``rollback_margin``, and a cooldown
+        of ``rollback_cooldown_micro_batches`` follows, so that one incident
+        makes one rollback. After a drift alarm (``alert``) with no better
+        earlier version the drift is taken as real: the job keeps learning
+        and records an alert, with the same cooldown. Every gate also runs
+        this check without ``alert``, so a bad version that passed the gate
+        on a holdout window that was bad itself is caught once the window
+        has moved on.
         """
         if self.serving_learner is None or self.serving_version is None:
             return
@@ -561,10 +597,12 @@ class JobRuntime:
             if version != self.serving_version
         }
         best = max(scores, key=lambda v: scores[v], default=None)
-        self._rollback_cooldown = self.config.rollback_cooldown_micro_batches
-        self.drift.reset()
         metric = self.config.gate_metric
         if best is None or scores[best] < serving_score + self.config.rollback_margin:
+            if not alert:
+                return
+            self._rollback_cooldown = self.config.rollback_cooldown_micro_batches
+            self.drift.reset()
             self.account.alerts += 1
             self._record(
                 "alert",
@@ -582,17 +620,20 @@ class JobRuntime:
                 self.serving_version,
             )
             return
+        self._rollback_cooldown = self.config.rollback_cooldown_micro_batches
+        self.drift.reset()
+        trigger = "drift alarm" if alert else "gate check"
         self._roll_back(
-            best, _unsign(metric, serving_score), _unsign(metric, scores[best])
+            best, _unsign(metric, serving_score), _unsign(metric, scores[best]), trigger
         )
 
     def _roll_back(
-        self, target: int, serving_value: float, target_value: float
+        self, target: int, serving_value: float, target_value: float, trigger: str
     ) -> None:
         source = self.serving_version
         metric = self.config.gate_metric
         reason = (
-            f"drift alarm confirmed on the holdout window: {metric} of v{source} "
+            f"{trigger}: on the holdout window {metric} of v{source} is "
             f"{serving_value:.4f}, of v{target} {target_value:.4f}"
         )
         details = {
@@ -717,6 +758,9 @@ def _telemetry_event(telemetry: Any, kind: str, fields: Mapping[str, Any]) -> No
         "drift_alarm": mon.EventKind.DRIFT_ALARM,
     }
     event_kind = kinds.get(kind)
+    manual = kind == "adopted" and _is_rollback(fields)
+    if manual:
+        event_kind = mon.EventKind.ROLLBACK
     if event_kind is None:
         return
     details = {
@@ -726,10 +770,15 @@ def _telemetry_event(telemetry: Any, kind: str, fields: Mapping[str, Any]) -> No
     }
     labels: dict[str, str] = {}
     if event_kind is mon.EventKind.ROLLBACK:
-        labels["trigger"] = mon.TRIGGER_AUTOMATIC
+        labels["trigger"] = mon.TRIGGER_MANUAL if manual else mon.TRIGGER_AUTOMATIC
     if event_kind is mon.EventKind.DRIFT_ALARM:
         labels["detector"] = str(fields.get("detector", ""))
     telemetry.record_event(event_kind, labels=labels, **details)
+
+
+def _is_rollback(fields: Mapping[str, Any]) -> bool:
+    version, previous = fields.get("version"), fields.get("previous")
+    return isinstance(version, int) and isinstance(previous, int) and version < previous
 
 
 def _unsign(metric: str, score: float) -> float:
