@@ -66,8 +66,12 @@ class PointerConflict(RegistryError):
         self.version = version
 
 
-class PromotionPaused(RegistryError):
-    """Automatic promotion is paused, so the pointer was not moved."""
+class PromotionPaused(PointerConflict):
+    """Automatic promotion is paused, so the pointer was not moved.
+
+    A PointerConflict, because an operator's pause overrides the job's move:
+    a caller that follows the operator on a conflict does the right thing.
+    """
 
 
 class ContentionError(RegistryError):

@@ -51,9 +51,10 @@ Guarantees, for both backends (a local folder and ``gs://bucket/prefix``):
   files all match their SHA-256 and whose fingerprint matches the running
   job's (or, if no job recorded one, the serving version's). ``publish``
   moves it to the version it has just written, without these checks.
-- While automatic promotion is paused, ``publish`` stores the version but
-  leaves the pointer, and ``set_serving(kind="promote")`` raises
-  PromotionPaused. Rollbacks, manual or automatic, still move the pointer.
+- While automatic promotion is paused, ``publish`` stores the version,
+  leaves the pointer and raises PromotionPaused (a PointerConflict) with the
+  stored number, and ``set_serving(kind="promote")`` raises PromotionPaused.
+  Rollbacks, manual or automatic, still move the pointer.
 
 Every pointer change and pause is sent to the announcer, if one is given
 (rollback/announce.py sends them to a Pub/Sub topic). An announcement that
@@ -294,11 +295,11 @@ class Registry:
     ) -> int:
         """Store a new immutable version and return its number.
 
-        With ``move_pointer`` the pointer then moves to it (kind "publish"),
-        unless promotion is paused: the version is then only stored, and a
-        warning logged. If ``expected`` is given and the pointer no longer
-        points there, raises PointerConflict whose ``version`` is the stored
-        version.
+        With ``move_pointer`` the pointer then moves to it (kind "publish").
+        If it cannot, the version stays stored and the call raises a
+        PointerConflict whose ``version`` is the stored number: the subclass
+        PromotionPaused while promotion is paused, PointerConflict itself
+        when ``expected`` is given and the pointer no longer points there.
         """
         fields = _manifest_fields(manifest_fields)
         _check_files(files)
@@ -325,11 +326,12 @@ class Registry:
         if move_pointer:
             try:
                 self._move_pointer(number, actor, reason, "publish", expected, {})
-            except PromotionPaused:
+            except PromotionPaused as paused:
                 logger.warning(
                     "stored %s but left the pointer: automatic promotion is paused",
                     manifest.name,
                 )
+                raise PromotionPaused(str(paused), version=number) from paused
             except AlreadyServing:
                 # A racing rollback pointed at the new version first.
                 logger.info("%s serves already; pointer left as is", manifest.name)

@@ -219,10 +219,13 @@ def test_pause_keeps_pointer_on_publish(registry: Registry) -> None:
     publish_many(registry, 1)
     registry.pause("ops:ana", "incident 7")
 
-    version = registry.publish(make_files(2), make_fields(), "job", "validated")
+    with pytest.raises(PromotionPaused) as raised:
+        registry.publish(make_files(2), make_fields(), "job", "validated")
 
+    assert isinstance(raised.value, PointerConflict)
+    assert raised.value.version == 2
     assert registry.is_paused()
-    assert version == 2
+    assert registry.versions() == [1, 2]
     assert registry.serving() == 1
     with pytest.raises(PromotionPaused):
         registry.set_serving(2, "job", "promote", kind="promote")
