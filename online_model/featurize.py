@@ -70,6 +70,7 @@ class EncodedBatch:
     bag_ids: list[torch.Tensor]
     bag_events: list[torch.Tensor]
     new_values: int = 0
+    static_tokens: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)
@@ -215,9 +216,11 @@ class TokenLayout:
 
         weights = {f.name: f.weight for f in spec.fields}
         columns = featurizer.single_columns
-        self.single_weights = torch.tensor(
-            [weights[c.split("#")[0]] for c in columns]
-            + [weights[numeric_specs[i].name] for i in self.bucket_columns],
+        self.categorical_weights = torch.tensor(
+            [weights[c.split("#")[0]] for c in columns], dtype=torch.float32
+        )
+        self.bucket_weights = torch.tensor(
+            [weights[numeric_specs[i].name] for i in self.bucket_columns],
             dtype=torch.float32,
         )
         self.bag_weights = [weights[n] for n in featurizer.bag_fields]
@@ -227,8 +230,18 @@ class TokenLayout:
         for position, column in enumerate(self.bucket_columns):
             self.single_index[self.numeric_fields[column]] = len(columns) + position
         self.bag_index = {n: i for i, n in enumerate(featurizer.bag_fields)}
-        self.cross_salts = [stable_id(c.name, "\x00cross") for c in spec.crosses]
-        self.crosses = [_cross_columns(c, spec) for c in spec.crosses]
+        # Crosses with a numeric bucket change with the running statistics; the
+        # others are computed once per batch.
+        bucket_names = {self.numeric_fields[i] for i in self.bucket_columns}
+        self.static_crosses: list[tuple[int, tuple[str, ...]]] = []
+        self.dynamic_crosses: list[tuple[int, tuple[str, ...]]] = []
+        for cross in spec.crosses:
+            columns_of_cross = _cross_columns(cross, spec)
+            entry = (stable_id(cross.name, "\x00cross"), columns_of_cross)
+            if bucket_names.intersection(columns_of_cross):
+                self.dynamic_crosses.append(entry)
+            else:
+                self.static_crosses.append(entry)
 
 
 def standardize(
@@ -264,26 +277,23 @@ def hashed_tokens(
 ) -> ModelInput:
     """Build model input from an encoded batch and its standardized numbers ``z``."""
     size = batch.size
-    singles = [batch.categorical]
-    if layout.bucket_columns:
-        singles.append(_bucket_ids(z, layout))
-    single = torch.cat(singles, dim=1) if len(singles) > 1 else singles[0]
+    if batch.static_tokens is None:
+        batch.static_tokens = _static_tokens(batch, layout)
+    tokens = [batch.static_tokens[0]]
+    owners = [batch.static_tokens[1]]
+    weights = [batch.static_tokens[2]]
 
-    events_of_single = torch.arange(size).repeat_interleave(single.shape[1])
-    tokens = [single.reshape(-1)]
-    owners = [events_of_single]
-    weights = [layout.single_weights.repeat(size)]
-    for position, (ids, bag_owners) in enumerate(
-        zip(batch.bag_ids, batch.bag_events, strict=True)
-    ):
-        tokens.append(ids)
-        owners.append(bag_owners)
-        weights.append(torch.full((ids.shape[0],), layout.bag_weights[position]))
-    for salt, fields in zip(layout.cross_salts, layout.crosses, strict=True):
-        crossed, crossed_owners = _cross(batch, layout, single, fields, salt, size)
-        tokens.append(crossed)
-        owners.append(crossed_owners)
-        weights.append(torch.ones(crossed.shape[0]))
+    if layout.bucket_columns:
+        buckets = _bucket_ids(z, layout)
+        tokens.append(buckets.reshape(-1))
+        owners.append(torch.arange(size).repeat_interleave(buckets.shape[1]))
+        weights.append(layout.bucket_weights.repeat(size))
+        single = torch.cat([batch.categorical, buckets], dim=1)
+        for salt, fields in layout.dynamic_crosses:
+            crossed, crossed_owners = _cross(batch, layout, single, fields, salt, size)
+            tokens.append(crossed)
+            owners.append(crossed_owners)
+            weights.append(torch.ones(crossed.shape[0]))
 
     dense = torch.nan_to_num(z, nan=0.0).to(torch.float32)
     missing = torch.isnan(z).to(torch.float32)
@@ -294,6 +304,29 @@ def hashed_tokens(
         token_weights=torch.cat(weights).to(device),
         dense=torch.cat([dense, missing], dim=1).to(device),
     )
+
+
+def _static_tokens(
+    batch: EncodedBatch, layout: TokenLayout
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return the tokens that do not depend on running statistics, once per batch."""
+    size = batch.size
+    single = batch.categorical
+    tokens = [single.reshape(-1)]
+    owners = [torch.arange(size).repeat_interleave(single.shape[1])]
+    weights = [layout.categorical_weights.repeat(size)]
+    for position, (ids, bag_owners) in enumerate(
+        zip(batch.bag_ids, batch.bag_events, strict=True)
+    ):
+        tokens.append(ids)
+        owners.append(bag_owners)
+        weights.append(torch.full((ids.shape[0],), layout.bag_weights[position]))
+    for salt, fields in layout.static_crosses:
+        crossed, crossed_owners = _cross(batch, layout, single, fields, salt, size)
+        tokens.append(crossed)
+        owners.append(crossed_owners)
+        weights.append(torch.ones(crossed.shape[0]))
+    return torch.cat(tokens), torch.cat(owners), torch.cat(weights)
 
 
 def _bucket_ids(z: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
