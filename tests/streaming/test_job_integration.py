@@ -193,3 +193,30 @@ def test_restart_after_sigkill(tmp_path: Path) -> None:
     # Events acknowledged after the last checkpoint and before the kill are
     # lost; everything published after the restart is read.
     assert summary["events_read"] >= last_checkpoint["events_read"] + 1200
+
+
+def test_wrong_labels_burst_caught(tmp_path: Path) -> None:
+    topics = fresh_topics("burst")
+    events = job_postings(6000)
+    labels = sorted({e["job_role"] for e in events})
+    for event in events[3000:4200]:
+        position = labels.index(event["job_role"])
+        event["job_role"] = labels[(position + 3) % len(labels)]
+    run_dir = tmp_path / "run"
+    process = start_job(topics, run_dir, 6000)
+    publish(topics, events)
+    summary = finish(process, run_dir)
+
+    _adds_up(summary)
+    assert summary["events_read"] == 6000
+    records = decisions(run_dir)
+    caught = summary["candidates_rejected"] + summary["rollbacks_automatic"]
+    assert caught >= 1
+    # Clean candidates are sometimes rejected by a hair; the burst must cause
+    # a rejection by a wide margin (log loss in nats).
+    worse = [
+        d
+        for d in records
+        if d["kind"] == "rejection" and d["candidate_value"] > d["serving_value"] + 0.1
+    ]
+    assert worse, "no candidate was rejected for a clearly worse log loss"
