@@ -481,7 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
     result = run(args)
-    command = "python benchmarks/metrics_overhead.py " + " ".join(
+    command = ".venv/bin/python benchmarks/metrics_overhead.py " + " ".join(
         sys.argv[1:] if argv is None else argv
     )
     text = render_markdown(result, command.strip())

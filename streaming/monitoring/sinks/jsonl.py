@@ -40,6 +40,7 @@ from streaming.monitoring.telemetry import (
 logger = logging.getLogger(__name__)
 
 METRICS_FILE_NAME = "metrics.jsonl"
+_BUFFER_BYTES = 1 << 20
 
 
 class JsonLinesSink(Sink):
@@ -68,7 +69,10 @@ class JsonLinesSink(Sink):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Guards _file and _last_flush_s.
         self._lock = threading.Lock()
-        self._file: TextIO | None = self.path.open("a", encoding="utf-8")
+        # A large buffer: the file is written on flush, not every 8 KiB.
+        self._file: TextIO | None = self.path.open(
+            "a", encoding="utf-8", buffering=_BUFFER_BYTES
+        )
         self._last_flush_s = clock()
         # Encoded name, kind and labels of each series seen, by (name, labels).
         self._series_json: dict[tuple[str, tuple[str, ...]], str] = {}
