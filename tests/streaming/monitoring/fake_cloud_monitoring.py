@@ -199,7 +199,9 @@ class FakeMonitoringServer:
             last_end_s = earlier[-1].end_s
             if point.end_s <= last_end_s:
                 return f"{metric_type}: point at {point.end_s} not after {last_end_s}"
-            if point.end_s - last_end_s < self.min_interval_s:
+            # 1 µs of slack: float seconds near 1.8e9 resolve to about 0.24 µs,
+            # so two times exactly min_interval_s apart can round below it.
+            if point.end_s - last_end_s < self.min_interval_s - 1e-6:
                 return (
                     f"{metric_type}: points {point.end_s - last_end_s:.3f} s apart, "
                     f"min {self.min_interval_s} s"
