@@ -12,8 +12,10 @@ micro-batches, featurized beforehand).
 from __future__ import annotations
 
 import argparse
+import cProfile
 import dataclasses
 import math
+import pstats
 import time
 from typing import Any
 
@@ -95,11 +97,31 @@ def model_step_rate(
     return len(events) / (time.perf_counter() - started)
 
 
+def profile_stream(
+    name: str, config: LearnerConfig, micro_batch: int, limit: int | None
+) -> None:
+    """Print the functions that take the most time in a test-then-train run."""
+    events = list(iter_events(name))[:limit]
+    learner = OnlineLearner(load_spec(name), config, seed=0, device="cpu")
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for start in range(0, len(events), micro_batch):
+        learner.learn(events[start : start + micro_batch])
+    profiler.disable()
+    print(f"\nprofile of {name} ({len(events)} events), by own time:")
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--micro-batch", type=int, default=256)
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also print where the time of the test-then-train run goes (cProfile)",
+    )
     parser.add_argument(
         "--set",
         action="append",
@@ -129,6 +151,9 @@ def main() -> None:
             f"{row['model_step_events_per_s']:9.0f} {row['labels']:6d}",
             flush=True,
         )
+    if args.profile:
+        for name in args.datasets.split(","):
+            profile_stream(name, config, args.micro_batch, args.limit)
 
 
 if __name__ == "__main__":

@@ -130,11 +130,11 @@ _ABSENT = object()
 class EventScreen:
     """A fast pre-check that passes the common, clean events without building problems.
 
-    :meth:`screen` returns ``CLEAN`` (a labelled event with no problem),
-    ``UNLABELLED`` (a clean prediction request) or ``NEEDS_CHECK``, after
-    which :func:`check_event` gives the details. It accepts exactly the
-    events that :func:`check_event` finds no problem with, apart from the
-    missing label, and passes every other event on to it.
+    :meth:`screen` returns ``CLEAN`` (a labelled event that nothing
+    rejects), ``UNLABELLED`` (a prediction request that nothing rejects) or
+    ``NEEDS_CHECK``, after which :func:`check_event` gives the details. An
+    empty list passes as clean, because its ``empty_list`` note changes
+    nothing in how the event is used.
     """
 
     def __init__(self, spec: FeatureSpec) -> None:
@@ -170,8 +170,6 @@ class EventScreen:
                 if value - value != 0:  # NaN and infinities
                     return NEEDS_CHECK
             elif check == 2:
-                if not value:
-                    return NEEDS_CHECK
                 try:
                     "".join(value)  # raises TypeError unless every item is a str
                 except TypeError:
