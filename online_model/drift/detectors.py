@@ -1,8 +1,8 @@
 """River's ADWIN, Page-Hinkley and KSWIN behind the ``DriftDetector`` contract.
 
-The defaults are the ones ``benchmarks/drift_detectors.py`` measured: low false
-alarm rates on stationary streams at a detection delay of a few hundred to a
-few thousand events (see ``benchmarks/results/drift_detectors.md``). River
+The defaults were chosen with ``benchmarks/drift_detectors.py``, whose results
+page (``benchmarks/results/drift_detectors.md``) lists the detection delays
+and false alarm rates measured for them and for River's own defaults. River
 restarts each of these detectors from empty on the update after a detection,
 so after an alarm the detector learns the new level as its baseline.
 """
@@ -58,8 +58,8 @@ class PageHinkleyConfig:
     """
 
     min_instances: int = 30
-    delta: float = 0.01
-    threshold: float = 100.0
+    delta: float = 0.005
+    threshold: float = 75.0
     alpha: float = 1 - 0.0001
     mode: PageHinkleyMode = "up"
     cooldown_events: int = 1000
@@ -89,9 +89,10 @@ class KswinConfig:
     p-value is at most ``alpha`` and the KS statistic is above 0.1. ``seed``
     fixes the draw, so a run is reproducible.
 
-    River's KSWIN costs about 0.3-0.5 ms per value at these window sizes
-    (scipy's exact test, measured by ``benchmarks/drift_detectors.py`` on a
-    2-core machine). ``sample_every`` feeds only every n-th value to it, which
+    River's KSWIN runs scipy's exact test on every value: at the default
+    window sizes it took 0.6-0.9 ms per value on a busy 2-core machine
+    (``benchmarks/drift_detectors.py``), far more than the learner spends
+    per event. ``sample_every`` feeds only every n-th value to it, which
     divides that cost by n and multiplies the delay, counted in values, by
     about n. Positions and the cooldown still count every value.
     """

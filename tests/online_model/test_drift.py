@@ -318,11 +318,11 @@ def test_monitor_detectors_can_be_off() -> None:
 
 def test_monitor_log_loss_signal_is_capped() -> None:
     # 1000 events with p = 0.9 (loss 0.105), then events with p = 0. Each of
-    # those adds (loss - running mean - delta 0.01) to the Page-Hinkley sum.
-    # Cap 10: about 9.88, 9.87, ... 9.78, so the sum is 98.3 after ten and
-    # 108.0 after eleven, over the threshold of 100 at position 1010.
-    # Cap 40: the loss is -ln(1e-15) = 34.54, adding 34.39, 34.35, 34.32:
-    # 68.7 after two, 103.1 after three, so the alarm is at position 1002.
+    # those adds (loss - running mean - delta 0.005) to the Page-Hinkley sum.
+    # Cap 10: about 9.88, 9.87, ... 9.81, so the sum is 68.9 after seven and
+    # 78.7 after eight, over the threshold of 75 at position 1007.
+    # Cap 40: the loss of p = 0 is the cap itself, adding 39.86 and 39.73, so
+    # the sum is 79.6 after two and the alarm is at position 1001.
     records = [Scored("a", ("a",), 0.9)] * 1000 + [Scored("a", ("b",), 0.0)] * 20
     positions = {}
     for cap in (10.0, 40.0):
@@ -333,8 +333,8 @@ def test_monitor_log_loss_signal_is_capped() -> None:
         assert [alarm.detector for alarm in alarms] == ["page_hinkley_log_loss"]
         positions[cap] = alarms[0].position
 
-    assert positions[10.0] == 1010
-    assert positions[40.0] == 1002
+    assert positions[10.0] == 1007
+    assert positions[40.0] == 1001
 
 
 def test_monitor_kswin_on_event_field() -> None:
