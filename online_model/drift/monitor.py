@@ -20,7 +20,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeGuard
 
 from online_model.drift.base import DriftAlarm, DriftDetector
 from online_model.drift.detectors import (
@@ -89,7 +89,9 @@ class DriftMonitor:
     """The drift detectors of one stream, fed a micro-batch at a time.
 
     Alarm positions count from the first record of the first micro-batch:
-    quality alarms index the Scored records, feature alarms index the events.
+    a quality alarm carries the index of its Scored record, and a feature
+    alarm the index of its event among all events given, including events
+    whose value for that field was skipped.
     """
 
     def __init__(self, config: DriftMonitorConfig | None = None) -> None:
@@ -113,6 +115,7 @@ class DriftMonitor:
         }
         self._n_missing_values: Counter[str] = Counter()
         self._n_invalid_values: Counter[str] = Counter()
+        self._n_events = 0
 
     @property
     def detectors(self) -> tuple[DriftDetector, ...]:
@@ -164,6 +167,7 @@ class DriftMonitor:
             detector.reset()
         self._n_missing_values.clear()
         self._n_invalid_values.clear()
+        self._n_events = 0
 
     def _update_quality(self, micro_batch: Sequence[Scored]) -> list[DriftAlarm]:
         alarms: list[DriftAlarm] = []
@@ -196,6 +200,8 @@ class DriftMonitor:
         alarms: list[DriftAlarm] = []
         invalid_in_batch: Counter[str] = Counter()
         for event in events:
+            event_position = self._n_events
+            self._n_events += 1
             for name, detector in self._feature_detectors.items():
                 value = event.get(name)
                 if value is None:
@@ -204,9 +210,9 @@ class DriftMonitor:
                 if not _is_finite_number(value):
                     invalid_in_batch[name] += 1
                     continue
-                alarm = detector.update(float(value))  # type: ignore[arg-type]
+                alarm = detector.update(float(value))
                 if alarm is not None:
-                    alarms.append(alarm)
+                    alarms.append(dataclasses.replace(alarm, position=event_position))
 
         if invalid_in_batch:
             self._n_invalid_values.update(invalid_in_batch)
@@ -217,7 +223,7 @@ class DriftMonitor:
         return alarms
 
 
-def _is_finite_number(value: object) -> bool:
+def _is_finite_number(value: object) -> TypeGuard[int | float]:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return False
     return math.isfinite(value)

@@ -352,6 +352,28 @@ def test_monitor_kswin_on_event_field() -> None:
     assert alarms[0].event_time_ms is None
 
 
+def test_monitor_feature_position_counts_events() -> None:
+    # Every other event lacks the field, so the detector sees half the events
+    # but the alarm carries the index among all events.
+    rng = random.Random(3)
+    events: list[dict[str, object]] = []
+    for i in range(1400):
+        events.append({"salary": rng.gauss(100.0 if i < 700 else 160.0, 20.0)})
+        events.append({"salary": None})
+    monitor = DriftMonitor(
+        DriftMonitorConfig(adwin=None, page_hinkley=None, kswin_features=("salary",))
+    )
+
+    alarms = feed_in_batches(monitor, [Scored("a", ("a",), 1.0)] * 2800, events)
+
+    detector = monitor.detectors[0]
+    assert [alarm.detector for alarm in alarms] == ["kswin_salary"]
+    assert alarms[0].position % 2 == 0
+    assert 1400 <= alarms[0].position < 1600
+    assert detector.n_updates == 1400
+    assert monitor.n_missing_values == {"salary": 1400}
+
+
 def test_monitor_counts_skipped_values(caplog: pytest.LogCaptureFixture) -> None:
     events: list[dict[str, object]] = [
         {"salary": 1.0, "hours": 2},
