@@ -80,7 +80,8 @@ class DriftDetector(abc.ABC):
 
         Raises ValueError for a value that is not a finite number.
         """
-        if isinstance(value, bool) or not math.isfinite(value):
+        is_number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not (is_number and math.isfinite(value)):
             raise ValueError(
                 f"detector {self.name!r} needs a finite number, got {value!r}"
             )

@@ -166,7 +166,7 @@ def test_contract_reset_replays_same(factory: DetectorFactory) -> None:
     assert run(detector, two_step_stream()) == first_run
 
 
-@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, "0.5", True])
 def test_contract_rejects_non_finite(factory: DetectorFactory, value: float) -> None:
     detector = factory(100)
 
