@@ -179,7 +179,11 @@ def run_job(settings: Any, args: argparse.Namespace) -> int:
         write_account(settings, slot.runtime, force=True)
     elapsed_s = time.monotonic() - started
     _print_summary(args, settings, slot.runtime, elapsed_s)
-    _write_report(settings)
+    report = _write_report(settings)
+    if report is not None and args.format == "json":
+        _print(args, {"event": "report", "path": str(report)})
+    elif report is not None:
+        print(f"report: {report}", flush=True)
     stop.set()
     relay.cancel()
     sys.stdout.flush()
@@ -190,18 +194,17 @@ def run_job(settings: Any, args: argparse.Namespace) -> int:
     os._exit(0)
 
 
-def _write_report(settings: Any) -> None:
+def _write_report(settings: Any) -> Path | None:
     from streaming import monitoring as mon
 
     mon.close_shared_telemetry()
     try:
         from streaming.report import write_report
 
-        path = write_report(Path(settings.run_dir), None, 10)
+        return write_report(Path(settings.run_dir), None, 10)
     except (OSError, ValueError) as error:
         logger.error("could not write the run report: %s", error)
-        return
-    print(f"report: {path}", flush=True)
+        return None
 
 
 def _tick(topics: JobTopics, interval_s: float, stop: threading.Event) -> None:

@@ -473,6 +473,7 @@ class JobRuntime:
             freshness_median_s=_quantile(freshness, 0.5),
             freshness_p95_s=_quantile(freshness, 0.95),
             freshness_events=len(freshness),
+            freshness_sample_s=_sample(freshness, 100),
             **numbers,
         )
         logger.info("published v%d (parent %s): %s", version, parent, reason)
@@ -791,6 +792,14 @@ def _finite(values: Mapping[str, float | int]) -> dict[str, float]:
         for key, value in values.items()
         if isinstance(value, int | float) and math.isfinite(value)
     }
+
+
+def _sample(values: Sequence[float], size: int) -> list[float]:
+    """Return ``size`` values spread evenly over sorted ``values``, rounded."""
+    if len(values) <= size:
+        return [round(v, 3) for v in values]
+    step = len(values) / size
+    return [round(values[int(i * step)], 3) for i in range(size)]
 
 
 def _quantile(values: Sequence[float], q: float) -> float | None:
