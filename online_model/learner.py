@@ -221,8 +221,16 @@ class OnlineLearner:
 
         encoded = self.featurizer.encode(everything)
         report.new_values = encoded.new_values
-        probabilities = self._probabilities(encoded)
         labelled_count = len(checked.labelled)
+        # One forward pass both scores the batch and, unless the output layer
+        # grows, starts the first training step, so the model learns from
+        # exactly the input it was scored on.
+        batch = self._model_input(encoded)
+        logits = self._model(batch) if self._labels and labelled_count else None
+        if logits is not None:
+            probabilities = self._mix_prior(torch.softmax(logits.detach(), dim=1))
+        else:
+            probabilities = self._probabilities(encoded)
         report.scored = self._scored(checked.labelled, probabilities[:labelled_count])
         report.predictions = [
             (str(event[self.spec.event_id_field]), ranked)
@@ -234,7 +242,9 @@ class OnlineLearner:
         ]
         if labelled_count:
             report.new_labels = self._add_labels(checked.labelled)
-            self._train(_head(encoded, labelled_count), checked.labelled, report)
+            if report.new_labels:
+                logits = None
+            self._train(batch, encoded, checked.labelled, logits, report)
         report.learned = labelled_count if report.loss is not None else 0
         self._count(report)
         return report
@@ -385,7 +395,11 @@ class OnlineLearner:
             return torch.zeros(encoded.size, 0)
         with torch.no_grad():
             logits = self._model(self._model_input(encoded))
-            probabilities = torch.softmax(logits.float(), dim=1).cpu()
+        return self._mix_prior(torch.softmax(logits, dim=1))
+
+    def _mix_prior(self, probabilities: torch.Tensor) -> torch.Tensor:
+        """Mix the smoothed label frequencies into model probabilities (on the CPU)."""
+        probabilities = probabilities.float().cpu()
         weight = self.config.prior_weight
         if weight == 0:
             return probabilities
@@ -505,18 +519,20 @@ class OnlineLearner:
 
     def _train(
         self,
+        batch: ModelInput,
         encoded: EncodedBatch,
         events: list[dict[str, Any]],
+        first_logits: torch.Tensor | None,
         report: MicroBatchReport,
     ) -> None:
+        """Take the configured optimizer steps on the labelled events.
+
+        The labelled events are the first ``len(events)`` rows of ``batch``.
+        The running statistics take in the batch only after a step
+        succeeded, so a rejected update leaves them as they were.
+        """
         model = self._model
-        transformed = transform_numeric(encoded.numeric, self._layout)
-        saved_statistics = [
-            b.clone()
-            for b in (model.numeric_count, model.numeric_mean, model.numeric_m2)
-        ]
-        model.update_numeric_statistics(transformed.to(self.device))
-        batch = self._model_input(encoded)
+        count = len(events)
         label_field = self.spec.label_field
         targets = torch.tensor(
             [self._label_index[e[label_field]] for e in events],
@@ -524,14 +540,16 @@ class OnlineLearner:
             device=self.device,
         )
         loss_value = None
-        for _ in range(self.config.steps_per_batch):
+        for step in range(self.config.steps_per_batch):
             for optimizer in self._optimizers:
                 optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(batch), targets)
+            logits = first_logits if step == 0 and first_logits is not None else None
+            if logits is None:
+                logits = model(batch)
+            loss = F.cross_entropy(logits[:count], targets)
             if not torch.isfinite(loss) or not self._backward_finite(loss):
-                # Steps that already succeeded on this batch stay; so do the
-                # statistics they were computed with.
-                self._refuse(report, saved_statistics if loss_value is None else None)
+                # Steps that already succeeded on this batch stay.
+                self._refuse(report)
                 break
             for optimizer in self._optimizers:
                 optimizer.step()
@@ -539,6 +557,8 @@ class OnlineLearner:
                 loss_value = float(loss.detach())
         if loss_value is None:
             return
+        transformed = transform_numeric(encoded.numeric[:count], self._layout)
+        model.update_numeric_statistics(transformed.to(self.device))
         model.label_counts.index_add_(
             0, targets, torch.ones_like(targets, dtype=torch.float64)
         )
@@ -555,16 +575,7 @@ class OnlineLearner:
             totals.append(values.sum())
         return bool(torch.isfinite(torch.stack(totals).sum())) if totals else True
 
-    def _refuse(
-        self, report: MicroBatchReport, saved_statistics: list[torch.Tensor] | None
-    ) -> None:
-        buffers = (
-            self._model.numeric_count,
-            self._model.numeric_mean,
-            self._model.numeric_m2,
-        )
-        for buffer, saved in zip(buffers, saved_statistics or buffers, strict=True):
-            buffer.copy_(saved)
+    def _refuse(self, report: MicroBatchReport) -> None:
         for optimizer in self._optimizers:
             optimizer.zero_grad(set_to_none=True)
         report.refused_non_finite += 1
@@ -658,26 +669,6 @@ def _move_state(
             padding = value.new_zeros((added_rows, *value.shape[1:]))
             state[key] = torch.cat([value, padding])
     optimizer.state[new] = state
-
-
-def _head(encoded: EncodedBatch, count: int) -> EncodedBatch:
-    """Return the first ``count`` events of an encoded batch."""
-    if count == encoded.size:
-        return encoded
-    bag_ids = []
-    bag_events = []
-    for ids, owners in zip(encoded.bag_ids, encoded.bag_events, strict=True):
-        keep = owners < count
-        bag_ids.append(ids[keep])
-        bag_events.append(owners[keep])
-    return EncodedBatch(
-        size=count,
-        categorical=encoded.categorical[:count],
-        numeric=encoded.numeric[:count],
-        bag_ids=bag_ids,
-        bag_events=bag_events,
-        new_values=encoded.new_values,
-    )
 
 
 def _millis(value: Any) -> int:
