@@ -96,6 +96,8 @@ class TelemetryConfig:
     ``export_interval_s``. It must be at least 5 s, because the service
     rejects points of one series written more often. ``resource_interval_s``
     is the period of the resource sampler; 0 turns it off.
+    ``file_point_interval_s`` is the least time between two lines of one
+    series in ``metrics.jsonl``; 0 writes every point.
     """
 
     job: str
@@ -106,12 +108,17 @@ class TelemetryConfig:
     cloud_location: str = "global"
     export_interval_s: float = 10.0
     resource_interval_s: float = 10.0
+    file_point_interval_s: float = 1.0
 
     def __post_init__(self) -> None:
         if self.export_interval_s < 5.0:
             raise ValueError(
                 "export_interval_s must be >= 5 s, because Cloud Monitoring "
                 f"rejects faster writes; got {self.export_interval_s}"
+            )
+        if self.file_point_interval_s < 0:
+            raise ValueError(
+                f"file_point_interval_s must be >= 0, got {self.file_point_interval_s}"
             )
         if self.resource_interval_s < 0:
             raise ValueError(
@@ -144,7 +151,11 @@ def open_telemetry(
     if config.run_dir is not None:
         sinks.append(
             JsonLinesSink(
-                config.run_dir, job=config.job, model=config.model, clock=clock
+                config.run_dir,
+                job=config.job,
+                model=config.model,
+                clock=clock,
+                point_interval_s=config.file_point_interval_s,
             )
         )
     if config.beam:

@@ -175,16 +175,19 @@ def _add(records: RunRecords, record: dict[str, Any]) -> None:
 
 def _add_point(records: RunRecords, record: dict[str, Any], time_s: float) -> None:
     name = str(record["name"])
-    value = float(record["value"])
     key = _label_key(record.get("labels", {}))
     point_kind = record.get("kind")
+    if point_kind == "distribution":
+        # Stored as the mean of the observations the line summarizes.
+        count = int(record.get("count", 0))
+        if count:
+            mean = float(record["sum"]) / count
+            records.distributions[name].append(Sample(time_s, mean))
+        return
+    value = float(record["value"])
     if point_kind == "counter":
         start_s = float(record.get("start_time", 0.0))
         records.counters[name][key].append(CounterSample(time_s, value, start_s))
-    elif point_kind == "distribution":
-        records.distributions[name].append(
-            Sample(time_s, value, record.get("event_time_ms"))
-        )
     else:
         records.gauges[name][key].append(
             Sample(time_s, value, record.get("event_time_ms"))

@@ -51,7 +51,8 @@ def write_synthetic_run(run_dir: Path, seed: int = 3) -> mon.Telemetry:
     span_ms = 365 * 86_400_000
 
     for batch in range(BATCHES):
-        clock.advance(0.4 + rng.random() * 0.2)
+        # More than the sink's 1 s point interval, so every batch is written.
+        clock.advance(1.0 + rng.random() * 0.2)
         event_ms = FIRST_EVENT_MS + span_ms * batch // BATCHES
         top5 = _top5_at(batch, rng)
         _record_batch(telemetry, rng, batch, event_ms, top5)

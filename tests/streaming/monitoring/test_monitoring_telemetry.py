@@ -104,7 +104,9 @@ def test_event_counts_and_records(clock: FakeClock) -> None:
 
 
 def test_jsonl_records_every_kind(tmp_path: Path, clock: FakeClock) -> None:
-    sink = mon.JsonLinesSink(tmp_path, job="jobs-demo", model="roles", clock=clock)
+    sink = mon.JsonLinesSink(
+        tmp_path, job="jobs-demo", model="roles", clock=clock, point_interval_s=0
+    )
     telemetry = mon.Telemetry([sink], clock=clock)
 
     telemetry.count(mon.EVENTS_LEARNED, 256)
@@ -141,7 +143,9 @@ def test_jsonl_records_every_kind(tmp_path: Path, clock: FakeClock) -> None:
     assert records[3]["event_time_ms"] == 1234
     assert records[3]["kind"] == "gauge"
     assert records[4]["kind"] == "distribution"
-    assert records[4]["value"] == 0.02
+    assert records[4]["count"] == 1
+    assert records[4]["sum"] == 0.02
+    assert records[4]["max"] == 0.02
     assert records[5]["name"] == "drift/alarms"
     assert records[6] == {
         "type": "event",
@@ -162,7 +166,9 @@ def test_jsonl_records_every_kind(tmp_path: Path, clock: FakeClock) -> None:
 def test_jsonl_writes_numpy_and_nan(tmp_path: Path, clock: FakeClock) -> None:
     import numpy
 
-    sink = mon.JsonLinesSink(tmp_path, job="j", model="m", clock=clock)
+    sink = mon.JsonLinesSink(
+        tmp_path, job="j", model="m", clock=clock, point_interval_s=0
+    )
     telemetry = mon.Telemetry([sink], clock=clock)
 
     telemetry.set(mon.TRAINING_LOSS, numpy.float32(0.5))
@@ -204,6 +210,38 @@ def test_confusion_from_matrix_table(tmp_path: Path, clock: FakeClock) -> None:
         ["engineer", "engineer", 5],
     ]
     assert record["source"] == "prequential"
+
+
+def test_jsonl_thins_points_per_series(tmp_path: Path, clock: FakeClock) -> None:
+    sink = mon.JsonLinesSink(tmp_path, job="j", model="m", clock=clock)
+    telemetry = mon.Telemetry([sink], clock=clock)
+
+    for step in range(10):  # 2.25 s in steps of 0.25 s
+        telemetry.count(mon.EVENTS_LEARNED, 10)
+        telemetry.set(mon.TRAINING_LOSS, float(step), event_time_ms=step)
+        telemetry.observe(mon.MICRO_BATCH_LATENCY, 0.01 * (step + 1))
+        clock.advance(0.25)
+    telemetry.close()
+
+    records = read_records(tmp_path)[1:]
+    learned = [r["value"] for r in records if r["name"] == "events/learned"]
+    loss = [
+        (r["value"], r["event_time_ms"])
+        for r in records
+        if r["name"] == "training/loss"
+    ]
+    latency = [r for r in records if r["name"] == "training/micro_batch_latency"]
+    # The counter is written first at 0 s, 1 s and 2 s. Each of those
+    # writes starts the once-a-second flush, which writes the loss and
+    # latency held back since their last line (steps 1-3 and 5-7), so the
+    # values of steps 4 and 8 wait; close writes the last ones.
+    assert learned == [10, 50, 90, 100]
+    assert loss == [(0.0, 0), (3.0, 3), (7.0, 7), (9.0, 9)]
+    assert [r["count"] for r in latency] == [1, 3, 4, 2]
+    assert sum(r["sum"] for r in latency) == pytest.approx(0.55)
+    assert latency[1]["min"] == pytest.approx(0.02)
+    assert latency[1]["max"] == pytest.approx(0.04)
+    assert len(records) == 12
 
 
 def test_jsonl_flushes_on_interval(tmp_path: Path, clock: FakeClock) -> None:
