@@ -58,7 +58,7 @@ class PointerConflict(RegistryError):
 
     When the failed call was a publish whose pointer move lost the race,
     ``version`` is the number it published. That version is stored and
-    intact.
+    intact. ``version`` is None when nothing was stored.
     """
 
     def __init__(self, message: str, version: int | None = None) -> None:

@@ -304,7 +304,16 @@ class Registry:
         fields = _manifest_fields(manifest_fields)
         _check_files(files)
         _check_actor(actor)
-        parent = fields.parent if fields.parent is not None else self.serving()
+        serving = self.serving()
+        expected_number = _expected_number(expected)
+        if move_pointer and expected_number is not ANY and expected_number != serving:
+            # Checked again when the pointer moves; this early check only
+            # avoids storing a version that could not serve.
+            raise PointerConflict(
+                f"the pointer moved: {_name(serving)} serves, not "
+                f"{_name(expected_number)} as expected; nothing was published"
+            )
+        parent = fields.parent if fields.parent is not None else serving
         if parent is not None and fields.parent is not None:
             self.describe(parent)  # raises VersionNotFound for a bad parent
 
@@ -364,6 +373,7 @@ class Registry:
                 f"invalid kind {kind!r}: expected one of {', '.join(POINTER_KINDS)}"
             )
         _check_actor(actor)
+        _check_details(details or {})
         manifest = self.verify(number)
         self._check_compatible(manifest, self.serving())
         return self._move_pointer(number, actor, reason, kind, expected, details or {})
@@ -696,6 +706,16 @@ def _check_files(files: Mapping[str, bytes]) -> None:
                 f"invalid content of file {name!r}: {type(data).__name__}; "
                 "expected bytes"
             )
+
+
+def _check_details(details: Mapping[str, Any]) -> None:
+    try:
+        json.dumps(dict(details), allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise InvalidInput(
+            f"invalid details {details!r}: {error}; use strings, finite numbers "
+            "and booleans, such as {'accuracy': 0.61}"
+        ) from error
 
 
 def _check_actor(actor: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Any
 
 import pytest
 from registry_helpers import (
@@ -14,6 +15,7 @@ from registry_helpers import (
     make_files,
 )
 
+from rollback.backends.base import Storage
 from rollback.errors import (
     AlreadyServing,
     CorruptVersion,
@@ -165,15 +167,36 @@ def test_set_serving_expected_match(registry: Registry) -> None:
     assert registry.serving() == 1
 
 
-def test_publish_expected_mismatch_keeps_version(registry: Registry) -> None:
+class RollbackAfterManifest:
+    """A store that lets an operator roll back right after a manifest write."""
+
+    def __init__(self, storage: Storage, operator: Registry) -> None:
+        self.storage = storage
+        self.operator = operator
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.storage, name)
+
+    def create(self, key: str, data: bytes) -> bool:
+        created = self.storage.create(key, data)
+        if key.endswith("/manifest.json"):
+            self.operator.rollback("v1", "ops:ana", "raced the publish")
+        return created
+
+
+def test_publish_race_keeps_version(registry: Registry, clock: FixedClock) -> None:
     publish_many(registry, 2)
+    operator = open_registry(registry.url)
+    racing = Registry(RollbackAfterManifest(registry.storage, operator), clock=clock)
 
     with pytest.raises(PointerConflict) as raised:
-        registry.publish(make_files(5), make_fields(), "job", "late", expected=1)
+        racing.publish(make_files(5), make_fields(), "job", "late", expected=2)
 
     assert raised.value.version == 3
     assert registry.versions() == [1, 2, 3]
-    assert registry.serving() == 2
+    assert registry.read(3).files == make_files(5)
+    assert registry.serving() == 1
+    assert registry.history()[-1].actor == "ops:ana"
 
 
 def test_already_serving_rejected(registry: Registry) -> None:
@@ -366,3 +389,24 @@ def test_damaged_state_named(registry: Registry) -> None:
 
     with pytest.raises(RegistryError, match=r"state\.json in registry .* is damaged"):
         registry.serving()
+
+
+def test_publish_stale_expected_stores_nothing(registry: Registry) -> None:
+    publish_many(registry, 2)
+
+    with pytest.raises(PointerConflict) as raised:
+        registry.publish(make_files(5), make_fields(), "job", "stale", expected=1)
+
+    assert raised.value.version is None
+    assert registry.versions() == [1, 2]
+
+
+def test_invalid_details_rejected(registry: Registry) -> None:
+    publish_many(registry, 2)
+
+    with pytest.raises(InvalidInput, match="invalid details"):
+        registry.set_serving(
+            1, "job", "drift", kind="auto_rollback", details={"accuracy": float("nan")}
+        )
+
+    assert registry.serving() == 2
