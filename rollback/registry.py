@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -373,10 +374,10 @@ class Registry:
                 f"invalid kind {kind!r}: expected one of {', '.join(POINTER_KINDS)}"
             )
         _check_actor(actor)
-        _check_details(details or {})
+        clean_details = _clean_details(details or {})
         manifest = self.verify(number)
         self._check_compatible(manifest, self.serving())
-        return self._move_pointer(number, actor, reason, kind, expected, details or {})
+        return self._move_pointer(number, actor, reason, kind, expected, clean_details)
 
     def plan_rollback(self, to: int | str | None = None) -> tuple[int | None, int]:
         """Return (serving, target) of a rollback after every check.
@@ -708,14 +709,26 @@ def _check_files(files: Mapping[str, bytes]) -> None:
             )
 
 
-def _check_details(details: Mapping[str, Any]) -> None:
+def _clean_details(details: Mapping[str, Any]) -> dict[str, Any]:
+    """Return ``details`` as strict JSON data; NaN and infinities become text.
+
+    A NaN metric must not block an automatic rollback, and strict JSON has
+    no NaN, so it is stored as the string "nan".
+    """
+    clean = {
+        str(key): str(value)
+        if isinstance(value, float) and not math.isfinite(value)
+        else value
+        for key, value in details.items()
+    }
     try:
-        json.dumps(dict(details), allow_nan=False)
+        json.dumps(clean, allow_nan=False)
     except (TypeError, ValueError) as error:
         raise InvalidInput(
-            f"invalid details {details!r}: {error}; use strings, finite numbers "
-            "and booleans, such as {'accuracy': 0.61}"
+            f"invalid details {details!r}: {error}; use strings, numbers and "
+            "booleans, such as {'accuracy': 0.61}"
         ) from error
+    return clean
 
 
 def _check_actor(actor: str) -> None:

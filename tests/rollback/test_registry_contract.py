@@ -401,12 +401,21 @@ def test_publish_stale_expected_stores_nothing(registry: Registry) -> None:
     assert registry.versions() == [1, 2]
 
 
-def test_invalid_details_rejected(registry: Registry) -> None:
+def test_rollback_details_stored_as_json(registry: Registry) -> None:
     publish_many(registry, 2)
 
-    with pytest.raises(InvalidInput, match="invalid details"):
-        registry.set_serving(
-            1, "job", "drift", kind="auto_rollback", details={"accuracy": float("nan")}
-        )
+    registry.set_serving(
+        1,
+        "job",
+        "drift",
+        kind="auto_rollback",
+        details={"accuracy": float("nan"), "threshold": 0.8},
+    )
 
-    assert registry.serving() == 2
+    assert registry.history()[-1].details == {"accuracy": "nan", "threshold": 0.8}
+    state_blob = registry.storage.read(STATE_KEY)
+    assert state_blob is not None
+    assert b"NaN" not in state_blob.data
+    with pytest.raises(InvalidInput, match="invalid details"):
+        registry.set_serving(2, "job", "x", kind="auto_rollback", details={"a": {1}})
+    assert registry.serving() == 1
