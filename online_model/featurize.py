@@ -157,13 +157,18 @@ class Featurizer:
                     values = _words(values)
                 if not values:
                     values = (_EMPTY,)
-                for value in values:
-                    feature_id = cache.get(value)
-                    if feature_id is None:
-                        feature_id = self._remember(name, cache, value)
-                        new_values += 1
-                    ids.append(feature_id)
-                    owners.append(index)
+                try:
+                    found = list(map(cache.__getitem__, values))
+                except KeyError:
+                    found = []
+                    for value in values:
+                        feature_id = cache.get(value)
+                        if feature_id is None:
+                            feature_id = self._remember(name, cache, value)
+                            new_values += 1
+                        found.append(feature_id)
+                ids.extend(found)
+                owners.extend([index] * len(found))
 
         size = len(events)
         single_count = len(single_plan) + len(value_plan)
