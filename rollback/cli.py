@@ -203,7 +203,7 @@ def _status_line(registry: Registry) -> str:
 def _warn_if_not_announced(registry: Registry) -> None:
     if registry.last_announce_error is not None:
         print(
-            f"rollback: warning: the change stands but was not announced: "
+            f"rollback: warning: the change is made but was not announced: "
             f"{registry.last_announce_error}; followers see it when they next "
             "read the registry",
             file=sys.stderr,

@@ -58,7 +58,8 @@ Guarantees, for both backends (a local folder and ``gs://bucket/prefix``):
 
 Every pointer change and pause is sent to the announcer, if one is given
 (rollback/announce.py sends them to a Pub/Sub topic). An announcement that
-fails is logged and kept in ``last_announce_error``; the change stands.
+fails is logged and kept in ``last_announce_error``, and the change remains
+in effect.
 """
 
 from __future__ import annotations

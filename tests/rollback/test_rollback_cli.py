@@ -399,7 +399,7 @@ def test_failed_announcement_warns(
     assert result.returncode == 0
     assert result.stdout == "rolled back serving from v3 to v2\n"
     assert result.stderr.startswith(
-        "rollback: warning: the change stands but was not announced"
+        "rollback: warning: the change is made but was not announced"
     )
     assert registry.serving() == 2
 
