@@ -466,3 +466,27 @@ def test_versions_describe_corrupt_file(registry: Registry) -> None:
         "integrity:        CORRUPT: version v1 is corrupt: file learner.json has 2 "
         "bytes, the manifest records 11"
     ]
+
+
+def test_commands_on_gcs_registry(gcs_bucket: str, gcs_endpoint: str) -> None:
+    url = f"gs://{gcs_bucket}/models"
+    registry = open_registry(url, create=True, clock=FixedClock())
+    for seed in range(3):
+        registry.publish(make_files(seed), make_fields(), "job", "ok")
+    emulator = {"STORAGE_EMULATOR_HOST": gcs_endpoint}
+
+    rolled = run("rollback", "--to", "v1", "--registry", url, env=emulator)
+    listed = run(
+        "streamlearn",
+        "versions",
+        "list",
+        "--format",
+        "json",
+        env={**emulator, "STREAMLEARN_REGISTRY": url},
+    )
+
+    assert rolled.returncode == 0, rolled.stderr
+    assert rolled.stdout == "rolled back serving from v3 to v1\n"
+    assert registry.serving() == 1
+    statuses = {row["name"]: row["status"] for row in json.loads(listed.stdout)}
+    assert statuses == {"v3": "rolled back", "v2": "retired", "v1": "serving"}
