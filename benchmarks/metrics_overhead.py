@@ -1,6 +1,6 @@
 """Measure what metrics and their export cost a learner loop.
 
-Usage: .venv/bin/python benchmarks/metrics_overhead.py [--events 200000]
+Usage: .venv/bin/python benchmarks/metrics_overhead.py [--events 600000]
        [--micro-batch 256] [--learner auto|online_model|stand-in]
        [--device cpu|cuda] [--output benchmarks/results/metrics_overhead.md]
 
@@ -470,10 +470,10 @@ def render_markdown(result: dict[str, Any], command: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--events", type=int, default=600_000)
     parser.add_argument("--micro-batch", type=int, default=256)
     parser.add_argument("--warm-up-batches", type=int, default=20)
-    parser.add_argument("--chunks", type=int, default=8)
+    parser.add_argument("--chunks", type=int, default=12)
     parser.add_argument(
         "--learner", choices=("auto", "online_model", "stand-in"), default="auto"
     )
