@@ -57,7 +57,7 @@ def mix_ids(left: torch.Tensor, right: torch.Tensor | int) -> torch.Tensor:
 class EncodedBatch:
     """The model-independent part of a featurized batch.
 
-    ``categorical`` holds one feature id per event and single-valued field
+    ``categorical`` contains one feature id per event and single-valued field
     (``[events, fields]``), ``numeric`` the raw numbers (NaN when null,
     ``[events, numeric fields]``), and each bag field a flat tensor of ids
     with the index of the event each belongs to. ``new_values`` counts the
@@ -85,7 +85,7 @@ class ModelInput:
 
 
 class Featurizer:
-    """Encode events of one feature spec; the value caches are its only state."""
+    """Encoder for the events of one feature spec, whose only state is its caches."""
 
     def __init__(self, spec: FeatureSpec) -> None:
         self.spec = spec
@@ -202,7 +202,7 @@ class Featurizer:
 
 
 class TokenLayout:
-    """Where each feature of a spec comes from, precomputed once per spec."""
+    """The source column of every feature of a spec, precomputed once per spec."""
 
     def __init__(
         self, spec: FeatureSpec, featurizer: Featurizer, hash_bits: int

@@ -1,10 +1,11 @@
 """The PyTorch model: hashed embeddings, a small hidden layer and a growing softmax.
 
-Each event's hashed features are summed into one embedding vector (a
-factorized linear model over the hashed space), joined with the event's
-standardized numbers and missing-value flags, passed through one ReLU layer,
-and both the embedding sum and the hidden layer feed the output logits. The
-output layer has one row per known label and grows when a new label arrives.
+Each event's hashed features are summed into one embedding vector, which
+makes a factorized linear model over the hashed space. That vector, joined
+with the event's standardized numbers and missing-value flags, goes through
+one ReLU layer. The output logits read both the joined vector and the hidden
+layer. The output layer has one row per known label and grows when a new
+label arrives.
 
 The running statistics of the numeric fields (count, mean and sum of squared
 deviations, per field) are buffers of the model, so they are saved and

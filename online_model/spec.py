@@ -56,7 +56,7 @@ class AvroField:
     """One top-level field of an Avro record, reduced to what featurizing needs.
 
     ``base_type`` is the Avro type name once ``null`` is taken out of a union
-    (``array``, ``enum``, ``string``, ``double``, ...); ``items`` is the item
+    (``array``, ``enum``, ``string``, ``double``, ...). ``items`` is the item
     type of an array.
     """
 

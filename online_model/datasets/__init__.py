@@ -139,5 +139,7 @@ def read_events(path: str | Path) -> Iterator[dict[str, Any]]:
     with open(path, "rb") as stream:
         for record in fastavro.reader(stream):
             if not isinstance(record, dict):
-                raise ValueError(f"Avro file {str(path)!r} holds a non-record value")
+                raise ValueError(
+                    f"Avro file {str(path)!r} contains a value that is not a record"
+                )
             yield record

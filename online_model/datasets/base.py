@@ -87,7 +87,7 @@ RowParser = Callable[[dict[str, str], int], Event]
 
 
 def data_dir() -> Path:
-    """Return the folder that holds the source files.
+    """Return the folder that contains the source files.
 
     ``$STREAMLEARN_DATA_DIR`` when set, else the repository's ``data/``.
     """
