@@ -124,14 +124,14 @@ def read_run(run_dir: Path) -> RunRecords:
     with path.open(encoding="utf-8") as lines:
         for line in lines:
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
+                _add(records, json.loads(line))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                # Not JSON (a line cut short by a crash; JSONDecodeError is a
+                # ValueError) or a record without the fields of its type.
                 records.skipped_lines += 1
-                continue
-            _add(records, record)
     if records.skipped_lines:
         logger.warning(
-            "skipped %d lines of %s that are not valid JSON",
+            "skipped %d lines of %s that are not valid records",
             records.skipped_lines,
             path,
         )

@@ -108,11 +108,12 @@ def test_truncated_line_skipped(tmp_path: Path) -> None:
     telemetry.count(mon.EVENTS_LEARNED, 5)
     telemetry.close()
     with (tmp_path / "metrics.jsonl").open("a") as file:
+        file.write('{"type":"event","time":2,"labels":{}}\n')
         file.write('{"type":"point","time":1,"na')
 
     records = read_run(tmp_path)
 
-    assert records.skipped_lines == 1
+    assert records.skipped_lines == 2
     assert records.counter_final_total("events/learned") == 5
 
 
