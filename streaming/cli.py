@@ -16,6 +16,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "versions": ("rollback.cli:versions_main", "list and describe model versions"),
     "publish": ("streaming.publish:main", "send events from files to a Pub/Sub topic"),
     "run": ("streaming.job:main", "run the streaming job on the DirectRunner"),
+    "predict": ("streaming.predict:main", "score a file of events with one version"),
+    "deploy": ("streaming.deploy:main", "submit the streaming job to Dataflow"),
     "alerts": (
         "streaming.monitoring.alerts:main",
         "create or update the Cloud Monitoring alert policies",

@@ -1,0 +1,154 @@
+"""``streamlearn predict``: score a file of events with one version, in batch.
+
+A Beam batch pipeline reads events from Avro or CSV files, scores them in
+batches with a version from the registry (the serving one by default) and
+writes one JSON line per event: its id, the version and the top five roles
+with their probabilities. The learner's own ``predict`` does the scoring, so
+featurization is the same code as in training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+logger = logging.getLogger(__name__)
+
+EXAMPLE = """examples:
+  streamlearn predict --registry runs/demo/registry --spec job_postings \\
+      --output scores.jsonl events.avro
+  streamlearn predict --registry runs/demo/registry --version v3 \\
+      --dataset job_postings --output scores.jsonl data/data_jobs_2023_salaried.csv.gz
+"""
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="streamlearn predict",
+        description="Score events from Avro or CSV files with one model version "
+        "(a Beam batch pipeline); write one JSON line per event.",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "files", nargs="+", help=".avro, or .csv/.csv.gz with --dataset"
+    )
+    parser.add_argument("--registry", required=True, help="registry path or gs:// URL")
+    parser.add_argument("--version", help="version to score with (default: serving)")
+    parser.add_argument("--spec", default="job_postings", help="feature spec name")
+    parser.add_argument("--dataset", help="converter for CSV files, e.g. job_postings")
+    parser.add_argument("--output", required=True, help="JSON-lines file to write")
+    parser.add_argument("--top-k", type=int, default=5, help="roles per event")
+    parser.add_argument(
+        "--batch-size", type=int, default=512, help="events scored per call"
+    )
+    parser.add_argument("--runner", default="DirectRunner", help="Beam runner")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    """Run the batch prediction; return the exit code."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    from rollback.errors import RegistryError
+    from rollback.names import parse_version
+    from rollback.registry import open_registry
+
+    try:
+        registry = open_registry(args.registry)
+        version = (
+            registry.serving() if args.version is None else parse_version(args.version)
+        )
+        if version is None:
+            raise RegistryError(f"no version serves in {args.registry}; pass --version")
+        registry.describe(version)
+    except (RegistryError, ValueError) as error:
+        print(f"streamlearn predict: {error}", file=sys.stderr)
+        return 2
+    for name in args.files:
+        if not Path(name).is_file():
+            print(
+                f"streamlearn predict: input file {name!r} not found", file=sys.stderr
+            )
+            return 2
+
+    options = PipelineOptions(flags=[], runner=args.runner)
+    with beam.Pipeline(options=options) as pipeline:
+        build_predict_pipeline(
+            pipeline,
+            args.files,
+            args.dataset,
+            args.registry,
+            version,
+            args.output,
+            args.top_k,
+            args.batch_size,
+        )
+    print(f"wrote predictions of v{version} to {args.output}")
+    return 0
+
+
+def build_predict_pipeline(
+    pipeline: beam.Pipeline,
+    files: list[str],
+    dataset: str | None,
+    registry_url: str,
+    version: int,
+    output: str,
+    top_k: int,
+    batch_size: int,
+) -> None:
+    """Add the batch prediction transforms to ``pipeline``."""
+    _ = (
+        pipeline
+        | "ListFiles" >> beam.Create(files)
+        | "ReadEvents" >> beam.FlatMap(_read_file, dataset)
+        | "Batch"
+        >> beam.BatchElements(min_batch_size=batch_size, max_batch_size=batch_size)
+        | "Score" >> beam.ParDo(ScoreBatch(registry_url, version, top_k))
+        | "Write" >> beam.io.WriteToText(output, shard_name_template="")
+    )
+
+
+def _read_file(name: str, dataset: str | None) -> Iterator[dict[str, Any]]:
+    from streaming.publish import read_sources
+
+    yield from read_sources([name], dataset if not name.endswith(".avro") else None)
+
+
+class ScoreBatch(beam.DoFn):
+    """Score a batch of events with one version; emit JSON lines."""
+
+    def __init__(self, registry_url: str, version: int, top_k: int) -> None:
+        self.registry_url = registry_url
+        self.version = version
+        self.top_k = top_k
+        self._learner: Any = None
+        self._id_field = "event_id"
+
+    def setup(self) -> None:
+        from online_model.learner import OnlineLearner
+        from rollback.registry import open_registry
+
+        loaded = open_registry(self.registry_url).read(self.version)
+        self._learner = OnlineLearner.from_files(loaded.files, device="cpu")
+        self._id_field = self._learner.spec.event_id_field
+
+    def process(self, batch: list[dict[str, Any]]) -> Iterator[str]:
+        ranked = self._learner.predict(batch, k=self.top_k)
+        for event, top in zip(batch, ranked, strict=True):
+            yield json.dumps(
+                {
+                    "event_id": str(event.get(self._id_field)),
+                    "model_version": f"v{self.version}",
+                    "top": [[label, probability] for label, probability in top],
+                }
+            )

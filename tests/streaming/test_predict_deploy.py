@@ -1,0 +1,137 @@
+"""Batch prediction with a chosen version, and the Dataflow job in a dry run."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import apache_beam as beam
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from online_model.datasets import iter_events, write_events
+from online_model.learner import OnlineLearner
+from online_model.spec import load_spec
+from rollback.manifest import ManifestFields
+from rollback.registry import open_registry
+from streaming import deploy, predict
+from streaming.pipeline import JobSettings, build_pipeline
+
+SPEC = load_spec("job_postings")
+EVENTS = list(itertools.islice(iter_events("job_postings"), 2000))
+
+
+def publish_two_versions(registry_path: Path) -> tuple[OnlineLearner, OnlineLearner]:
+    registry = open_registry(registry_path, create=True)
+    first = OnlineLearner(SPEC, seed=0, device="cpu")
+    first.learn(EVENTS[:800])
+    second = first.copy()
+    second.learn(EVENTS[800:1600])
+    for learner in (first, second):
+        fields = ManifestFields(fingerprint=learner.fingerprint, events_count=800)
+        registry.publish(learner.to_files(), fields, "test", "test version")
+    return first, second
+
+
+def test_predict_with_chosen_version(tmp_path: Path) -> None:
+    first, second = publish_two_versions(tmp_path / "registry")
+    events_file = tmp_path / "events.avro"
+    requests = [dict(e, job_role=None) for e in EVENTS[1600:1900]]
+    with open(events_file, "wb") as stream:
+        write_events(requests, "job_postings", stream)
+
+    for version, learner in (("v1", first), (None, second)):
+        output = tmp_path / f"scores-{version}.jsonl"
+        argv = [str(events_file), "--registry", str(tmp_path / "registry")]
+        argv += ["--output", str(output), "--batch-size", "64"]
+        if version is not None:
+            argv += ["--version", version]
+        assert predict.main(argv) == 0
+
+        lines = [json.loads(line) for line in output.read_text().splitlines()]
+        assert len(lines) == 300
+        by_id = {line["event_id"]: line for line in lines}
+        assert set(by_id) == {e["event_id"] for e in requests}
+        expected = learner.predict(requests, k=5)
+        expected_version = version or "v2"
+        for event, top in zip(requests, expected, strict=True):
+            line = by_id[event["event_id"]]
+            assert line["model_version"] == expected_version
+            assert [label for label, _ in line["top"]] == [label for label, _ in top]
+            assert [p for _, p in line["top"]] == pytest.approx([p for _, p in top])
+
+
+def test_predict_unknown_version(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    publish_two_versions(tmp_path / "registry")
+    events_file = tmp_path / "events.avro"
+    with open(events_file, "wb") as stream:
+        write_events(EVENTS[:10], "job_postings", stream)
+    argv = [str(events_file), "--registry", str(tmp_path / "registry")]
+    argv += ["--output", str(tmp_path / "out.jsonl"), "--version", "v9"]
+    assert predict.main(argv) == 2
+    assert "v9" in capsys.readouterr().err
+
+
+DEPLOY_ARGS = [
+    "--project",
+    "demo-project",
+    "--region",
+    "us-central1",
+    "--temp-location",
+    "gs://demo-bucket/tmp",
+    "--registry",
+    "gs://demo-bucket/models",
+    "--worker-gpu",
+    "nvidia-l4",
+    "--image",
+    "us-docker.pkg.dev/demo-project/streamlearn/worker:0.1.0",
+]
+
+
+def test_deploy_dry_run(capsys: pytest.CaptureFixture[str]) -> None:
+    assert deploy.main([*DEPLOY_ARGS, "--dry-run"]) == 0
+    assert "valid" in capsys.readouterr().out
+
+
+def test_deploy_options() -> None:
+    args = deploy.parse_args([*DEPLOY_ARGS, "--update", "--dry-run"])
+    options = deploy.dataflow_options(args)
+    assert options["streaming"] is True
+    assert options["runner"] == "DataflowRunner"
+    assert options["update"] is True
+    assert options["dataflow_service_options"] == [
+        "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"
+    ]
+    assert options["sdk_container_image"].endswith("worker:0.1.0")
+
+
+def test_deploy_invalid_temp_location() -> None:
+    args = [*DEPLOY_ARGS, "--dry-run"]
+    args[args.index("gs://demo-bucket/tmp")] = "gs://b/tmp"
+    assert deploy.main(args) == 2
+
+
+def test_transform_names_stable() -> None:
+    settings = JobSettings("names", "demo-project", "job_postings", "gs://b/m", "/tmp")
+    pipeline = beam.Pipeline(options=PipelineOptions(flags=[], streaming=True))
+    build_pipeline(pipeline, settings, control="separate")
+    labels = {
+        node.full_label
+        for node in pipeline.transforms_stack[0].parts  # top-level transforms
+    }
+    assert labels >= {
+        "ReadEvents",
+        "DecodeEvents",
+        "WriteDeadLetters",
+        "ReadTicks",
+        "AsTicks",
+        "ReadPointerChanges",
+        "AsPointerNotices",
+        "MergeLearnerInputs",
+        "KeyForLearner",
+        "Learn",
+        "WritePredictions",
+    }
