@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import psutil
+
 from streaming.monitoring.catalogue import (
     ALL_METRICS,
     DRIFT_ALARMS,
@@ -139,7 +141,10 @@ class TelemetrySession:
     def close(self) -> None:
         if self.sampler is not None:
             self.sampler.stop()
-            self.sampler.sample_once()
+            try:
+                self.sampler.sample_once()
+            except (psutil.Error, OSError) as error:
+                logger.warning("last resource sample failed: %s", error)
         self.telemetry.close()
 
 
