@@ -214,10 +214,16 @@ class TokenLayout:
             i for i, f in enumerate(numeric_specs) if f.transform == "log1p"
         ]
         self.bucket_columns = [i for i, f in enumerate(numeric_specs) if f.buckets > 0]
-        self.boundaries = [
-            _normal_quantiles(numeric_specs[i].buckets) for i in self.bucket_columns
-        ]
-        self.numeric_salts = [stable_id(n, "\x00bucket") for n in self.numeric_fields]
+        self.bucket_counts = torch.tensor(
+            [numeric_specs[i].buckets for i in self.bucket_columns], dtype=torch.float64
+        )
+        self.bucket_salts = torch.tensor(
+            [
+                stable_id(self.numeric_fields[i], "\x00bucket")
+                for i in self.bucket_columns
+            ],
+            dtype=torch.int64,
+        )
 
         weights = {f.name: f.weight for f in spec.fields}
         columns = featurizer.single_columns
@@ -335,14 +341,18 @@ def _static_tokens(
 
 
 def _bucket_ids(z: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
-    columns = []
-    for position, column in enumerate(layout.bucket_columns):
-        values = z[:, column]
-        boundaries = layout.boundaries[position]
-        bucket = torch.bucketize(values.float(), boundaries)
-        bucket = torch.where(torch.isnan(values), len(boundaries) + 1, bucket)
-        columns.append(mix_ids(bucket, layout.numeric_salts[column]))
-    return torch.stack(columns, dim=1)
+    """Return one feature id per event and bucketed field, ``[events, fields]``.
+
+    A field with B buckets cuts the standard normal distribution into B
+    equal-probability parts, so the bucket of ``z`` is ``floor(B * Phi(z))``.
+    A missing value gets bucket B.
+    """
+    values = z[:, layout.bucket_columns]
+    counts = layout.bucket_counts
+    bucket = torch.floor(torch.special.ndtr(values) * counts)
+    bucket = torch.minimum(bucket, counts - 1)
+    bucket = torch.where(torch.isnan(values), counts, bucket).to(torch.int64)
+    return mix_ids(bucket, layout.bucket_salts)
 
 
 def _cross(
@@ -361,12 +371,17 @@ def _cross(
     else:
         owners = torch.arange(size)
         crossed = torch.zeros(size, dtype=torch.int64)
-    crossed = mix_ids(crossed, salt)
+    # A polynomial hash over the field ids (each step stays below 2**52),
+    # mixed once at the end.
+    crossed = crossed * 1000003 + salt
     for name in fields:
         if name in layout.bag_index:
             continue
-        crossed = mix_ids(crossed, single[owners, layout.single_index[name]])
-    return crossed, owners
+        column = single[:, layout.single_index[name]]
+        crossed = (crossed & ID_MASK) * 1000003 + (
+            column[owners] if bag_fields else column
+        )
+    return mix_ids(crossed & ID_MASK, 0), owners
 
 
 def _cross_columns(cross: CrossSpec, spec: FeatureSpec) -> tuple[str, ...]:
@@ -376,11 +391,6 @@ def _cross_columns(cross: CrossSpec, spec: FeatureSpec) -> tuple[str, ...]:
         exact_number = cross.exact and spec.field(name).kind == "numeric"
         columns.append(f"{name}#value" if exact_number else name)
     return tuple(columns)
-
-
-def _normal_quantiles(buckets: int) -> torch.Tensor:
-    probabilities = torch.arange(1, buckets, dtype=torch.float64) / buckets
-    return torch.special.ndtri(probabilities).float()
 
 
 def _words(text: str | None) -> list[str]:

@@ -233,14 +233,14 @@ class OnlineLearner:
         else:
             probabilities = self._probabilities(encoded)
         report.scored = self._scored(checked.labelled, probabilities[:labelled_count])
-        report.predictions = [
-            (str(event[self.spec.event_id_field]), ranked)
-            for event, ranked in zip(
-                checked.unlabelled,
-                self._ranked(probabilities[labelled_count:], self.config.top_k),
-                strict=True,
+        if checked.unlabelled:
+            ranked_rows = self._ranked(
+                probabilities[labelled_count:], self.config.top_k
             )
-        ]
+            report.predictions = [
+                (str(event[self.spec.event_id_field]), ranked)
+                for event, ranked in zip(checked.unlabelled, ranked_rows, strict=True)
+            ]
         if labelled_count:
             report.new_labels = self._add_labels(checked.labelled)
             if report.new_labels:
