@@ -446,9 +446,13 @@ class JobRuntime:
             logger.info("promotion paused: kept the candidate in training")
             return
         fields = self._manifest_fields(candidate, champion)
+        # Serialising the learner is the costliest step of a gate (a few
+        # hundred MB with the optimizer state), so it happens once: the same
+        # files become the version and the serving copy.
+        files = self.learner.to_files()
         try:
             version = self.registry.publish(
-                self.learner.to_files(),
+                files,
                 fields,
                 ACTOR,
                 reason,
@@ -462,7 +466,7 @@ class JobRuntime:
             return
         parent = self.serving_version
         self.account.versions_published += 1
-        self._set_serving(version, self.learner.copy())
+        self._set_serving(version, self.load_learner(files))
         freshness = sorted(self.clock() - t for t in self._unserved_publish_s if t)
         self._unserved_publish_s = []
         self._record(
