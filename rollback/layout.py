@@ -6,6 +6,8 @@ state.json                      pointer, pause flag, history (compare-and-swap)
 running.json                    fingerprint of the running job
 versions/v000012/manifest.json  written last: the version exists once it does
 versions/v000012/<file>         the version's files
+index/000000.json               copies of manifests v1..v999, to list without
+                                one read per version (a cache, see registry)
 """
 
 from __future__ import annotations
@@ -26,11 +28,20 @@ COUNTER_KEY = "counter.json"
 STATE_KEY = "state.json"
 RUNNING_KEY = "running.json"
 VERSIONS_PREFIX = "versions/"
+INDEX_PREFIX = "index/"
+# Versions per index shard: a publish rewrites one shard, so shards stay
+# small (about 700 KB at 1,000 typical manifests) however many versions exist.
+INDEX_SHARD_SIZE = 1000
 
 
 def version_key(version: int, name: str) -> str:
     """Return the storage key of one file of a version."""
     return f"{VERSIONS_PREFIX}v{version:06d}/{name}"
+
+
+def index_key(version: int) -> str:
+    """Return the key of the index shard that lists ``version``."""
+    return f"{INDEX_PREFIX}{version // INDEX_SHARD_SIZE:06d}.json"
 
 
 def open_storage(url: str | Path) -> Storage:

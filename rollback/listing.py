@@ -100,12 +100,12 @@ def _positive_int(text: str) -> int:
 def version_rows(registry: Registry) -> list[dict[str, Any]]:
     """Return one JSON-ready row per version, newest first."""
     statuses = version_statuses(registry.state())
+    manifests = registry.manifests(registry.versions())
     rows = []
-    for number in reversed(registry.versions()):
-        try:
-            manifest = registry.describe(number)
-        except CorruptVersion as error:
-            rows.append({"version": number, "status": CORRUPT, "error": str(error)})
+    for number in sorted(manifests, reverse=True):
+        manifest = manifests[number]
+        if isinstance(manifest, CorruptVersion):
+            rows.append({"version": number, "status": CORRUPT, "error": str(manifest)})
             continue
         row = manifest.to_dict()
         row["status"] = statuses.get(number, NEVER_SERVED)

@@ -156,9 +156,13 @@ class Manifest:
 
     def to_json(self) -> bytes:
         """Serialise, with a SHA-256 over the rest of the content."""
+        return json.dumps(self.to_stored_dict(), indent=1, sort_keys=True).encode()
+
+    def to_stored_dict(self) -> dict[str, Any]:
+        """Return the stored form: the content plus its ``manifest_sha256``."""
         body = self._body()
         body["manifest_sha256"] = _digest(body)
-        return json.dumps(body, indent=1, sort_keys=True).encode()
+        return body
 
     @classmethod
     def from_json(cls, data: bytes, version: int) -> Manifest:
@@ -169,15 +173,21 @@ class Manifest:
         """
         try:
             body = json.loads(data)
+        except ValueError as error:
+            raise _unreadable(version, error) from error
+        return cls.from_stored_dict(body, version)
+
+    @classmethod
+    def from_stored_dict(cls, stored: Any, version: int) -> Manifest:
+        """Check and build a manifest from its stored form, as ``from_json``."""
+        try:
+            body = dict(stored)
             stored_digest = body.pop("manifest_sha256")
             if stored_digest != _digest(body):
                 raise ValueError("its SHA-256 does not match its content")
             manifest = cls._from_body(body)
         except (ValueError, KeyError, TypeError, AttributeError) as error:
-            raise CorruptVersion(
-                f"version {format_version(version)} is corrupt: {MANIFEST_NAME} "
-                f"is unreadable ({error}); roll back to another version"
-            ) from error
+            raise _unreadable(version, error) from error
         if manifest.version != version:
             raise CorruptVersion(
                 f"version {format_version(version)} is corrupt: {MANIFEST_NAME} "
@@ -245,6 +255,13 @@ class Manifest:
             fields=fields,
             files=files,
         )
+
+
+def _unreadable(version: int, error: Exception) -> CorruptVersion:
+    return CorruptVersion(
+        f"version {format_version(version)} is corrupt: {MANIFEST_NAME} "
+        f"is unreadable ({error}); roll back to another version"
+    )
 
 
 def check_file_name(name: str) -> None:

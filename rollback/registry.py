@@ -96,6 +96,7 @@ from rollback.layout import (
     STATE_KEY,
     VERSIONS_PREFIX,
     check_marker,
+    index_key,
     open_storage,
     parse_counter,
     version_key,
@@ -132,6 +133,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+INDEX_FORMAT = "streamlearn-index/1"
 
 
 class _AnyVersion:
@@ -246,6 +248,34 @@ class Registry:
         """Check every file of ``version`` as ``read`` does; return its manifest."""
         return self.read(version).manifest
 
+    def manifests(self, versions: list[int]) -> dict[int, Manifest | CorruptVersion]:
+        """Return the manifest of each of ``versions``, or its CorruptVersion.
+
+        Reads the index shards (one request per 1,000 versions), whose
+        entries carry the manifest's own SHA-256, and reads the manifest file
+        only of a version the index lacks or contains damaged. So a damaged
+        manifest or weights file shows only in ``describe``, ``read`` or
+        ``verify``. Raises VersionNotFound for a missing version.
+        """
+        shards: dict[str, dict[str, Any]] = {}
+        found: dict[int, Manifest | CorruptVersion] = {}
+        for number in versions:
+            key = index_key(number)
+            if key not in shards:
+                shards[key] = self._read_index(key)
+            stored = shards[key].get(str(number))
+            try:
+                if stored is not None:
+                    try:
+                        found[number] = Manifest.from_stored_dict(stored, number)
+                        continue
+                    except CorruptVersion:
+                        logger.warning("index entry of v%d is damaged", number)
+                found[number] = self.describe(number)
+            except CorruptVersion as error:
+                found[number] = error
+        return found
+
     def serving(self) -> int | None:
         """Return the serving version, or None if no version serves."""
         return self._state().serving
@@ -333,6 +363,7 @@ class Registry:
         )
         self._create_new(number, MANIFEST_NAME, manifest.to_json())
         logger.info("published %s to %s", manifest.name, self.url)
+        self._add_to_index(manifest)
 
         if move_pointer:
             try:
@@ -581,6 +612,41 @@ class Registry:
                 "number, so the counter was edited by hand: set next_version "
                 "above every version folder"
             )
+
+    def _read_index(self, key: str) -> dict[str, Any]:
+        return self._parse_index(key, self.storage.read(key))
+
+    def _parse_index(self, key: str, blob: Blob | None) -> dict[str, Any]:
+        if blob is None:
+            return {}
+        try:
+            manifests = json.loads(blob.data)["manifests"]
+            if not isinstance(manifests, dict):
+                raise TypeError(f"manifests is a {type(manifests).__name__}")
+        except (ValueError, KeyError, TypeError) as error:
+            logger.warning("ignored damaged index %s in %s: %s", key, self.url, error)
+            return {}
+        return manifests
+
+    def _add_to_index(self, manifest: Manifest) -> None:
+        # The index is a cache of the manifests: a version it lacks is read
+        # from its manifest file, so a failed update is logged, not raised.
+        key = index_key(manifest.version)
+        for attempt in range(self.max_attempts):
+            blob = self.storage.read(key)
+            manifests = self._parse_index(key, blob)
+            manifests[str(manifest.version)] = manifest.to_stored_dict()
+            body = json.dumps({"format": INDEX_FORMAT, "manifests": manifests})
+            generation = None if blob is None else blob.generation
+            if self.storage.swap(key, body.encode(), generation):
+                return
+            self._back_off(attempt)
+        logger.warning(
+            "%s is missing from the index %s: other writers won %d times",
+            manifest.name,
+            key,
+            self.max_attempts,
+        )
 
     def _allocate_number(self) -> int:
         for attempt in range(self.max_attempts):

@@ -29,7 +29,7 @@ from rollback.errors import (
     RegistryNotFound,
     VersionNotFound,
 )
-from rollback.layout import COUNTER_KEY, STATE_KEY
+from rollback.layout import COUNTER_KEY, STATE_KEY, index_key
 from rollback.registry import Registry, open_registry, version_key
 
 
@@ -419,3 +419,30 @@ def test_rollback_details_stored_as_json(registry: Registry) -> None:
     with pytest.raises(InvalidInput, match="invalid details"):
         registry.set_serving(2, "job", "x", kind="auto_rollback", details={"a": {1}})
     assert registry.serving() == 1
+
+
+def test_manifests_from_index_or_files(registry: Registry) -> None:
+    publish_many(registry, 4)
+    expected = {number: registry.describe(number) for number in range(1, 5)}
+    key = index_key(1)
+    blob = registry.storage.read(key)
+    assert blob is not None
+    index = json.loads(blob.data)
+    assert sorted(index["manifests"]) == ["1", "2", "3", "4"]
+
+    assert registry.manifests([1, 2, 3, 4]) == expected
+
+    # One entry altered, one missing (a publisher killed before its index
+    # update): both are read from their manifest files instead.
+    index["manifests"]["2"]["events"]["count"] = 1
+    del index["manifests"]["3"]
+    registry.storage.put(key, json.dumps(index).encode())
+    assert registry.manifests([1, 2, 3, 4]) == expected
+
+    registry.storage.put(key, b"{not json")
+    assert registry.manifests([1, 2, 3, 4]) == expected
+
+    registry.publish(make_files(9), make_fields(), "job", "after damage")
+    repaired = registry.storage.read(key)
+    assert repaired is not None
+    assert sorted(json.loads(repaired.data)["manifests"]) == ["5"]
