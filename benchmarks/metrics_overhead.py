@@ -6,15 +6,20 @@ Usage: .venv/bin/python benchmarks/metrics_overhead.py [--events 600000]
 
 One process learns one event stream, alternating micro-batches between
 "bare" (learn only) and "instrumented" (learn, then the telemetry calls the
-streaming job makes per micro-batch, written to
-RUN_DIR/metrics.jsonl, Beam metrics and a Cloud Monitoring exporter). The
-exporter sends to a local gRPC server in a child process, every 5 s (the
-lowest interval allowed), and the resource sampler runs every 1 s, both more
-often than the 10 s defaults.
+streaming job makes per micro-batch, written to RUN_DIR/metrics.jsonl, Beam
+metrics and a Cloud Monitoring exporter). The exporter sends to a local
+gRPC server in a child process, every 5 s (the lowest interval allowed),
+and the resource sampler runs every 1 s, both more often than the 10 s
+defaults.
 
 The exporter and sampler threads run during both modes, so the alternation
-measures the cost on the caller's thread. Their own CPU time is
-read per thread from psutil and reported as a share of the run's wall time.
+measures the cost on the caller's thread. Their own CPU time is read per
+thread from psutil and reported as a share of the run's wall time.
+
+Both modes are timed in wall-clock time and in CPU time of the process. On
+a machine shared with other work, the wall clock also counts the time the
+process waited for a core, which moves the wall-clock comparison by several
+percent from run to run; the CPU-time comparison is the steadier one.
 """
 
 from __future__ import annotations
