@@ -36,15 +36,20 @@ def run_stream(
     """Return prequential metrics and throughput of one test-then-train run."""
     events = list(iter_events(name))[:limit]
     learner = OnlineLearner(load_spec(name), config, seed=0, device="cpu")
-    hits1 = hits5 = 0
-    log_loss = 0.0
+    hits1 = hits5 = unseen = 0
+    log_loss = log_loss_seen = 0.0
     started = time.perf_counter()
     for start in range(0, len(events), micro_batch):
         report = learner.learn(events[start : start + micro_batch])
         for scored in report.scored:
             hits1 += scored.predicted_label == scored.true_label
             hits5 += scored.true_label in scored.ranked_labels[:5]
-            log_loss -= math.log(max(scored.true_label_probability, LOG_LOSS_FLOOR))
+            loss = -math.log(max(scored.true_label_probability, LOG_LOSS_FLOOR))
+            log_loss += loss
+            if scored.true_label_probability == 0.0:
+                unseen += 1
+            else:
+                log_loss_seen += loss
     elapsed = time.perf_counter() - started
     count = len(events)
     return {
@@ -53,6 +58,10 @@ def run_stream(
         "top1": hits1 / count,
         "top5": hits5 / count,
         "log_loss": log_loss / count,
+        # Events whose label the model had not seen when it scored them get
+        # probability 0, clipped to LOG_LOSS_FLOOR (34.5 nats each).
+        "unseen_label_events": unseen,
+        "log_loss_seen_labels": log_loss_seen / max(count - unseen, 1),
         "events_per_s": count / elapsed,
         "model_step_events_per_s": model_step_rate(name, events, config, micro_batch),
         "labels": len(learner.labels),
@@ -62,9 +71,10 @@ def run_stream(
 def model_step_rate(
     name: str, events: list[dict[str, Any]], config: LearnerConfig, micro_batch: int
 ) -> float:
-    """Return examples/s of forward, backward and optimizer step alone.
+    """Return examples/s of the model step alone.
 
-    The micro-batches are featurized beforehand, so only the model step is timed.
+    The micro-batches are featurized beforehand, so only forward, backward and
+    optimizer step are timed, as many times per batch as the learner takes them.
     """
     learner = OnlineLearner(load_spec(name), config, seed=0, device="cpu")
     learner.learn(events)  # learn every label once so the output layer is full size
@@ -88,12 +98,13 @@ def model_step_rate(
         )
     started = time.perf_counter()
     for batch, targets in batches:
-        for optimizer in learner._optimizers:
-            optimizer.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(model(batch), targets)
-        loss.backward()
-        for optimizer in learner._optimizers:
-            optimizer.step()
+        for _ in range(config.steps_per_batch):
+            for optimizer in learner._optimizers:
+                optimizer.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.cross_entropy(model(batch), targets)
+            loss.backward()
+            for optimizer in learner._optimizers:
+                optimizer.step()
     return len(events) / (time.perf_counter() - started)
 
 
@@ -141,13 +152,15 @@ def main() -> None:
     print(f"config: {config}")
     print(
         f"{'stream':16} {'events':>7} {'top1':>6} {'top5':>6} {'logloss':>7} "
-        f"{'ev/s':>8} {'step ev/s':>9} {'labels':>6}"
+        f"{'unseen':>6} {'ll seen':>7} {'ev/s':>8} {'step ev/s':>9} {'labels':>6}"
     )
     for name in args.datasets.split(","):
         row = run_stream(name, config, args.micro_batch, args.limit)
         print(
             f"{row['stream']:16} {row['events']:7d} {row['top1']:6.3f} "
-            f"{row['top5']:6.3f} {row['log_loss']:7.3f} {row['events_per_s']:8.0f} "
+            f"{row['top5']:6.3f} {row['log_loss']:7.3f} "
+            f"{row['unseen_label_events']:6d} {row['log_loss_seen_labels']:7.3f} "
+            f"{row['events_per_s']:8.0f} "
             f"{row['model_step_events_per_s']:9.0f} {row['labels']:6d}",
             flush=True,
         )
