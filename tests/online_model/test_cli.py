@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from online_model.cli import convert_main, learn_main
+from online_model.datasets import read_events
+from online_model.learner import OnlineLearner
+
+
+def test_learn_prints_json_summary(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code = learn_main(
+        [
+            "--dataset",
+            "electricity",
+            "--limit",
+            "600",
+            "--micro-batch",
+            "200",
+            "--format",
+            "json",
+            "--device",
+            "cpu",
+            "--save",
+            str(tmp_path / "state"),
+        ]
+    )
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert summary["events"] == 600
+    assert summary["scored"] == 600
+    assert summary["labels"] == ["UP", "DOWN"]
+    assert 0.0 <= summary["top1"] <= 1.0
+    assert summary["conversion"]["events"] == 600
+    assert len(summary["examples"]) == 3
+    restored = OnlineLearner.load(tmp_path / "state")
+    assert restored.examples_seen == 600
+
+
+def test_learn_rejects_bad_micro_batch(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        learn_main(["--micro-batch", "0"])
+    assert caught.value.code == 2
+    assert "--micro-batch must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_convert_writes_limited_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    out = tmp_path / "postings.avro"
+    code = convert_main(
+        [
+            "--dataset",
+            "job_postings",
+            "--out",
+            str(out),
+            "--limit",
+            "50",
+            "--format",
+            "json",
+        ]
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert report["events"] == 50
+    assert report["rows_read"] == 32672
+    events = list(read_events(out))
+    assert len(events) == 50
+    assert events[0]["event_id"] == "data_jobs_2023_salaried:6781"
+
+
+def test_convert_missing_source_fails(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code = convert_main(
+        [
+            "--dataset",
+            "electricity",
+            "--out",
+            str(tmp_path / "x.avro"),
+            "--source",
+            str(tmp_path / "absent.arff"),
+        ]
+    )
+    assert code == 1
+    assert "not found" in capsys.readouterr().err
