@@ -189,3 +189,12 @@ def test_cli_reports_server_failure(
     assert main(args) == 1
 
     assert "applying policies failed" in capsys.readouterr().err
+
+
+def test_streamlearn_dispatches_alerts(capsys: pytest.CaptureFixture[str]) -> None:
+    from streaming.cli import main as streamlearn
+
+    code = streamlearn(["alerts", "apply", "--project", "demo", "--dry-run"])
+
+    assert code == 0
+    assert len(json.loads(capsys.readouterr().out)) == 6

@@ -174,3 +174,16 @@ def test_cli_missing_metrics(
 
     error = capsys.readouterr().err
     assert "metrics.jsonl not found" in error
+
+
+def test_streamlearn_dispatches_report(
+    synthetic_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from streaming.cli import main as streamlearn
+
+    output = tmp_path / "via-cli.html"
+
+    assert streamlearn(["report", str(synthetic_run), "--output", str(output)]) == 0
+
+    assert capsys.readouterr().out.strip() == str(output)
+    assert output.stat().st_size > 10_000
