@@ -246,3 +246,22 @@ def test_config_validation_names_field() -> None:
         LearnerConfig(hash_bits=40)
     with pytest.raises(ValueError, match="optimizer is 'sgd'"):
         LearnerConfig(optimizer="sgd")
+
+
+def test_mixed_batch_learns_labelled_only(job_postings: list[dict[str, Any]]) -> None:
+    alone = new_learner()
+    mixed = new_learner()
+    alone.learn(job_postings[:256])
+    mixed.learn(job_postings[:256])
+    labelled = job_postings[256:356]
+    requests = [dict(e, job_role=None) for e in job_postings[356:376]]
+
+    expected = alone.learn(labelled)
+    actual = mixed.learn(labelled + requests)
+
+    assert actual.learned == 100
+    assert actual.unlabelled == 20
+    assert len(actual.predictions) == 20
+    assert actual.scored == expected.scored
+    for name, value in alone._model.state_dict().items():
+        assert torch.allclose(mixed._model.state_dict()[name], value, atol=1e-6), name

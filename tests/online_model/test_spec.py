@@ -1,11 +1,18 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from online_model.learner import LearnerConfig
-from online_model.spec import SpecError, fingerprint, load_schema, load_spec
+from online_model.spec import (
+    SpecError,
+    fingerprint,
+    load_schema,
+    load_spec,
+    spec_from_dict,
+)
 
 SHIPPED = ["job_postings", "so_survey_2016", "aijobs_salaries", "electricity"]
 
@@ -100,3 +107,22 @@ def test_fingerprint_stable_and_sensitive() -> None:
     assert len(first) == 64
     assert first != fingerprint(spec, LearnerConfig(learning_rate=0.5))
     assert first != fingerprint(load_spec("so_survey_2016"), LearnerConfig())
+
+
+def test_exact_cross_needs_value_token(tmp_path: Path) -> None:
+    path = write_spec(
+        tmp_path,
+        '[fields.country]\nkind = "categorical"\n'
+        '[fields.salary_year_avg]\nkind = "numeric"\nbuckets = 4\n'
+        '[[crosses]]\nfields = ["country", "salary_year_avg"]\nexact = true\n',
+    )
+    with pytest.raises(SpecError, match="needs value_token = true"):
+        load_spec(path)
+
+
+def test_spec_round_trips_through_dict() -> None:
+    spec = load_spec("aijobs_salaries")
+    again = spec_from_dict(json.loads(json.dumps(spec.to_dict(), sort_keys=True)))
+    assert again == spec
+    assert [f.name for f in again.fields] == [f.name for f in spec.fields]
+    assert again.crosses[-1].exact
