@@ -18,8 +18,8 @@ thread from psutil and reported as a share of the run's wall time.
 
 Both modes are timed in wall-clock time and in CPU time of the process. On
 a machine shared with other work, the wall clock also counts the time the
-process waited for a core, which moves the wall-clock comparison by several
-percent from run to run; the CPU-time comparison is the steadier one.
+process waited for a core. That moves the wall-clock comparison by several
+percent from run to run, so the CPU-time comparison is the steadier one.
 """
 
 from __future__ import annotations

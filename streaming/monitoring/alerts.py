@@ -35,7 +35,7 @@ from streaming.monitoring.catalogue import (
 
 logger = logging.getLogger(__name__)
 
-# proto-plus enums. mypy types their members as int, so parameters say int.
+# proto-plus enums. mypy types their members as int, so parameters are int.
 Aligner = monitoring_v3.Aggregation.Aligner
 Reducer = monitoring_v3.Aggregation.Reducer
 Comparison = monitoring_v3.ComparisonType

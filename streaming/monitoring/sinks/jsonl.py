@@ -69,7 +69,7 @@ class _Summary:
 
 @dataclass
 class _SeriesLog:
-    """What the sink remembers about one series between its lines."""
+    """State the sink keeps for one series between its lines."""
 
     series_json: str
     last_written_s: float = -math.inf

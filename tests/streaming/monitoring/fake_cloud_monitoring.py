@@ -4,7 +4,7 @@ AlertPolicyService protocols, for tests.
 There is no Cloud Monitoring emulator, so this server decodes the real
 ``google.monitoring.v3`` request protos. It enforces the service rules the
 exporter must respect: descriptors exist before points, and kinds and value
-types match them. A request holds at most 200 series with one point each.
+types match them. A request contains at most 200 series with one point each.
 The points of a series come in time order, at least ``min_interval_s``
 apart. A request that breaks a rule fails with INVALID_ARGUMENT and is
 listed in ``violations``.
@@ -54,7 +54,7 @@ class FakeMonitoringServer:
     min_interval_s: float = 5.0
     # Set to a status code to fail every request with it.
     fail_with: grpc.StatusCode | None = None
-    # When set, CreateTimeSeries waits for ``release`` before answering.
+    # When set, CreateTimeSeries waits for ``release`` before it returns.
     hold_requests: bool = False
     release: threading.Event = field(default_factory=threading.Event)
     request_arrived: threading.Event = field(default_factory=threading.Event)

@@ -1,4 +1,4 @@
-"""A clock for tests that moves only when told."""
+"""A clock for tests that moves only when a test advances it."""
 
 from __future__ import annotations
 

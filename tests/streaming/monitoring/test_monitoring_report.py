@@ -93,8 +93,8 @@ def test_counter_rates_spread_long_steps() -> None:
 
     rates = counter_rates(samples, max_points=20)
 
-    # Steps of 1 s give 2 s bins; the last step (30 over 30 s) is spread
-    # over its bins at 1 event/s instead of landing in one.
+    # Steps of 1 s give 2 s bins. The last step (30 events over 30 s) is
+    # spread over its bins at 1 event/s instead of landing in one.
     assert rates[0] == (1.0, 3.0)
     assert rates[4] == (9.0, 3.0)
     assert rates[-1] == (39.0, 1.0)

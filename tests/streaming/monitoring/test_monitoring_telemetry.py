@@ -233,8 +233,8 @@ def test_jsonl_thins_points_per_series(tmp_path: Path, clock: FakeClock) -> None
     latency = [r for r in records if r["name"] == "training/micro_batch_latency"]
     # The counter is written first at 0 s, 1 s and 2 s. Each of those
     # writes starts the once-a-second flush, which writes the loss and
-    # latency held back since their last line (steps 1-3 and 5-7), so the
-    # values of steps 4 and 8 wait; close writes the last ones.
+    # latency held back since their last line (steps 1-3 and 5-7). So the
+    # values of steps 4 and 8 wait, and close writes the last ones.
     assert learned == [10, 50, 90, 100]
     assert loss == [(0.0, 0), (3.0, 3), (7.0, 7), (9.0, 9)]
     assert [r["count"] for r in latency] == [1, 3, 4, 2]
