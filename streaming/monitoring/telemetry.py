@@ -147,7 +147,7 @@ class Telemetry:
     >>> telemetry.count(EVENTS_LEARNED, 256)
     >>> telemetry.count(EVENTS_LEARNED, 256)
     >>> telemetry.counter_total(EVENTS_LEARNED)
-    512.0
+    512
     """
 
     def __init__(self, sinks: Sequence[Sink], clock: Clock = time.time) -> None:

@@ -429,3 +429,14 @@ def test_resource_sampler_reads_gpus(
         ("resource/gpu_memory_allocated", ("1",)): 2 * 2**30,
         ("resource/gpu_memory_reserved", ("1",)): 3 * 2**30,
     }
+
+
+def test_docstring_examples_run() -> None:
+    import doctest
+
+    import streaming.monitoring.telemetry as telemetry_module
+
+    result = doctest.testmod(telemetry_module)
+
+    assert result.attempted == 5
+    assert result.failed == 0
