@@ -161,8 +161,8 @@ class CloudMonitoringSink(Sink):
         self._series: dict[tuple[str, LabelValues], SeriesState] = {}
         # Touched only by the exporting thread (or the caller of
         # export_once, never both at once).
-        self._descriptors_done: set[str] = set()
-        self._descriptors_failed: set[str] = set()
+        # Metrics whose descriptor was created, or rejected for good.
+        self._descriptors_settled: set[str] = set()
         self._retry_at_s = 0.0
         self._backoff_s = 0.0
         self._codes_logged: set[str] = set()
@@ -257,14 +257,9 @@ class CloudMonitoringSink(Sink):
         return written
 
     def pending_series(self) -> int:
-        """Return how many series have values not yet exported, leaving out
-        those whose descriptor the service rejected for good."""
+        """Return how many series have values not yet exported."""
         with self._lock:
-            return sum(
-                1
-                for series in self._series.values()
-                if series.changed and series.spec.name not in self._descriptors_failed
-            )
+            return sum(1 for series in self._series.values() if series.changed)
 
     def _run(self) -> None:
         while True:
@@ -320,7 +315,7 @@ class CloudMonitoringSink(Sink):
         due: list[SeriesSnapshot] = []
         with self._lock:
             for key, series in self._series.items():
-                if series.spec.name not in self._descriptors_done:
+                if series.spec.name not in self._descriptors_settled:
                     continue
                 cumulative = series.spec.kind is MetricKind.CUMULATIVE
                 if not (series.changed or cumulative):
@@ -352,10 +347,15 @@ class CloudMonitoringSink(Sink):
         return build_time_series(snapshot, common_labels, self._resource)
 
     def _create_descriptors(self) -> bool:
-        """Create missing descriptors; return True once all are done or failed
-        for good."""
+        """Create missing descriptors; return True once each is created or
+        rejected for good.
+
+        Points of a metric whose descriptor was rejected (say, for lack of
+        permission) are still sent: the descriptor may exist already, and if
+        not, the service creates one from the first point.
+        """
         for spec in self._specs:
-            if spec.name in self._descriptors_done | self._descriptors_failed:
+            if spec.name in self._descriptors_settled:
                 continue
             try:
                 self.client.create_metric_descriptor(
@@ -364,14 +364,14 @@ class CloudMonitoringSink(Sink):
                     timeout=self.config.request_timeout_s,
                 )
             except TERMINAL_ERRORS as error:
-                self._descriptors_failed.add(spec.name)
+                self._descriptors_settled.add(spec.name)
                 self._record_error("CreateMetricDescriptor", error)
                 continue
             except Exception as error:
                 self._record_error("CreateMetricDescriptor", error)
                 self._back_off()
                 return False
-            self._descriptors_done.add(spec.name)
+            self._descriptors_settled.add(spec.name)
             self.stats.descriptors_created += 1
         return True
 
@@ -412,14 +412,19 @@ class CloudMonitoringSink(Sink):
         log_key = f"{operation}:{code}"
         if log_key not in self._codes_logged:
             self._codes_logged.add(log_key)
-            retryable = not isinstance(error, TERMINAL_ERRORS)
+            if not isinstance(error, TERMINAL_ERRORS):
+                consequence = "retrying with backoff"
+            elif operation == "CreateMetricDescriptor":
+                consequence = "sending the metric's points without it"
+            else:
+                consequence = "dropping these points"
             logger.warning(
                 "%s to Cloud Monitoring failed with %s (%s); %s. Later "
                 "failures with this code are only counted.",
                 operation,
                 code,
                 error,
-                "retrying with backoff" if retryable else "dropping these points",
+                consequence,
                 exc_info=not isinstance(error, api_exceptions.GoogleAPICallError),
             )
         callback = self.on_export_error

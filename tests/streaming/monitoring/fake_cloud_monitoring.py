@@ -54,6 +54,8 @@ class FakeMonitoringServer:
     min_interval_s: float = 5.0
     # Set to a status code to fail every request with it.
     fail_with: grpc.StatusCode | None = None
+    # Set to a status code to fail only CreateMetricDescriptor with it.
+    fail_descriptors_with: grpc.StatusCode | None = None
     # When set, CreateTimeSeries waits for ``release`` before it returns.
     hold_requests: bool = False
     release: threading.Event = field(default_factory=threading.Event)
@@ -132,6 +134,8 @@ class FakeMonitoringServer:
         self, request: monitoring_v3.CreateMetricDescriptorRequest, context: Any
     ) -> bytes:
         self._maybe_fail(context)
+        if self.fail_descriptors_with is not None:
+            context.abort(self.fail_descriptors_with, "fake descriptor failure")
         descriptor = metric_pb2.MetricDescriptor()
         descriptor.CopyFrom(request.metric_descriptor)
         with self.lock:

@@ -375,3 +375,24 @@ def test_close_sends_final_values(
     assert clock() - closing_s == pytest.approx(7.0)
     assert exporter.pending_series() == 0
     assert monitoring_server.violations == []
+
+
+def test_points_sent_when_descriptors_denied(
+    monitoring_server: FakeMonitoringServer, clock: FakeClock
+) -> None:
+    from streaming.monitoring.sinks.cloud_series import metric_descriptor
+
+    # Someone with more rights created the descriptor; this job may not.
+    existing = metric_descriptor(mon.EVENTS_LEARNED)
+    monitoring_server.descriptors[existing.type] = existing
+    monitoring_server.fail_descriptors_with = grpc.StatusCode.PERMISSION_DENIED
+    telemetry, exporter = make_exporter(monitoring_server, clock)
+    telemetry.count(mon.EVENTS_LEARNED, 42)
+    clock.advance(1)
+
+    assert exporter.export_once() == 1
+
+    [learned] = monitoring_server.series_points(PREFIX + "events/learned")
+    assert learned.value == 42
+    expected_failures = len(mon.ALL_METRICS) - 1
+    assert exporter.stats.errors_by_code == {"PERMISSION_DENIED": expected_failures}
