@@ -197,6 +197,7 @@ class JobRuntime:
         self._batches_since_gate = 0
         self._learned_since_gate = 0
         self._rollback_cooldown = 0
+        self._alert_cooldown = 0
         self._unserved_publish_s: list[float] = []
         self._event_time_range: tuple[int, int] | None = None
         self._adopted_at: tuple[int, float] | None = None
@@ -342,6 +343,8 @@ class JobRuntime:
             self._adopted_at = None
         if self._rollback_cooldown > 0:
             self._rollback_cooldown -= 1
+        if self._alert_cooldown > 0:
+            self._alert_cooldown -= 1
         self._count_learning(report, len(batch), elapsed_s)
 
         alarms = self.drift.update(report.scored)
@@ -404,7 +407,7 @@ class JobRuntime:
             return
         self._learned_since_gate = 0
         self.follow_registry()
-        if self._rollback_cooldown == 0 and len(self.recent_versions) > 1:
+        if len(self.recent_versions) > 1:
             self.confirm_drop(alert=False)
 
         candidate = self._holdout_metrics(self.learner)
@@ -584,7 +587,8 @@ class JobRuntime:
         of ``rollback_cooldown_micro_batches`` follows, so that one incident
         makes one rollback. After a drift alarm (``alert``) with no better
         earlier version the drift is taken as real: the job keeps learning
-        and records an alert, with the same cooldown. Every gate also runs
+        and records an alert, and alerts have their own cooldown of the same
+        length, which does not hold back a rollback. Every gate also runs
         this check without ``alert``, so a bad version that passed the gate
         on a holdout window that was bad itself is caught once the window
         has moved on.
@@ -604,9 +608,9 @@ class JobRuntime:
         best = max(scores, key=lambda v: scores[v], default=None)
         metric = self.config.gate_metric
         if best is None or scores[best] < serving_score + self.config.rollback_margin:
-            if not alert:
+            if not alert or self._alert_cooldown > 0:
                 return
-            self._rollback_cooldown = self.config.rollback_cooldown_micro_batches
+            self._alert_cooldown = self.config.rollback_cooldown_micro_batches
             self.drift.reset()
             self.account.alerts += 1
             self._record(
@@ -626,6 +630,7 @@ class JobRuntime:
             )
             return
         self._rollback_cooldown = self.config.rollback_cooldown_micro_batches
+        self._alert_cooldown = self.config.rollback_cooldown_micro_batches
         self.drift.reset()
         trigger = "drift alarm" if alert else "gate check"
         self._roll_back(

@@ -17,7 +17,7 @@ from streaming.job_config import JobConfig
 from streaming.runtime import EventBatch, JobRuntime, holdout_share
 
 SPEC = load_spec("job_postings")
-EVENTS = list(itertools.islice(iter_events("job_postings"), 4000))
+EVENTS = list(itertools.islice(iter_events("job_postings"), 5500))
 LABELS = sorted({e["job_role"] for e in EVENTS})
 
 
@@ -153,19 +153,29 @@ def test_wrong_labels_rejected_and_reset(tmp_path: Path) -> None:
     runtime, records = make_runtime(tmp_path, FakeClock())
     feed(runtime, EVENTS[:2500])
     assert runtime.serving_version is not None
-    burst_starts = len(records)
-    feed(runtime, wrong_labels(EVENTS[2500:3500]))
+    burst = wrong_labels(EVENTS[2500:3500])
+    holdout_sample = list(runtime.holdout)[:20]
 
-    rejections = kinds(records[burst_starts:], "rejection")
+    rejections = []
+    for start in range(0, len(burst), 250):
+        seen = len(records)
+        runtime.handle_batch(EventBatch(burst[start : start + 250]))
+        new = kinds(records[seen:], "rejection")
+        if not new:
+            continue
+        rejections.extend(new)
+        # The gate runs last in a batch, so right after a rejection the
+        # learner is the serving version again.
+        assert new[-1]["serving_version"] == runtime.serving_version
+        serving = runtime.serving_learner
+        assert serving is not None
+        assert runtime.learner.predict(holdout_sample) == serving.predict(
+            holdout_sample
+        )
+
     assert rejections
-    assert rejections[-1]["metric"] == "log_loss"
-    assert rejections[-1]["candidate_value"] > rejections[-1]["serving_value"]
-    assert rejections[-1]["serving_version"] == runtime.serving_version
-    # After a rejection the learner is the serving version again.
-    holdout = list(runtime.holdout)
-    assert runtime.learner.predict(holdout[:20]) == runtime.serving_learner.predict(
-        holdout[:20]
-    )
+    assert rejections[0]["metric"] == "log_loss"
+    assert rejections[0]["candidate_value"] > rejections[0]["serving_value"]
 
 
 def test_operator_rollback_adopted(tmp_path: Path) -> None:
@@ -192,16 +202,20 @@ def test_operator_rollback_adopted(tmp_path: Path) -> None:
 
 
 def test_wrong_labels_roll_back_once(tmp_path: Path) -> None:
-    # A gate that promotes anything lets bad versions out; the drift
-    # detectors and the holdout window must then bring back a good one.
+    # A gate that promotes anything lets bad versions out. Once clean events
+    # refill the (small) holdout window, the check at each gate must bring
+    # back a version from before the burst, and only once.
     registry = open_registry(tmp_path / "registry", create=True)
     runtime, records = make_runtime(
-        tmp_path, FakeClock(), registry, gate_tolerance=100.0
+        tmp_path, FakeClock(), registry, gate_tolerance=100.0, holdout_window_size=150
     )
     feed(runtime, EVENTS[:2500])
     good = runtime.serving_version
     assert good is not None
     feed(runtime, wrong_labels(EVENTS[2500:3700]))
+    assert runtime.serving_version is not None
+    assert runtime.serving_version > good
+    feed(runtime, EVENTS[3700:5500])
 
     rollbacks = kinds(records, "rollback")
     assert len(rollbacks) == 1
