@@ -15,7 +15,6 @@ from rollback.cli import (
     open_from_options,
 )
 from rollback.errors import CorruptVersion, InvalidInput, RegistryError
-from rollback.filters import Filter, compile_filter, flatten
 from rollback.manifest import Manifest
 from rollback.names import format_version
 from rollback.registry import Registry
@@ -137,7 +136,7 @@ def version_status(state: ServingState, number: int) -> str:
 def _list(registry: Registry, args: argparse.Namespace) -> int:
     rows = version_rows(registry)
     if args.filter:
-        rows = _apply_filter(compile_filter(args.filter), rows)
+        rows = _apply_filter(args.filter, rows)
     if args.limit is not None:
         rows = rows[: args.limit]
     if args.format == "json":
@@ -147,9 +146,11 @@ def _list(registry: Registry, args: argparse.Namespace) -> int:
     return 0
 
 
-def _apply_filter(
-    expression: Filter, rows: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
+def _apply_filter(text: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # Imported here: compiling the filter grammar costs a few ms at start-up.
+    from rollback.filters import compile_filter, flatten
+
+    expression = compile_filter(text)
     flat_rows = [flatten(row) for row in rows]
     known = set().union(*flat_rows) if flat_rows else set()
     unknown = sorted(expression.keys - known)
