@@ -52,7 +52,7 @@ from online_model.featurize import (
     standardize,
     transform_numeric,
 )
-from online_model.model import HashedSoftmaxModel
+from online_model.model import EmbeddingOptimizer, HashedSoftmaxModel
 from online_model.scored import Scored
 from online_model.spec import FeatureSpec, fingerprint, spec_from_dict
 
@@ -183,6 +183,9 @@ class OnlineLearner:
         self._labels: list[str] = []
         self._label_index: dict[str, int] = {}
         self._optimizers = self._make_optimizers()
+        self._embedding_optimizer = EmbeddingOptimizer(
+            self.config.optimizer, self.config.learning_rate, self._model.embedding
+        )
         self.examples_seen = 0
         self.batches_seen = 0
         self.updates_refused = 0
@@ -227,7 +230,10 @@ class OnlineLearner:
         # grows, starts the first training step, so the model learns from
         # exactly the input it was scored on.
         batch = self._model_input(encoded)
-        logits = self._model(batch) if self._labels and labelled_count else None
+        lookup = self._model.embedding_rows(batch.tokens, trainable=labelled_count > 0)
+        logits = None
+        if self._labels and labelled_count:
+            logits = self._model(batch, lookup[2], lookup[1])
         if logits is not None:
             probabilities = self._mix_prior(torch.softmax(logits.detach(), dim=1))
         else:
@@ -245,7 +251,7 @@ class OnlineLearner:
             report.new_labels = self._add_labels(checked.labelled)
             if report.new_labels:
                 logits = None
-            self._train(batch, encoded, checked.labelled, logits, report)
+            self._train(batch, lookup, encoded, checked.labelled, logits, report)
         report.learned = labelled_count if report.loss is not None else 0
         self._count(report)
         return report
@@ -292,9 +298,11 @@ class OnlineLearner:
             f"model.{k}": v.detach().cpu().contiguous()
             for k, v in self._model.state_dict().items()
         }
-        # Python numbers in optimizer state (SparseAdam's step count) stay Python
-        # numbers in JSON: as tensors they would change the bias-correction
-        # arithmetic and break the bit-for-bit restore.
+        for key, value in self._embedding_optimizer.state.items():
+            tensors[f"embedding_optimizer.{key}"] = value.detach().cpu().contiguous()
+        # Python numbers in optimizer state stay Python numbers in JSON, because
+        # as tensors they could change the arithmetic and break the bit-for-bit
+        # restore.
         scalars: dict[str, float | int] = {}
         for position, optimizer in enumerate(self._optimizers):
             for param_index, param_state in optimizer.state_dict()["state"].items():
@@ -307,6 +315,7 @@ class OnlineLearner:
         tensors["generator"] = self._generator.get_state()
         state = {
             "optimizer_scalars": scalars,
+            "embedding_optimizer_steps": self._embedding_optimizer.steps,
             "format": STATE_FORMAT,
             "spec": self.spec.to_dict(),
             "config": dataclasses.asdict(self.config),
@@ -521,6 +530,7 @@ class OnlineLearner:
     def _train(
         self,
         batch: ModelInput,
+        lookup: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
         encoded: EncodedBatch,
         events: list[dict[str, Any]],
         first_logits: torch.Tensor | None,
@@ -529,8 +539,10 @@ class OnlineLearner:
         """Take the configured optimizer steps on the labelled events.
 
         The labelled events are the first ``len(events)`` rows of ``batch``.
-        The running statistics take in the batch only after a step
-        succeeded, so a rejected update leaves them as they were.
+        ``lookup`` is the batch's :meth:`HashedSoftmaxModel.embedding_rows`,
+        whose rows the first step uses. The running statistics take in the
+        batch only after a step succeeded, so a rejected update leaves them as
+        they were.
         """
         model = self._model
         count = len(events)
@@ -540,20 +552,25 @@ class OnlineLearner:
             dtype=torch.int64,
             device=self.device,
         )
+        distinct, positions, rows = lookup
         loss_value = None
         for step in range(self.config.steps_per_batch):
             for optimizer in self._optimizers:
                 optimizer.zero_grad(set_to_none=True)
             logits = first_logits if step == 0 and first_logits is not None else None
             if logits is None:
-                logits = model(batch)
+                if step > 0:
+                    rows = model.embedding.detach()[distinct].requires_grad_(True)
+                logits = model(batch, rows, positions)
             loss = F.cross_entropy(logits[:count], targets)
-            if not torch.isfinite(loss) or not self._backward_finite(loss):
+            if not torch.isfinite(loss) or not self._backward_finite(loss, rows):
                 # Steps that already succeeded on this batch stay.
                 self._refuse(report)
                 break
             for optimizer in self._optimizers:
                 optimizer.step()
+            if rows.grad is not None:
+                self._embedding_optimizer.step(model.embedding, distinct, rows.grad)
             if loss_value is None:
                 loss_value = float(loss.detach())
         if loss_value is None:
@@ -565,15 +582,12 @@ class OnlineLearner:
         )
         report.loss = loss_value
 
-    def _backward_finite(self, loss: torch.Tensor) -> bool:
+    def _backward_finite(self, loss: torch.Tensor, rows: torch.Tensor) -> bool:
         loss.backward()
         totals = []
-        for parameter in self._model.parameters():
-            grad = parameter.grad
-            if grad is None:
-                continue
-            values = grad._values() if grad.is_sparse else grad
-            totals.append(values.sum())
+        for parameter in (*self._model.parameters(), rows):
+            if parameter.grad is not None:
+                totals.append(parameter.grad.sum())
         return bool(torch.isfinite(torch.stack(totals).sum())) if totals else True
 
     def _refuse(self, report: MicroBatchReport) -> None:
@@ -594,18 +608,13 @@ class OnlineLearner:
         self.unlabelled_seen += report.unlabelled
 
     def _make_optimizers(self) -> list[torch.optim.Optimizer]:
+        """Return the optimizers of every parameter but the embedding."""
         model = self._model
         dense = [p for name, p in model.named_parameters() if name != "embedding"]
         rate = self.config.learning_rate
         if self.config.optimizer == "adagrad":
-            # Adagrad builds sparse tensors for the embedding. Choosing the
-            # (default) unchecked mode explicitly stops torch from warning.
-            torch.sparse.check_sparse_tensor_invariants.disable()
-            return [torch.optim.Adagrad([model.embedding, *dense], lr=rate)]
-        return [
-            torch.optim.SparseAdam([model.embedding], lr=rate),
-            torch.optim.Adam(dense, lr=rate),
-        ]
+            return [torch.optim.Adagrad(dense, lr=rate)]
+        return [torch.optim.Adam(dense, lr=rate)]
 
     def _restore(
         self, state: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]
@@ -635,6 +644,9 @@ class OnlineLearner:
                     "param_groups": optimizer.state_dict()["param_groups"],
                 }
             )
+        for key, value in self._embedding_optimizer.state.items():
+            value.copy_(tensors[f"embedding_optimizer.{key}"])
+        self._embedding_optimizer.steps = int(state["embedding_optimizer_steps"])
         self._generator.set_state(tensors["generator"])
         counters = state.get("counters", {})
         for name in self.counters():

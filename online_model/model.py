@@ -15,6 +15,7 @@ restored with the weights.
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 import torch.nn.functional as F
@@ -69,10 +70,32 @@ class HashedSoftmaxModel(nn.Module):
         """The number of output classes."""
         return int(self.output_bias.shape[0])
 
-    def forward(self, batch: ModelInput) -> torch.Tensor:
-        """Return the logits, ``[events, labels]``."""
-        embedded = F.embedding(batch.tokens, self.embedding, sparse=True)
-        embedded = embedded * batch.token_weights.unsqueeze(1)
+    def embedding_rows(
+        self, tokens: torch.Tensor, trainable: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return the distinct tokens, each token's position among them, and their rows.
+
+        With ``trainable`` the rows are a leaf tensor that collects the
+        gradient, which :class:`EmbeddingOptimizer` applies to just those rows.
+        """
+        distinct, positions = torch.unique(tokens, return_inverse=True)
+        rows = self.embedding.detach()[distinct]
+        return distinct, positions, rows.requires_grad_(trainable)
+
+    def forward(
+        self,
+        batch: ModelInput,
+        rows: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Return the logits, ``[events, labels]``.
+
+        ``rows`` and ``positions`` come from :meth:`embedding_rows`; without
+        them the rows are looked up here.
+        """
+        if rows is None or positions is None:
+            _, positions, rows = self.embedding_rows(batch.tokens, trainable=False)
+        embedded = rows[positions] * batch.token_weights.unsqueeze(1)
         summed = torch.zeros(
             batch.size, self.embedding_dim, device=embedded.device, dtype=embedded.dtype
         )
@@ -124,3 +147,57 @@ class HashedSoftmaxModel(nn.Module):
         self.numeric_mean.add_(delta * share)
         self.numeric_m2.add_(batch_m2 + delta * delta * count * share)
         self.numeric_count.copy_(total)
+
+
+class EmbeddingOptimizer:
+    """Adagrad or lazy Adam on the embedding rows a batch touched.
+
+    Only the touched rows and their optimizer state are read and written, so
+    a step costs the same whatever the number of hash buckets. The update
+    rules are those of ``torch.optim.Adagrad`` (no learning-rate decay, zero
+    initial accumulator) and ``torch.optim.SparseAdam`` (torch 2.13).
+    """
+
+    ADAGRAD_EPSILON = 1e-10
+    ADAM_BETAS = (0.9, 0.999)
+    ADAM_EPSILON = 1e-8
+
+    def __init__(
+        self, kind: str, learning_rate: float, embedding: torch.Tensor
+    ) -> None:
+        self.kind = kind
+        self.learning_rate = learning_rate
+        self.steps = 0
+        names = ("sum",) if kind == "adagrad" else ("exp_avg", "exp_avg_sq")
+        self.state = {name: torch.zeros_like(embedding.detach()) for name in names}
+
+    def step(
+        self, embedding: torch.Tensor, distinct: torch.Tensor, grad: torch.Tensor
+    ) -> None:
+        """Update the rows ``distinct`` of ``embedding`` by their gradient ``grad``.
+
+        ``distinct`` must not repeat a row.
+        """
+        self.steps += 1
+        with torch.no_grad():
+            if self.kind == "adagrad":
+                total = self.state["sum"][distinct] + grad * grad
+                self.state["sum"][distinct] = total
+                scale = total.sqrt().add_(self.ADAGRAD_EPSILON)
+                embedding.index_add_(
+                    0, distinct, grad / scale, alpha=-self.learning_rate
+                )
+                return
+            beta1, beta2 = self.ADAM_BETAS
+            first = (
+                self.state["exp_avg"][distinct].mul_(beta1).add_(grad, alpha=1 - beta1)
+            )
+            second = self.state["exp_avg_sq"][distinct].mul_(beta2)
+            second.addcmul_(grad, grad, value=1 - beta2)
+            self.state["exp_avg"][distinct] = first
+            self.state["exp_avg_sq"][distinct] = second
+            correction1 = 1 - beta1**self.steps
+            correction2 = 1 - beta2**self.steps
+            scale = second.sqrt().add_(self.ADAM_EPSILON)
+            step_size = self.learning_rate * math.sqrt(correction2) / correction1
+            embedding.index_add_(0, distinct, first / scale, alpha=-step_size)

@@ -102,7 +102,7 @@ def test_invalid_and_duplicate_events_counted(
 
 @pytest.mark.parametrize(
     ("optimizer", "position", "state_key"),
-    [("adagrad", 0, "sum"), ("adam", 1, "exp_avg")],
+    [("adagrad", 0, "sum"), ("adam", 0, "exp_avg")],
 )
 def test_new_label_grows_and_keeps_old(
     job_postings: list[dict[str, Any]], optimizer: str, position: int, state_key: str
