@@ -75,11 +75,15 @@ class EncodedBatch:
 
 @dataclass(frozen=True)
 class ModelInput:
-    """Model input: hashed tokens with their event and weight, and dense columns."""
+    """Model input: hashed tokens and their weights by event, and dense columns.
+
+    The tokens of event ``i`` start at ``token_offsets[i]``, as
+    ``torch.nn.functional.embedding_bag`` expects.
+    """
 
     size: int
     tokens: torch.Tensor
-    token_events: torch.Tensor
+    token_offsets: torch.Tensor
     token_weights: torch.Tensor
     dense: torch.Tensor
 
@@ -306,13 +310,21 @@ def hashed_tokens(
             owners.append(crossed_owners)
             weights.append(torch.ones(crossed.shape[0]))
 
+    # Group the tokens by event (a stable sort keeps the order within an
+    # event), so that the model can sum them with one embedding_bag call.
+    all_owners = torch.cat(owners)
+    order = torch.argsort(all_owners, stable=True)
+    counts = torch.bincount(all_owners, minlength=size)
+    offsets = torch.zeros(size, dtype=torch.int64)
+    offsets[1:] = torch.cumsum(counts, dim=0)[:-1]
+
     dense = torch.nan_to_num(z, nan=0.0).to(torch.float32)
     missing = torch.isnan(z).to(torch.float32)
     return ModelInput(
         size=size,
-        tokens=(torch.cat(tokens) & layout.hash_mask).to(device),
-        token_events=torch.cat(owners).to(device),
-        token_weights=torch.cat(weights).to(device),
+        tokens=(torch.cat(tokens)[order] & layout.hash_mask).to(device),
+        token_offsets=offsets.to(device),
+        token_weights=torch.cat(weights)[order].to(device),
         dense=torch.cat([dense, missing], dim=1).to(device),
     )
 

@@ -95,11 +95,13 @@ class HashedSoftmaxModel(nn.Module):
         """
         if rows is None or positions is None:
             _, positions, rows = self.embedding_rows(batch.tokens, trainable=False)
-        embedded = rows[positions] * batch.token_weights.unsqueeze(1)
-        summed = torch.zeros(
-            batch.size, self.embedding_dim, device=embedded.device, dtype=embedded.dtype
+        summed = F.embedding_bag(
+            positions,
+            rows,
+            batch.token_offsets,
+            mode="sum",
+            per_sample_weights=batch.token_weights,
         )
-        summed = summed.index_add(0, batch.token_events, embedded)
         features = torch.cat([summed, batch.dense], dim=1)
         hidden = F.relu(self.hidden(features))
         return F.linear(
