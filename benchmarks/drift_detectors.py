@@ -547,7 +547,8 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(sys.argv[1:] if argv is None else argv)
-    command = "python " + shlex.join(["benchmarks/drift_detectors.py", *sys.argv[1:]])
+    interpreter = os.path.relpath(sys.executable)
+    command = shlex.join([interpreter, "benchmarks/drift_detectors.py", *sys.argv[1:]])
     started = time.perf_counter()
 
     outcomes = measure(arguments.seeds, arguments.stationary_seeds)
