@@ -88,10 +88,10 @@ class DriftMonitorConfig:
 class DriftMonitor:
     """The drift detectors of one stream, fed a micro-batch at a time.
 
-    Alarm positions count from the first record of the first micro-batch:
-    a quality alarm carries the index of its Scored record, and a feature
-    alarm the index of its event among all events given, including events
-    whose value for that field was skipped.
+    Alarm positions count from the first record of the first micro-batch. A
+    quality alarm carries the index of its Scored record. A feature alarm
+    carries the index of its event among all events given, counting the
+    events whose value for that field was skipped.
     """
 
     def __init__(self, config: DriftMonitorConfig | None = None) -> None:

@@ -353,8 +353,8 @@ def test_monitor_kswin_on_event_field() -> None:
 
 
 def test_monitor_feature_position_counts_events() -> None:
-    # Every other event lacks the field, so the detector sees half the events
-    # but the alarm carries the index among all events.
+    # Every other event lacks the field, so the detector receives half the
+    # events, but the alarm carries the index among all events.
     rng = random.Random(3)
     events: list[dict[str, object]] = []
     for i in range(1400):
