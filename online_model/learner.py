@@ -560,7 +560,8 @@ class OnlineLearner:
             logits = first_logits if step == 0 and first_logits is not None else None
             if logits is None:
                 if step > 0:
-                    rows = model.embedding.detach()[distinct].requires_grad_(True)
+                    rows = model.embedding.detach().index_select(0, distinct)
+                    rows.requires_grad_(True)
                 logits = model(batch, rows, positions)
             loss = F.cross_entropy(logits[:count], targets)
             if not torch.isfinite(loss) or not self._backward_finite(loss, rows):

@@ -79,7 +79,7 @@ class HashedSoftmaxModel(nn.Module):
         gradient, which :class:`EmbeddingOptimizer` applies to just those rows.
         """
         distinct, positions = torch.unique(tokens, return_inverse=True)
-        rows = self.embedding.detach()[distinct]
+        rows = self.embedding.detach().index_select(0, distinct)
         return distinct, positions, rows.requires_grad_(trainable)
 
     def forward(
@@ -183,21 +183,20 @@ class EmbeddingOptimizer:
         self.steps += 1
         with torch.no_grad():
             if self.kind == "adagrad":
-                total = self.state["sum"][distinct] + grad * grad
-                self.state["sum"][distinct] = total
+                total = self.state["sum"].index_select(0, distinct).addcmul_(grad, grad)
+                self.state["sum"].index_copy_(0, distinct, total)
                 scale = total.sqrt().add_(self.ADAGRAD_EPSILON)
                 embedding.index_add_(
                     0, distinct, grad / scale, alpha=-self.learning_rate
                 )
                 return
             beta1, beta2 = self.ADAM_BETAS
-            first = (
-                self.state["exp_avg"][distinct].mul_(beta1).add_(grad, alpha=1 - beta1)
-            )
-            second = self.state["exp_avg_sq"][distinct].mul_(beta2)
-            second.addcmul_(grad, grad, value=1 - beta2)
-            self.state["exp_avg"][distinct] = first
-            self.state["exp_avg_sq"][distinct] = second
+            first = self.state["exp_avg"].index_select(0, distinct)
+            first.mul_(beta1).add_(grad, alpha=1 - beta1)
+            second = self.state["exp_avg_sq"].index_select(0, distinct)
+            second.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            self.state["exp_avg"].index_copy_(0, distinct, first)
+            self.state["exp_avg_sq"].index_copy_(0, distinct, second)
             correction1 = 1 - beta1**self.steps
             correction2 = 1 - beta2**self.steps
             scale = second.sqrt().add_(self.ADAM_EPSILON)
