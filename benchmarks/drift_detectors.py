@@ -490,7 +490,7 @@ TRADE_OFF = """\
   drifts, against 8 of 10 at 75. Its running mean covers everything since its
   last reset, so it reacts more slowly than ADWIN after a long stable period.
   Where the shipped rows show more than one alarm per drift (1.1-1.3), the
-  second alarm came 9,000 to 19,000 events after the first: a false alarm on
+  second alarm came 9,000 to 20,000 events after the first: a false alarm on
   the new level, not a repeat of the first.
 - Page-Hinkley on the capped log loss is an option, not the default. It
   raised 6 alarms per drift on the Agrawal stream, where the Hoeffding tree's
