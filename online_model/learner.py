@@ -450,11 +450,11 @@ class OnlineLearner:
             if probabilities.shape[1]
             else [0.0] * len(events)
         )
-        labels = self._labels
+        label_of = self._labels.__getitem__
         return [
             Scored(
                 true_label=event[label_field],
-                ranked_labels=tuple(labels[i] for i in row),
+                ranked_labels=tuple(map(label_of, row)),
                 true_label_probability=probability if index >= 0 else 0.0,
                 event_time_ms=_millis(event[time_field]),
             )
