@@ -60,14 +60,51 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=0.0,
         help="stop after this many seconds without new input (0: never)",
     )
-    parser.add_argument("--progress-interval-s", type=float, default=2.0)
-    parser.add_argument("--tick-interval-s", type=float, default=0.5)
-    parser.add_argument("--micro-batch-size", type=int, default=256)
-    parser.add_argument("--micro-batch-max-wait-s", type=float, default=2.0)
-    parser.add_argument("--holdout-fraction", type=float, default=0.1)
-    parser.add_argument("--holdout-window-size", type=int, default=2000)
-    parser.add_argument("--holdout-min-events", type=int, default=200)
-    parser.add_argument("--gate-every-micro-batches", type=int, default=20)
+    parser.add_argument(
+        "--progress-interval-s",
+        type=float,
+        default=2.0,
+        help="seconds between progress lines (default 2)",
+    )
+    parser.add_argument(
+        "--tick-interval-s",
+        type=float,
+        default=0.5,
+        help="seconds between tick messages that drive the micro-batch timer",
+    )
+    parser.add_argument(
+        "--micro-batch-size", type=int, default=256, help="events per micro-batch"
+    )
+    parser.add_argument(
+        "--micro-batch-max-wait-s",
+        type=float,
+        default=2.0,
+        help="seconds after which a partial micro-batch is learned (default 2)",
+    )
+    parser.add_argument(
+        "--holdout-fraction",
+        type=float,
+        default=0.1,
+        help="share of labelled events held out, by hash of the event id",
+    )
+    parser.add_argument(
+        "--holdout-window-size",
+        type=int,
+        default=2000,
+        help="most recent holdout events kept for validation",
+    )
+    parser.add_argument(
+        "--holdout-min-events",
+        type=int,
+        default=200,
+        help="holdout events needed before the first gate",
+    )
+    parser.add_argument(
+        "--gate-every-micro-batches",
+        type=int,
+        default=20,
+        help="micro-batches between gates (or --gate-every-s, whichever first)",
+    )
     parser.add_argument(
         "--gate-metric",
         choices=("log_loss", "top1", "top5", "macro_f1"),
@@ -81,9 +118,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="how much worse than the serving version a candidate may be, in "
         "the metric's unit (nats for log_loss, a fraction for the others)",
     )
-    parser.add_argument("--gate-every-s", type=float, default=30.0)
-    parser.add_argument("--checkpoint-every-s", type=float, default=5.0)
-    parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.add_argument(
+        "--gate-every-s", type=float, default=30.0, help="seconds between gates"
+    )
+    parser.add_argument(
+        "--checkpoint-every-s",
+        type=float,
+        default=5.0,
+        help="seconds between checkpoints; bounds what a crash loses",
+    )
+    parser.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="progress and account as text lines or JSON lines",
+    )
     return parser.parse_args(argv)
 
 

@@ -30,7 +30,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -248,8 +248,13 @@ class Learn(beam.DoFn):
         _, item = keyed
         slot = runtime_slot(self.settings)
         with slot.lock:
+            stored = checkpoint.read()
+            if stored is not None and stored > slot.runtime.checkpoint_number:
+                # Another worker advanced the checkpoint, so this process's
+                # learner is behind: rebuild it from the newest checkpoint.
+                logger.info("reloading: checkpoint %d is newer than ours", stored)
+                slot.runtime = build_runtime(self.settings)
             runtime = slot.runtime
-            _reload_if_stale(runtime, checkpoint.read())
             predictions = []
             if isinstance(item, EventBatch):
                 predictions = runtime.handle_batch(item)
@@ -261,15 +266,6 @@ class Learn(beam.DoFn):
             write_account(self.settings, runtime)
         for prediction in predictions:
             yield _prediction_message(prediction)
-
-
-def _reload_if_stale(runtime: Any, stored: int | None) -> None:
-    # Another worker advanced the checkpoint: this process's learner is old.
-    if stored is not None and stored > runtime.checkpoint_number:
-        logger.info(
-            "reloading checkpoint %d (had %d)", stored, runtime.checkpoint_number
-        )
-        runtime.restore(stored)
 
 
 _ACCOUNT_WRITES: dict[str, float] = {}
@@ -354,14 +350,3 @@ def build_pipeline(
         | "WritePredictions"
         >> WriteToPubSub(topics.predictions_topic, with_attributes=True)
     )
-
-
-def settings_summary(settings: JobSettings) -> Mapping[str, Any]:
-    """Return the settings as a flat dict for logs."""
-    return {
-        "job": settings.job_name,
-        "project": settings.project,
-        "spec": settings.spec_name,
-        "registry": settings.registry_url,
-        "run_dir": settings.run_dir,
-    }

@@ -41,6 +41,7 @@ from rollback.errors import PointerConflict, RegistryError
 from rollback.manifest import ManifestFields
 from streaming.checkpoint import CheckpointStore
 from streaming.job_config import JobConfig
+from streaming.job_metrics import JobMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ class EventBatch:
 
 @dataclass(frozen=True)
 class Prediction:
-    """The answer to one prediction request; version None before any exists."""
+    """Top-k roles for one prediction request; version None before any exists."""
 
     event_id: str
     ranked: Ranked
@@ -112,7 +113,7 @@ class Account:
     """Counts that add up: every event read is in exactly one outcome.
 
     ``events_read == duplicates + held_out + learned + predictions + pending
-    + lost_non_finite``, where ``pending`` is the open micro-batch.
+    + refused_non_finite``, where ``pending`` is the open micro-batch.
     """
 
     messages_read: int = 0
@@ -167,7 +168,7 @@ class JobRuntime:
         self.load_learner = load_learner
         self.checkpoints = checkpoints
         self.decisions = decisions
-        self.telemetry = telemetry
+        self.metrics = JobMetrics(telemetry)
         self.clock = clock
         self.code_version = code_version
 
@@ -205,7 +206,8 @@ class JobRuntime:
     # ------------------------------------------------------------ inputs
 
     def handle_batch(self, batch: EventBatch) -> list[Prediction]:
-        """Take the events of one or more messages; return answered requests."""
+        """Route the events of one or more messages; return the predictions
+        for the unlabelled ones."""
         self.account.messages_read += batch.messages
         for reason, count in batch.dead_letters.items():
             self.account.dead_lettered[reason] = (
@@ -216,7 +218,13 @@ class JobRuntime:
         for event in batch.events:
             self._route(event, batch.publish_time_s, requests)
         predictions = self._answer(requests)
-        self._count_routing(batch, before, len(requests))
+        self.metrics.routed(
+            len(batch.events),
+            batch.dead_letters,
+            duplicates=self.account.duplicates - before[0],
+            held_out=self.account.held_out - before[1],
+            requests=len(requests),
+        )
         while len(self.pending) >= self.config.micro_batch_size:
             self._learn_micro_batch(self.config.micro_batch_size)
         self._after_input()
@@ -264,25 +272,6 @@ class JobRuntime:
             self.pending.append(event)
             self.pending_publish_s.append(publish_time_s)
         self.account.pending = len(self.pending)
-
-    def _count_routing(
-        self, batch: EventBatch, before: tuple[int, int], requests: int
-    ) -> None:
-        if self.telemetry is None:
-            return
-        from streaming import monitoring as mon
-
-        duplicates = self.account.duplicates - before[0]
-        held_out = self.account.held_out - before[1]
-        self.telemetry.count(mon.EVENTS_READ, len(batch.events))
-        for reason, count in batch.dead_letters.items():
-            self.telemetry.count(mon.EVENTS_DEAD_LETTERED, count, reason=reason)
-        if duplicates:
-            self.telemetry.count(mon.EVENTS_DUPLICATE, duplicates)
-        if held_out:
-            self.telemetry.count(mon.EVENTS_HELD_OUT, held_out)
-        if requests:
-            self.telemetry.count(mon.PREDICTIONS_ANSWERED, requests)
 
     def _answer(self, requests: list[Event]) -> list[Prediction]:
         if not requests:
@@ -345,7 +334,7 @@ class JobRuntime:
             self._rollback_cooldown -= 1
         if self._alert_cooldown > 0:
             self._alert_cooldown -= 1
-        self._count_learning(report, len(batch), elapsed_s)
+        self.metrics.learned(report, len(batch), elapsed_s)
 
         alarms = self.drift.update(report.scored)
         for alarm in alarms:
@@ -366,32 +355,6 @@ class JobRuntime:
             else:
                 low, high = self._event_time_range
                 self._event_time_range = (min(low, millis), max(high, millis))
-
-    def _count_learning(self, report: Any, size: int, elapsed_s: float) -> None:
-        if self.telemetry is None:
-            return
-        from streaming import monitoring as mon
-
-        self.telemetry.count(mon.EVENTS_LEARNED, size)
-        self.telemetry.observe(mon.MICRO_BATCH_SIZE, size)
-        self.telemetry.observe(mon.MICRO_BATCH_LATENCY, elapsed_s)
-        if elapsed_s > 0:
-            self.telemetry.set(mon.EXAMPLES_PER_SECOND, size / elapsed_s)
-        scored = report.scored
-        event_time_ms = max((s.event_time_ms for s in scored), default=None)
-        if report.loss is not None and math.isfinite(report.loss):
-            self.telemetry.set(
-                mon.TRAINING_LOSS, report.loss, event_time_ms=event_time_ms
-            )
-        if scored:
-            hits = sum(s.ranked_labels[:1] == (s.true_label,) for s in scored)
-            top5 = sum(s.true_label in s.ranked_labels[:5] for s in scored)
-            self.telemetry.set(
-                mon.PREQUENTIAL_TOP1, hits / len(scored), event_time_ms=event_time_ms
-            )
-            self.telemetry.set(
-                mon.PREQUENTIAL_TOP5, top5 / len(scored), event_time_ms=event_time_ms
-            )
 
     # ------------------------------------------------------------ the gate
 
@@ -430,7 +393,7 @@ class JobRuntime:
             numbers["serving_top1"] = champion.top1_accuracy
             numbers["serving_top5"] = champion.top_k_hit_rate
             numbers["serving_log_loss"] = champion.log_loss
-        self._count_holdout(candidate, champion)
+        self.metrics.validated(candidate, champion, self.serving_version)
         if decision.promote:
             self._promote(candidate, champion, decision.reason, numbers)
         else:
@@ -448,6 +411,7 @@ class JobRuntime:
             self._record("promotion_paused", reason=reason, **numbers)
             logger.info("promotion paused: kept the candidate in training")
             return
+
         fields = self._manifest_fields(candidate, champion)
         # Serialising the learner is the costliest step of a gate (a few
         # hundred MB with the optimizer state), so it happens once: the same
@@ -467,9 +431,11 @@ class JobRuntime:
             logger.warning("publish lost a race with a pointer change: %s", conflict)
             self.follow_registry()
             return
+
         parent = self.serving_version
         self.account.versions_published += 1
         self._set_serving(version, self.load_learner(files))
+
         freshness = sorted(self.clock() - t for t in self._unserved_publish_s if t)
         self._unserved_publish_s = []
         self._record(
@@ -497,23 +463,6 @@ class JobRuntime:
             "rejected a candidate, back to v%s: %s", self.serving_version, reason
         )
 
-    def _count_holdout(self, candidate: Metrics, champion: Metrics | None) -> None:
-        if self.telemetry is None:
-            return
-        from streaming import monitoring as mon
-
-        pairs = [("candidate", mon.ROLE_CANDIDATE, candidate)]
-        if champion is not None:
-            pairs.append((f"v{self.serving_version}", mon.ROLE_SERVING, champion))
-        for version, role, metrics in pairs:
-            for spec, value in (
-                (mon.HOLDOUT_TOP1, metrics.top1_accuracy),
-                (mon.HOLDOUT_TOP5, metrics.top_k_hit_rate),
-                (mon.HOLDOUT_LOSS, metrics.log_loss),
-            ):
-                if math.isfinite(value):
-                    self.telemetry.set(spec, value, version=version, role=role)
-
     def _manifest_fields(
         self, candidate: Metrics, champion: Metrics | None
     ) -> ManifestFields:
@@ -539,10 +488,7 @@ class JobRuntime:
         self.recent_versions.move_to_end(version)
         while len(self.recent_versions) > self.config.rollback_versions_kept:
             self.recent_versions.popitem(last=False)
-        if self.telemetry is not None:
-            from streaming import monitoring as mon
-
-            self.telemetry.set(mon.SERVING_VERSION, version)
+        self.metrics.serving(version)
 
     def follow_registry(self) -> None:
         try:
@@ -587,7 +533,7 @@ class JobRuntime:
         of ``rollback_cooldown_micro_batches`` follows, so that one incident
         makes one rollback. After a drift alarm (``alert``) with no better
         earlier version the drift is taken as real: the job keeps learning
-        and records an alert, and alerts have their own cooldown of the same
+        and records an alert. Alerts have their own cooldown of the same
         length, which does not hold back a rollback. Every gate also runs
         this check without ``alert``, so a bad version that passed the gate
         on a holdout window that was bad itself is caught once the window
@@ -664,6 +610,7 @@ class JobRuntime:
             logger.warning("automatic rollback to v%d failed: %s", target, error)
             self.follow_registry()
             return
+
         self.account.rollbacks_automatic += 1
         learner = self.recent_versions[target]
         self._set_serving(target, learner)
@@ -680,8 +627,7 @@ class JobRuntime:
         record = {"time": self.clock(), "kind": kind, **fields}
         if self.decisions is not None:
             self.decisions(record)
-        if self.telemetry is not None:
-            _telemetry_event(self.telemetry, kind, fields)
+        self.metrics.decided(kind, fields)
 
     # ------------------------------------------------------------ checkpoints
 
@@ -700,18 +646,21 @@ class JobRuntime:
         self._record("checkpoint", number=self.checkpoint_number, **self._totals())
 
     def restore(self, number: int) -> None:
-        """Load checkpoint ``number`` into this runtime."""
+        """Load checkpoint ``number`` into this runtime, which must be new."""
         if self.checkpoints is None:
             raise ValueError("restore needs a checkpoint store")
         files = self.checkpoints.load(number)
+
         learner_files = {
             name.removeprefix("learner."): data
             for name, data in files.items()
             if name.startswith("learner.")
         }
         self.learner = self.load_learner(learner_files)
+        self.holdout.clear()
         self.holdout.extend(self._avro_to_events(files["holdout.avro"]))
         self.pending = self._avro_to_events(files["pending.avro"])
+
         state = json.loads(files["state.json"])
         self.pending_publish_s = [0.0] * len(self.pending)
         self.seen_ids = OrderedDict((event_id, None) for event_id in state["seen_ids"])
@@ -720,6 +669,7 @@ class JobRuntime:
         if state["event_time_range"] is not None:
             low, high = state["event_time_range"]
             self._event_time_range = (low, high)
+
         serving = state["serving_version"]
         if serving is not None:
             loaded = self.registry.read(serving)
@@ -756,39 +706,6 @@ class JobRuntime:
     def _avro_to_events(self, data: bytes) -> list[Event]:
         records = fastavro.reader(io.BytesIO(data))
         return [cast(Event, record) for record in records]
-
-
-def _telemetry_event(telemetry: Any, kind: str, fields: Mapping[str, Any]) -> None:
-    from streaming import monitoring as mon
-
-    kinds = {
-        "promotion": mon.EventKind.PROMOTION,
-        "rejection": mon.EventKind.REJECTION,
-        "rollback": mon.EventKind.ROLLBACK,
-        "drift_alarm": mon.EventKind.DRIFT_ALARM,
-    }
-    event_kind = kinds.get(kind)
-    manual = kind == "adopted" and _is_rollback(fields)
-    if manual:
-        event_kind = mon.EventKind.ROLLBACK
-    if event_kind is None:
-        return
-    details = {
-        key: value
-        for key, value in fields.items()
-        if isinstance(value, int | float | str) and key != "detector"
-    }
-    labels: dict[str, str] = {}
-    if event_kind is mon.EventKind.ROLLBACK:
-        labels["trigger"] = mon.TRIGGER_MANUAL if manual else mon.TRIGGER_AUTOMATIC
-    if event_kind is mon.EventKind.DRIFT_ALARM:
-        labels["detector"] = str(fields.get("detector", ""))
-    telemetry.record_event(event_kind, labels=labels, **details)
-
-
-def _is_rollback(fields: Mapping[str, Any]) -> bool:
-    version, previous = fields.get("version"), fields.get("previous")
-    return isinstance(version, int) and isinstance(previous, int) and version < previous
 
 
 def _unsign(metric: str, score: float) -> float:
