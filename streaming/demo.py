@@ -2,10 +2,10 @@
 
 ``scripts/demo`` runs this after it installed everything and started the
 Pub/Sub emulator. It creates fresh topics and a fresh registry under
-``runs/``, converts the real job postings to events, publishes them in
-event-time order (5% without a label, as prediction requests, and a few
-broken messages), runs the streaming job on the DirectRunner with live
-progress, and ends with the account and the run report once every
+``runs/`` and converts the real job postings to events. It publishes them
+in event-time order, 5% without a label (prediction requests) and with a
+few broken messages. Then it runs the streaming job on the DirectRunner with
+live progress, and ends with the account and the run report once every
 published event is accounted for.
 """
 

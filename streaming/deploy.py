@@ -19,9 +19,9 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-# A Cloud Storage path as Beam's option validator accepts it. Beam answers a
-# path it rejects by creating a default bucket in the project, which is a
-# call to Google Cloud even in a dry run, so paths are checked here first.
+# A Cloud Storage path as Beam's option validator accepts it. When Beam
+# rejects a path it creates a default bucket in the project instead, which is
+# a call to Google Cloud even in a dry run, so paths are checked here first.
 _GCS_PATH = re.compile(r"gs://[a-z0-9][a-z0-9._-]{1,61}[a-z0-9](/.*)?")
 
 EXAMPLE = """example:

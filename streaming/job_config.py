@@ -9,7 +9,7 @@ from online_model.gate import METRIC_FIELDS, GateMetric
 
 @dataclass(frozen=True)
 class JobConfig:
-    """How the job batches, validates, rolls back and checkpoints.
+    """Batching, validation, rollback and checkpoint settings of the job.
 
     A micro-batch closes at ``micro_batch_size`` events or when its oldest
     event has waited ``micro_batch_max_wait_s``. A candidate meets the gate

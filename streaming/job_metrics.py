@@ -91,7 +91,7 @@ class JobMetrics:
                     self.telemetry.set(spec, value, version=version, role=role)
 
     def serving(self, version: int) -> None:
-        """Record the version that now answers predictions."""
+        """Record the version that now serves predictions."""
         if self.telemetry is None:
             return
         from streaming import monitoring as mon

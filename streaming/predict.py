@@ -1,7 +1,7 @@
 """``streamlearn predict``: score a file of events with one version, in batch.
 
-A Beam batch pipeline reads events from Avro or CSV files, scores them in
-batches with a version from the registry (the serving one by default) and
+A Beam batch pipeline reads events from Avro or CSV files and scores them in
+batches with a version from the registry (the serving one by default). It
 writes one JSON line per event: its id, the version and the top five roles
 with their probabilities. The learner's own ``predict`` does the scoring, so
 featurization is the same code as in training.

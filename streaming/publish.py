@@ -47,7 +47,7 @@ EXAMPLE = """examples:
 
 @dataclass
 class PublishStats:
-    """What one publish run sent."""
+    """Counts of one publish run."""
 
     events: int = 0
     messages: int = 0
@@ -112,7 +112,10 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if not args.files and not args.dataset:
-        print("streamlearn publish: give files or --dataset", file=sys.stderr)
+        print(
+            "streamlearn publish: missing input: pass files or --dataset",
+            file=sys.stderr,
+        )
         return 2
     if args.events_per_message < 1:
         print(
@@ -131,7 +134,10 @@ def main(argv: list[str]) -> int:
 
     spec_name = args.spec or args.dataset
     if spec_name is None:
-        print("streamlearn publish: give --spec for files", file=sys.stderr)
+        print(
+            "streamlearn publish: missing --spec: files need a schema name",
+            file=sys.stderr,
+        )
         return 2
     schema = load_schema(spec_name)
     topic = args.topic

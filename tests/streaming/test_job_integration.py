@@ -1,7 +1,7 @@
 """The real job on the DirectRunner against the Pub/Sub emulator, on real data.
 
 Each test checks that the counts add up: every event published is learned,
-held out, answered, dead-lettered or counted as a duplicate.
+held out, given a prediction, dead-lettered or counted as a duplicate.
 """
 
 from __future__ import annotations
