@@ -10,15 +10,17 @@
 
 Each call to :meth:`OnlineLearner.learn` first scores the micro-batch with
 the current weights (the honest, prequential score), then learns from it. A
-label never seen before grows the output layer in place. An update whose
-loss or gradient is not finite is rejected and the weights stay as they
-were. :meth:`OnlineLearner.to_files` stores the full state without pickle
+label never seen before grows the output layer in place. When any step of a
+micro-batch's update has a non-finite loss or gradient, the whole update is
+rejected and the weights and optimizer state stay as they were.
+:meth:`OnlineLearner.to_files` stores the full state without pickle
 (safetensors and JSON), and a learner restored from it continues bit for bit
 on the CPU.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -139,6 +141,17 @@ class MicroBatchReport:
     def invalid_total(self) -> int:
         """The number of rejected events, for any reason."""
         return sum(self.invalid.values())
+
+
+@dataclass
+class _StepState:
+    """What optimizer steps on one micro-batch change, saved to undo them."""
+
+    dense: list[torch.Tensor]
+    optimizers: list[dict[str, Any]]
+    rows: torch.Tensor
+    row_state: dict[str, torch.Tensor]
+    row_steps: int
 
 
 @dataclass
@@ -553,6 +566,11 @@ class OnlineLearner:
             device=self.device,
         )
         distinct, positions, rows = lookup
+        # Later steps may fail after earlier ones changed the weights, so the
+        # parts of the state a step can change are saved first.
+        saved = (
+            self._save_step_state(distinct) if self.config.steps_per_batch > 1 else None
+        )
         loss_value = None
         for step in range(self.config.steps_per_batch):
             for optimizer in self._optimizers:
@@ -565,9 +583,10 @@ class OnlineLearner:
                 logits = model(batch, rows, positions)
             loss = F.cross_entropy(logits[:count], targets)
             if not torch.isfinite(loss) or not self._backward_finite(loss, rows):
-                # Steps that already succeeded on this batch stay.
+                if saved is not None and step > 0:
+                    self._restore_step_state(distinct, saved)
                 self._refuse(report)
-                break
+                return
             for optimizer in self._optimizers:
                 optimizer.step()
             if rows.grad is not None:
@@ -582,6 +601,36 @@ class OnlineLearner:
             0, targets, torch.ones_like(targets, dtype=torch.float64)
         )
         report.loss = loss_value
+
+    def _save_step_state(self, distinct: torch.Tensor) -> _StepState:
+        """Copy what an optimizer step changes: dense weights, touched rows, state."""
+        embedding_optimizer = self._embedding_optimizer
+        return _StepState(
+            dense=[p.detach().clone() for p in self._dense_parameters()],
+            optimizers=[copy.deepcopy(o.state_dict()) for o in self._optimizers],
+            rows=self._model.embedding.detach().index_select(0, distinct),
+            row_state={
+                key: value.index_select(0, distinct)
+                for key, value in embedding_optimizer.state.items()
+            },
+            row_steps=embedding_optimizer.steps,
+        )
+
+    def _restore_step_state(self, distinct: torch.Tensor, saved: _StepState) -> None:
+        with torch.no_grad():
+            for parameter, value in zip(
+                self._dense_parameters(), saved.dense, strict=True
+            ):
+                parameter.copy_(value)
+            self._model.embedding.index_copy_(0, distinct, saved.rows)
+        for optimizer, state in zip(self._optimizers, saved.optimizers, strict=True):
+            optimizer.load_state_dict(state)
+        for key, value in saved.row_state.items():
+            self._embedding_optimizer.state[key].index_copy_(0, distinct, value)
+        self._embedding_optimizer.steps = saved.row_steps
+
+    def _dense_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for name, p in self._model.named_parameters() if name != "embedding"]
 
     def _backward_finite(self, loss: torch.Tensor, rows: torch.Tensor) -> bool:
         loss.backward()
@@ -610,8 +659,7 @@ class OnlineLearner:
 
     def _make_optimizers(self) -> list[torch.optim.Optimizer]:
         """Return the optimizers of every parameter but the embedding."""
-        model = self._model
-        dense = [p for name, p in model.named_parameters() if name != "embedding"]
+        dense = self._dense_parameters()
         rate = self.config.learning_rate
         if self.config.optimizer == "adagrad":
             return [torch.optim.Adagrad(dense, lr=rate)]

@@ -172,6 +172,37 @@ def test_non_finite_update_rejected(job_postings: list[dict[str, Any]]) -> None:
         assert torch.equal(value.nan_to_num(), saved[name].nan_to_num()), name
 
 
+def test_failed_second_step_undone(
+    job_postings: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    learner = new_learner()
+    learner.learn(job_postings[:512])
+    before = learner.to_files()
+    checks = iter([True, False])
+    original = learner._backward_finite
+
+    def fail_second_step(loss: torch.Tensor, rows: torch.Tensor) -> bool:
+        original(loss, rows)
+        return next(checks)
+
+    # Simulates a non-finite gradient in the second of the two steps.
+    monkeypatch.setattr(learner, "_backward_finite", fail_second_step)
+    report = learner.learn(job_postings[512:768])
+
+    assert report.refused_non_finite == 1
+    assert report.learned == 0
+    restored = OnlineLearner.from_files(before)
+    for name, value in restored._model.state_dict().items():
+        assert torch.equal(learner._model.state_dict()[name], value), name
+    for key, value in restored._embedding_optimizer.state.items():
+        assert torch.equal(learner._embedding_optimizer.state[key], value), key
+    monkeypatch.undo()
+    assert (
+        learner.learn(job_postings[768:1024]).scored
+        == restored.learn(job_postings[768:1024]).scored
+    )
+
+
 def test_score_does_not_learn(job_postings: list[dict[str, Any]]) -> None:
     learner = new_learner()
     learner.learn(job_postings[:256])
