@@ -20,7 +20,6 @@ on the CPU.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import logging
@@ -148,7 +147,7 @@ class _StepState:
     """What optimizer steps on one micro-batch change, saved to undo them."""
 
     dense: list[torch.Tensor]
-    optimizers: list[dict[str, Any]]
+    optimizers: list[dict[Any, dict[str, Any]]]
     rows: torch.Tensor
     row_state: dict[str, torch.Tensor]
     row_steps: int
@@ -607,7 +606,13 @@ class OnlineLearner:
         embedding_optimizer = self._embedding_optimizer
         return _StepState(
             dense=[p.detach().clone() for p in self._dense_parameters()],
-            optimizers=[copy.deepcopy(o.state_dict()) for o in self._optimizers],
+            optimizers=[
+                {
+                    parameter: {k: _cloned(v) for k, v in state.items()}
+                    for parameter, state in o.state.items()
+                }
+                for o in self._optimizers
+            ],
             rows=self._model.embedding.detach().index_select(0, distinct),
             row_state={
                 key: value.index_select(0, distinct)
@@ -623,8 +628,9 @@ class OnlineLearner:
             ):
                 parameter.copy_(value)
             self._model.embedding.index_copy_(0, distinct, saved.rows)
-        for optimizer, state in zip(self._optimizers, saved.optimizers, strict=True):
-            optimizer.load_state_dict(state)
+        for optimizer, states in zip(self._optimizers, saved.optimizers, strict=True):
+            optimizer.state.clear()
+            optimizer.state.update(states)
         for key, value in saved.row_state.items():
             self._embedding_optimizer.state[key].index_copy_(0, distinct, value)
         self._embedding_optimizer.steps = saved.row_steps
@@ -700,6 +706,10 @@ class OnlineLearner:
         counters = state.get("counters", {})
         for name in self.counters():
             setattr(self, name, int(counters.get(name, 0)))
+
+
+def _cloned(value: Any) -> Any:
+    return value.clone() if isinstance(value, torch.Tensor) else value
 
 
 def _choose_device(device: str | torch.device | None) -> torch.device:
