@@ -7,10 +7,6 @@ from typing import Any
 import pytest
 
 from online_model.datasets import iter_events
-from online_model.learner import LearnerConfig
-
-# Small enough that a test learner builds in milliseconds.
-SMALL_CONFIG = LearnerConfig(hash_bits=12, embedding_dim=16, hidden_units=16)
 
 
 @pytest.fixture(scope="session")

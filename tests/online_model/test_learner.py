@@ -8,11 +8,12 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import SMALL_CONFIG
 
 from online_model.learner import LearnerConfig, OnlineLearner
 from online_model.spec import load_spec
 
+# Small enough that a test learner builds in milliseconds.
+SMALL_CONFIG = LearnerConfig(hash_bits=12, embedding_dim=16, hidden_units=16)
 JOB_SPEC = load_spec("job_postings")
 ELECTRICITY_SPEC = load_spec("electricity")
 
