@@ -595,7 +595,13 @@ class OnlineLearner:
         if loss_value is None:
             return
         transformed = transform_numeric(encoded.numeric[:count], self._layout)
-        model.update_numeric_statistics(transformed.to(self.device))
+        overflowed = model.update_numeric_statistics(transformed.to(self.device))
+        if overflowed:
+            logger.warning(
+                "kept the running statistics of %d numeric field(s): this batch "
+                "would have made them overflow (values near the float64 limit)",
+                overflowed,
+            )
         model.label_counts.index_add_(
             0, targets, torch.ones_like(targets, dtype=torch.float64)
         )

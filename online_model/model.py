@@ -125,14 +125,16 @@ class HashedSoftmaxModel(nn.Module):
         )
         return self.output_weight, self.output_bias
 
-    def update_numeric_statistics(self, transformed: torch.Tensor) -> None:
+    def update_numeric_statistics(self, transformed: torch.Tensor) -> int:
         """Merge a batch of transformed numbers into the running statistics.
 
-        Uses the parallel form of Welford's algorithm per field; NaN (a
-        missing value) is left out of that field's count.
+        Uses the parallel form of Welford's algorithm per field, and NaN (a
+        missing value) is left out of that field's count. A field whose
+        statistics would overflow (values near the float64 limit) keeps its
+        previous statistics. Returns the number of such fields.
         """
         if transformed.shape[1] == 0:
-            return
+            return 0
         present = ~torch.isnan(transformed)
         batch_count = present.sum(dim=0).to(torch.float64)
         values = torch.where(present, transformed, torch.zeros_like(transformed))
@@ -146,9 +148,13 @@ class HashedSoftmaxModel(nn.Module):
         total = count + batch_count
         delta = batch_mean - self.numeric_mean
         share = batch_count / total.clamp(min=1)
-        self.numeric_mean.add_(delta * share)
-        self.numeric_m2.add_(batch_m2 + delta * delta * count * share)
-        self.numeric_count.copy_(total)
+        mean = self.numeric_mean + delta * share
+        m2 = self.numeric_m2 + batch_m2 + delta * delta * count * share
+        finite = torch.isfinite(mean) & torch.isfinite(m2)
+        self.numeric_mean.copy_(torch.where(finite, mean, self.numeric_mean))
+        self.numeric_m2.copy_(torch.where(finite, m2, self.numeric_m2))
+        self.numeric_count.copy_(torch.where(finite, total, count))
+        return int((~finite).sum())
 
 
 class EmbeddingOptimizer:

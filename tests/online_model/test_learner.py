@@ -297,3 +297,23 @@ def test_mixed_batch_learns_labelled_only(job_postings: list[dict[str, Any]]) ->
     assert actual.scored == expected.scored
     for name, value in alone._model.state_dict().items():
         assert torch.allclose(mixed._model.state_dict()[name], value, atol=1e-6), name
+
+
+def test_extreme_numbers_keep_statistics(electricity: list[dict[str, Any]]) -> None:
+    learner = new_learner(ELECTRICITY_SPEC)
+    learner.learn(electricity[:256])
+    mean_before = learner._model.numeric_mean.clone()
+    extreme = [
+        dict(e, nswdemand=1e308 if i % 2 else -1e308)
+        for i, e in enumerate(electricity[256:512])
+    ]
+
+    report = learner.learn(extreme)
+
+    assert report.learned == 256
+    assert torch.isfinite(learner._model.numeric_mean).all()
+    assert torch.isfinite(learner._model.numeric_m2).all()
+    column = learner.featurizer.numeric_fields.index("nswdemand")
+    assert learner._model.numeric_mean[column] == mean_before[column]
+    later = learner.learn(electricity[512:768])
+    assert all(0.0 < s.true_label_probability < 1.0 for s in later.scored)
