@@ -147,6 +147,10 @@ class Featurizer:
                 categorical.append(feature_id)
             for name, cache in value_plan:
                 value = event[name]
+                if value is not None:
+                    # An int and the equal float must get the same id whichever
+                    # arrives first, because the cache compares them as equal.
+                    value = float(value)
                 feature_id = cache.get(value)
                 if feature_id is None:
                     feature_id = self._remember(f"{name}#value", cache, value)

@@ -86,3 +86,12 @@ def test_text_field_learns(tmp_path: Path) -> None:
     encoded = featurizer.encode([dict(events[0], source_site="via LinkedIn")])
     source_site = featurizer.bag_fields.index("source_site")
     assert encoded.bag_ids[source_site].shape[0] == 2  # "via" and "linkedin"
+
+
+def test_value_token_same_for_int_and_float() -> None:
+    first = next(iter_events("aijobs_salaries"))
+    as_int = dict(first, salary_in_usd=int(first["salary_in_usd"]))
+    float_first = tokens_of("aijobs_salaries", [first, as_int])
+    int_first = tokens_of("aijobs_salaries", [as_int, first])
+    assert float_first[0] == float_first[1]
+    assert int_first[0] == float_first[0]
