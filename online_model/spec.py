@@ -346,6 +346,11 @@ def _field_from_dict(
             f"{' or '.join(allowed_types)}, but the schema has "
             f"{avro_field.base_type!r}"
         )
+    if avro_field.logical_type is not None:
+        raise SpecError(
+            f"{where}: Avro logical type {avro_field.logical_type!r} is not "
+            "supported as a feature; use a plain int, long, float or double field"
+        )
     if kind == "multi_valued" and avro_field.items != "string":
         raise SpecError(
             f"{where}: kind 'multi_valued' needs an array of strings, "

@@ -126,3 +126,9 @@ def test_spec_round_trips_through_dict() -> None:
     assert again == spec
     assert [f.name for f in again.fields] == [f.name for f in spec.fields]
     assert again.crosses[-1].exact
+
+
+def test_timestamp_field_not_a_feature(tmp_path: Path) -> None:
+    path = write_spec(tmp_path, '[fields.event_time]\nkind = "numeric"\n')
+    with pytest.raises(SpecError, match="logical type 'timestamp-millis'"):
+        load_spec(path)
