@@ -23,9 +23,91 @@ logger = logging.getLogger(__name__)
 
 Schema = dict[str, Any]
 
+# Deepest nesting of JSON objects and arrays accepted in a schema. fastavro
+# parses and reads schemas by recursion, so a deeper schema could exhaust the
+# stack. The shipped schemas nest 4 levels deep.
+MAX_SCHEMA_DEPTH = 64
+_NAMED_TYPES = ("record", "error", "enum", "fixed")
+
 
 class SchemaRegistryError(ValueError):
     """A schema file that cannot be read or parsed."""
+
+
+def check_schema_structure(schema: Any) -> None:
+    """Raise SchemaRegistryError if a JSON schema is too deep or recursive.
+
+    A recursive type (a record that contains itself) is valid Avro, but
+    fastavro's compiled reader recurses once per level of the data and
+    crashes the process with a stack overflow on a few hundred kilobytes of
+    crafted nesting, so schemas from outside must not contain one.
+    """
+    if _json_depth(schema) > MAX_SCHEMA_DEPTH:
+        raise SchemaRegistryError(
+            f"schema nests JSON objects and arrays more than {MAX_SCHEMA_DEPTH} "
+            "levels deep"
+        )
+    _reject_recursive_types(schema, "", frozenset())
+
+
+def _json_depth(value: Any) -> int:
+    """Return the nesting depth, or the first depth past the maximum."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Iterable[Any] = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if depth > MAX_SCHEMA_DEPTH:
+            return depth
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _full_name(name: str, namespace: str) -> str:
+    return name if "." in name or not namespace else f"{namespace}.{name}"
+
+
+def _reject_recursive_types(
+    node: Any, namespace: str, enclosing: frozenset[str]
+) -> None:
+    """Walk a schema of bounded depth; ``enclosing`` holds the named types
+    whose definitions contain ``node``."""
+    if isinstance(node, str):
+        if _full_name(node, namespace) in enclosing:
+            raise SchemaRegistryError(
+                f"schema type {node!r} contains itself; recursive types are not "
+                "accepted"
+            )
+        return
+    if isinstance(node, list):
+        for member in node:
+            _reject_recursive_types(member, namespace, enclosing)
+        return
+    if not isinstance(node, dict):
+        return
+    kind = node.get("type")
+    if kind in _NAMED_TYPES and isinstance(node.get("name"), str):
+        name = node["name"]
+        namespace = str(node.get("namespace", namespace))
+        full_name = _full_name(name, namespace)
+        namespace = full_name.rpartition(".")[0]
+        for field_ in node.get("fields", []) if kind in ("record", "error") else []:
+            if isinstance(field_, dict):
+                _reject_recursive_types(
+                    field_.get("type"), namespace, enclosing | {full_name}
+                )
+    elif kind == "array":
+        _reject_recursive_types(node.get("items"), namespace, enclosing)
+    elif kind == "map":
+        _reject_recursive_types(node.get("values"), namespace, enclosing)
+    else:
+        _reject_recursive_types(kind, namespace, enclosing)
 
 
 def parse_schema(schema: Mapping[str, Any] | str) -> Schema:
@@ -87,7 +169,11 @@ class SchemaRegistry:
         return self.add(schema)
 
     def add(self, schema: Mapping[str, Any]) -> str:
-        """Add a writer schema and return its fingerprint."""
+        """Add a writer schema and return its fingerprint.
+
+        Raises SchemaRegistryError for an invalid, too deep or recursive schema.
+        """
+        check_schema_structure(schema)
         try:
             parsed = parse_schema(schema)
         except Exception as error:  # fastavro raises several unrelated types

@@ -15,12 +15,23 @@ resolution, as fastavro implements it). A message that cannot be decoded as a
 whole becomes one dead letter; an event that decodes but fails validation
 becomes a dead letter of its own that carries the whole original message and
 the event's index in it. Dead letters keep the original bytes and attributes.
+Every message yields at least one event or one dead letter.
+
+A container is checked block by block before fastavro decodes it, because
+fastavro inflates a whole block in memory whatever its size, reads a block of
+zero or negative records as no events, and parses the embedded writer schema
+by recursion. :class:`DecodeLimits` bounds the decompressed size and the
+event count of one message (16 MiB and 50,000 events by default).
 """
 
 from __future__ import annotations
 
+import bz2
 import io
+import json
 import logging
+import lzma
+import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -32,6 +43,8 @@ from fastavro.read import SchemaResolutionError
 from streaming.schema_registry import (
     Schema,
     SchemaRegistry,
+    SchemaRegistryError,
+    check_schema_structure,
     parse_schema,
     schema_fingerprint,
 )
@@ -48,6 +61,24 @@ DETAIL_ATTRIBUTE = "dead-letter-detail"
 RECORD_INDEX_ATTRIBUTE = "dead-letter-record-index"
 _SYNC_MARKER_BYTES = 16
 _MAX_DETAIL_CHARS = 500
+# The header of an Avro object container file (Avro specification 1.11,
+# "Object Container Files").
+_CONTAINER_HEADER_SCHEMA = parse_schema(
+    {
+        "type": "record",
+        "name": "org.apache.avro.file.Header",
+        "fields": [
+            {"name": "magic", "type": {"type": "fixed", "name": "Magic", "size": 4}},
+            {"name": "meta", "type": {"type": "map", "values": "bytes"}},
+            {
+                "name": "sync",
+                "type": {"type": "fixed", "name": "Sync", "size": _SYNC_MARKER_BYTES},
+            },
+        ],
+    }
+)
+# Container codecs that fastavro reads without optional packages.
+SUPPORTED_CODECS = ("null", "deflate", "bzip2", "xz")
 
 Event = dict[str, Any]
 EventValidator = Callable[[Event], list[str]]
@@ -67,9 +98,40 @@ class DeadLetterReason(StrEnum):
     UNDECODABLE = "undecodable"
     TRUNCATED = "truncated"
     TRAILING_BYTES = "trailing-bytes"
+    EMPTY = "empty"
+    TOO_LARGE = "too-large"
+    INVALID_SCHEMA = "invalid-schema"
     UNKNOWN_SCHEMA = "unknown-schema"
     INCOMPATIBLE_SCHEMA = "incompatible-schema"
     INVALID_FIELDS = "invalid-fields"
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Upper bounds on what one message may decode to.
+
+    A message over a limit becomes one ``too-large`` dead letter before its
+    events are built. ``max_decoded_bytes`` bounds the record bytes after
+    decompression: the default of 16 MiB is above Pub/Sub's 10 MB message
+    limit, so only a compressed container can reach it. The default
+    ``max_events_per_message`` is 100 times what ``streamlearn publish``
+    sends per message.
+    """
+
+    max_decoded_bytes: int = 16 * 1024 * 1024
+    max_events_per_message: int = 50_000
+
+    def __post_init__(self) -> None:
+        if self.max_decoded_bytes < 1:
+            raise ValueError(
+                f"invalid max_decoded_bytes {self.max_decoded_bytes}: expected 1 "
+                "or more"
+            )
+        if self.max_events_per_message < 1:
+            raise ValueError(
+                f"invalid max_events_per_message {self.max_events_per_message}: "
+                "expected 1 or more"
+            )
 
 
 @dataclass(frozen=True)
@@ -160,7 +222,7 @@ class MessageDecoder:
 
     ``validate`` returns a list of problems for a decoded event (empty when
     the event is valid); events with problems become ``invalid-fields`` dead
-    letters.
+    letters. ``limits`` bounds the size of one message's events.
     """
 
     def __init__(
@@ -168,10 +230,12 @@ class MessageDecoder:
         reader_schema: Mapping[str, Any],
         registry: SchemaRegistry,
         validate: EventValidator | None = None,
+        limits: DecodeLimits | None = None,
     ) -> None:
         self.reader_schema: Schema = parse_schema(reader_schema)
         self.registry = registry
         self.validate = validate
+        self.limits = limits if limits is not None else DecodeLimits()
         # The reader schema is always a known writer schema.
         self.registry.add(self.reader_schema)
 
@@ -207,6 +271,7 @@ class MessageDecoder:
         self, encoding: Encoding, data: bytes, attributes: Mapping[str, str]
     ) -> list[Event]:
         if encoding is Encoding.CONTAINER:
+            _check_container(data, self.limits)
             return _read_container(data, self.reader_schema)
         if encoding is Encoding.SINGLE_OBJECT:
             header_bytes = len(SINGLE_OBJECT_MAGIC) + 8
@@ -221,6 +286,12 @@ class MessageDecoder:
         else:
             fingerprint_hex = attributes[FINGERPRINT_ATTRIBUTE].strip().lower()
             body = data
+        if len(body) > self.limits.max_decoded_bytes:
+            raise _MessageError(
+                DeadLetterReason.TOO_LARGE,
+                f"record has {len(body)} bytes; the maximum is "
+                f"{self.limits.max_decoded_bytes}",
+            )
         writer_schema = self.registry.get(fingerprint_hex)
         if writer_schema is None:
             raise _MessageError(
@@ -269,6 +340,8 @@ def _read_record(body: bytes, writer_schema: Schema, reader_schema: Schema) -> E
         ) from error
     except SchemaResolutionError as error:
         raise _MessageError(DeadLetterReason.INCOMPATIBLE_SCHEMA, str(error)) from error
+    except OverflowError as error:
+        raise _out_of_range(error) from error
     except Exception as error:  # corrupt bytes raise IndexError, ValueError, ...
         raise _MessageError(
             DeadLetterReason.UNDECODABLE, f"{type(error).__name__}: {error}"
@@ -286,30 +359,187 @@ def _read_record(body: bytes, writer_schema: Schema, reader_schema: Schema) -> E
     return record
 
 
+def _out_of_range(error: OverflowError) -> _MessageError:
+    # A valid Avro long can be out of range for its logical type: fastavro
+    # raises OverflowError for a timestamp-millis of 2**62.
+    return _MessageError(
+        DeadLetterReason.INVALID_FIELDS,
+        f"a value is out of range for its logical type: {error}",
+    )
+
+
 def _read_container(data: bytes, reader_schema: Schema) -> list[Event]:
-    stream = io.BytesIO(data)
+    """Decode a container that ``_check_container`` accepted."""
     try:
-        blocks = fastavro.block_reader(stream, reader_schema)
-    except Exception as error:  # the header is read eagerly
-        raise _MessageError(
-            DeadLetterReason.TRUNCATED,
-            f"container header is incomplete or invalid: {error}",
-        ) from error
-    events: list[Event] = []
-    block_end = stream.tell()
-    try:
-        for block in blocks:
-            events.extend(cast(Iterable[Event], block))
-            block_end = stream.tell()
+        records = list(fastavro.reader(io.BytesIO(data), reader_schema))
     except SchemaResolutionError as error:
         raise _MessageError(DeadLetterReason.INCOMPATIBLE_SCHEMA, str(error)) from error
-    except Exception as error:
+    except OverflowError as error:
+        raise _out_of_range(error) from error
+    except Exception as error:  # corrupt bytes raise IndexError, ValueError, ...
         raise _MessageError(
-            _classify_bad_block(data[block_end:]),
-            f"container is invalid after byte {block_end} of {len(data)}: "
-            f"{type(error).__name__}: {error}",
+            DeadLetterReason.UNDECODABLE,
+            f"container records are invalid: {type(error).__name__}: {error}",
         ) from error
-    return events
+    return cast(list[Event], records)
+
+
+def _check_container(data: bytes, limits: DecodeLimits) -> None:
+    """Raise _MessageError unless the container's header and blocks are sound.
+
+    Each block needs a positive record count, a byte size that fits the
+    message and the header's sync marker, and all blocks together must stay
+    within ``limits`` once decompressed. The records themselves are left to
+    fastavro.
+    """
+    stream = io.BytesIO(data)
+    codec, sync_marker = _read_container_header(stream)
+    events = 0
+    decoded_bytes = 0
+    block_number = 0
+    while stream.tell() < len(data):
+        block_number += 1
+        count, size = _read_block_header(stream, data, block_number)
+        events += count
+        if events > limits.max_events_per_message:
+            raise _MessageError(
+                DeadLetterReason.TOO_LARGE,
+                f"container has more than {limits.max_events_per_message} events "
+                f"by block {block_number}",
+            )
+        block = stream.read(size)
+        if stream.read(_SYNC_MARKER_BYTES) != sync_marker:
+            raise _MessageError(
+                DeadLetterReason.UNDECODABLE,
+                f"container block {block_number} does not end with the header's "
+                "sync marker",
+            )
+        budget = limits.max_decoded_bytes - decoded_bytes
+        decoded_bytes += _decompressed_size(codec, block, budget, block_number)
+    if block_number == 0:
+        raise _MessageError(
+            DeadLetterReason.EMPTY, "container has a header but no block of events"
+        )
+
+
+def _read_container_header(stream: io.BytesIO) -> tuple[str, bytes]:
+    """Read the header; return the codec and the sync marker."""
+    try:
+        header = fastavro.schemaless_reader(stream, _CONTAINER_HEADER_SCHEMA)
+    except EOFError as error:
+        raise _MessageError(
+            DeadLetterReason.TRUNCATED, f"container header ends early: {error}"
+        ) from error
+    except Exception as error:  # corrupt bytes raise IndexError, ValueError, ...
+        raise _MessageError(
+            DeadLetterReason.UNDECODABLE,
+            f"container header is invalid: {type(error).__name__}: {error}",
+        ) from error
+    fields = cast(dict[str, Any], header)
+    metadata = fields["meta"]
+    _check_writer_schema(metadata.get("avro.schema"))
+    codec_bytes = metadata.get("avro.codec", b"null")
+    codec = codec_bytes.decode("utf-8", errors="replace")
+    if codec not in SUPPORTED_CODECS:
+        raise _MessageError(
+            DeadLetterReason.UNDECODABLE,
+            f"container codec {codec!r} is not supported; expected one of "
+            f"{', '.join(SUPPORTED_CODECS)}",
+        )
+    return codec, cast(bytes, fields["sync"])
+
+
+def _check_writer_schema(schema_bytes: bytes | None) -> None:
+    if schema_bytes is None:
+        raise _MessageError(
+            DeadLetterReason.INVALID_SCHEMA,
+            "container header has no 'avro.schema' entry",
+        )
+    try:
+        schema = json.loads(schema_bytes.decode("utf-8"))
+    except (ValueError, RecursionError) as error:
+        raise _MessageError(
+            DeadLetterReason.INVALID_SCHEMA,
+            f"container writer schema is not valid JSON: {type(error).__name__}: "
+            f"{error}",
+        ) from error
+    try:
+        check_schema_structure(schema)
+        parse_schema(schema)
+    except SchemaRegistryError as error:
+        raise _MessageError(
+            DeadLetterReason.INVALID_SCHEMA, f"container writer schema: {error}"
+        ) from error
+    except Exception as error:  # fastavro raises several unrelated types
+        raise _MessageError(
+            DeadLetterReason.INVALID_SCHEMA,
+            f"container writer schema is invalid: {type(error).__name__}: {error}",
+        ) from error
+
+
+def _read_block_header(
+    stream: io.BytesIO, data: bytes, block_number: int
+) -> tuple[int, int]:
+    """Read a block's record count and byte size; raise unless plausible."""
+    start = stream.tell()
+    try:
+        count = _read_zigzag_long(stream)
+        size = _read_zigzag_long(stream)
+    except EOFError:
+        count = size = -1
+        complete = False
+    else:
+        complete = True
+    fits = size + _SYNC_MARKER_BYTES <= len(data) - stream.tell()
+    if complete and count > 0 and size >= 0 and fits:
+        return count, size
+    if block_number > 1:
+        raise _MessageError(
+            _classify_bad_block(data[start:]),
+            f"container is invalid after byte {start} of {len(data)}, the end of "
+            f"block {block_number - 1}",
+        )
+    if not complete or (count > 0 and size >= 0):
+        raise _MessageError(
+            DeadLetterReason.TRUNCATED,
+            f"container block 1 ends early: the message has {len(data)} bytes",
+        )
+    if count == 0:
+        raise _MessageError(
+            DeadLetterReason.EMPTY, "container block 1 has a record count of 0"
+        )
+    raise _MessageError(
+        DeadLetterReason.UNDECODABLE,
+        f"container block 1 has record count {count} and byte size {size}; "
+        "both must be positive",
+    )
+
+
+def _decompressed_size(codec: str, block: bytes, budget: int, block_number: int) -> int:
+    """Return the block's size once decompressed; raise if it exceeds ``budget``."""
+    try:
+        if codec == "deflate":
+            # Avro's deflate is raw deflate (RFC 1951): no zlib header.
+            decoded = zlib.decompressobj(-15).decompress(block, budget + 1)
+        elif codec == "bzip2":
+            decoded = bz2.BZ2Decompressor().decompress(block, budget + 1)
+        elif codec == "xz":
+            decoded = lzma.LZMADecompressor().decompress(block, budget + 1)
+        else:
+            decoded = block
+    except (zlib.error, OSError, EOFError, lzma.LZMAError) as error:
+        raise _MessageError(
+            DeadLetterReason.UNDECODABLE,
+            f"container block {block_number} cannot be decompressed with "
+            f"{codec}: {error}",
+        ) from error
+    if len(decoded) > budget:
+        raise _MessageError(
+            DeadLetterReason.TOO_LARGE,
+            f"container decompresses to more than the maximum of "
+            f"{budget} bytes left by block {block_number}",
+        )
+    return len(decoded)
 
 
 def _classify_bad_block(rest: bytes) -> DeadLetterReason:

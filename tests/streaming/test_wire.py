@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import io
+import json
 from typing import Any
 
 import fastavro
 import pytest
 
-from streaming.schema_registry import SchemaRegistry, schema_fingerprint
+from streaming.schema_registry import (
+    SchemaRegistry,
+    SchemaRegistryError,
+    schema_fingerprint,
+)
 from streaming.wire import (
     DETAIL_ATTRIBUTE,
     FINGERPRINT_ATTRIBUTE,
     REASON_ATTRIBUTE,
     RECORD_INDEX_ATTRIBUTE,
     DeadLetterReason,
+    DecodeLimits,
     Encoding,
     MessageDecoder,
     count_reasons,
@@ -216,11 +222,9 @@ def test_every_truncation_is_dead_lettered(decoder: MessageDecoder) -> None:
     for cut in range(len(data)):
         result = decoder.decode(data[:cut])
         assert result.events == [], cut
+        assert len(result.dead_letters) == 1, cut
         if cut == header_end:
-            # A container header with no block is a valid file of no events.
-            assert result.dead_letters == []
-        else:
-            assert len(result.dead_letters) == 1, cut
+            assert result.dead_letters[0].reason is DeadLetterReason.EMPTY
 
 
 def test_fingerprint_matches_avro_spec() -> None:
@@ -241,3 +245,205 @@ def test_registry_from_folder(tmp_path: Any) -> None:
     assert registry.get(schema_fingerprint(OLDER_WRITER)) == fastavro.parse_schema(
         OLDER_WRITER, _write_hint=False
     )
+
+
+def _zigzag(value: int) -> bytes:
+    """Encode a long as Avro does: zig-zag, then a base-128 varint."""
+    number = (value << 1) ^ (value >> 63)
+    out = bytearray()
+    while number > 0x7F:
+        out.append((number & 0x7F) | 0x80)
+        number >>= 7
+    out.append(number)
+    return bytes(out)
+
+
+def _avro_bytes(value: bytes) -> bytes:
+    return _zigzag(len(value)) + value
+
+
+SYNC = b"S" * 16
+
+
+def _container_header(schema_json: bytes | None, codec: bytes = b"null") -> bytes:
+    """Build a container header by hand, so that its schema can be anything."""
+    entries = [(b"avro.codec", codec)]
+    if schema_json is not None:
+        entries.append((b"avro.schema", schema_json))
+    meta = b"".join(_avro_bytes(key) + _avro_bytes(value) for key, value in entries)
+    return b"Obj\x01" + _zigzag(len(entries)) + meta + _zigzag(0) + SYNC
+
+
+READER_JSON = json.dumps(READER).encode()
+
+
+@pytest.mark.parametrize(
+    ("name", "blocks", "reason"),
+    [
+        ("no block", b"", DeadLetterReason.EMPTY),
+        ("count 0", _zigzag(0) + _zigzag(0) + SYNC, DeadLetterReason.EMPTY),
+        ("count -1", _zigzag(-1) + _zigzag(0) + SYNC, DeadLetterReason.UNDECODABLE),
+        (
+            "count -3 and garbage",
+            _zigzag(-3) + _zigzag(5) + b"abcde" + SYNC,
+            DeadLetterReason.UNDECODABLE,
+        ),
+        (
+            "wrong sync marker",
+            _zigzag(1) + _zigzag(3) + b"abc" + b"T" * 16,
+            DeadLetterReason.UNDECODABLE,
+        ),
+    ],
+)
+def test_container_without_events(
+    decoder: MessageDecoder, name: str, blocks: bytes, reason: DeadLetterReason
+) -> None:
+    letter = _only_letter(decoder, _container_header(READER_JSON) + blocks)
+    assert letter.reason is reason, (name, letter.detail)
+
+
+@pytest.mark.parametrize(
+    ("name", "schema_json"),
+    [
+        ("missing", None),
+        ("not JSON", b"{{{"),
+        ("empty", b""),
+        ("not a schema", b'{"type": "no-such-type"}'),
+        (
+            "5000 levels deep",
+            b'{"type":"array","items":' * 5000 + b'"string"' + b"}" * 5000,
+        ),
+        (
+            "100 levels deep",
+            b'{"type":"array","items":' * 100 + b'"string"' + b"}" * 100,
+        ),
+        (
+            "recursive",
+            json.dumps(
+                {
+                    **READER,
+                    "fields": [
+                        *READER["fields"],
+                        {"name": "next", "type": ["null", "Posting"], "default": None},
+                    ],
+                }
+            ).encode(),
+        ),
+    ],
+)
+def test_container_invalid_writer_schema(
+    decoder: MessageDecoder, name: str, schema_json: bytes | None
+) -> None:
+    letter = _only_letter(decoder, _container_header(schema_json))
+    assert letter.reason is DeadLetterReason.INVALID_SCHEMA, (name, letter.detail)
+
+
+def test_container_unsupported_codec(decoder: MessageDecoder) -> None:
+    letter = _only_letter(decoder, _container_header(READER_JSON, codec=b"snappy"))
+    assert letter.reason is DeadLetterReason.UNDECODABLE
+    assert "'snappy' is not supported" in letter.detail
+
+
+def test_deflate_bomb_too_large() -> None:
+    limits = DecodeLimits(max_decoded_bytes=100_000)
+    decoder = MessageDecoder(READER, SchemaRegistry(), limits=limits)
+    huge = posting(1, country="x" * 200_000)
+    data = encode_container([huge], READER, codec="deflate")
+    assert len(data) < 2_000
+    letter = _only_letter(decoder, data)
+    assert letter.reason is DeadLetterReason.TOO_LARGE
+    assert "100000" in letter.detail
+
+
+def test_decoded_size_summed_over_blocks() -> None:
+    limits = DecodeLimits(max_decoded_bytes=150_000)
+    decoder = MessageDecoder(READER, SchemaRegistry(), limits=limits)
+    events = [posting(i, country="x" * 40_000) for i in range(6)]
+    buffer = io.BytesIO()
+    # sync_interval makes fastavro close a block after every event or so.
+    fastavro.writer(buffer, fastavro.parse_schema(READER), events, sync_interval=1)
+    assert decoder.decode(encode_container(events[:3], READER)).dead_letters == []
+    letter = _only_letter(decoder, buffer.getvalue())
+    assert letter.reason is DeadLetterReason.TOO_LARGE
+    assert "block 4" in letter.detail
+
+
+def test_container_too_many_events() -> None:
+    limits = DecodeLimits(max_events_per_message=10)
+    decoder = MessageDecoder(READER, SchemaRegistry(), limits=limits)
+    ten = [posting(i, country="US") for i in range(10)]
+    assert len(decoder.decode(encode_container(ten, READER)).events) == 10
+    eleven = encode_container([*ten, posting(10)], READER)
+    assert _only_letter(decoder, eleven).reason is DeadLetterReason.TOO_LARGE
+
+
+def test_single_object_too_large() -> None:
+    limits = DecodeLimits(max_decoded_bytes=1_000)
+    decoder = MessageDecoder(READER, SchemaRegistry(), limits=limits)
+    data = encode_single_object(posting(1, country="x" * 2_000), READER)
+    assert _only_letter(decoder, data).reason is DeadLetterReason.TOO_LARGE
+
+
+def test_decode_limits_reject_zero() -> None:
+    with pytest.raises(ValueError, match="max_decoded_bytes 0"):
+        DecodeLimits(max_decoded_bytes=0)
+    with pytest.raises(ValueError, match="max_events_per_message -1"):
+        DecodeLimits(max_events_per_message=-1)
+
+
+TIMED: dict[str, Any] = {
+    "type": "record",
+    "name": "Timed",
+    "fields": [
+        {"name": "event_id", "type": "string"},
+        {
+            "name": "event_time",
+            "type": {"type": "long", "logicalType": "timestamp-millis"},
+        },
+    ],
+}
+
+
+@pytest.mark.parametrize("millis", [2**62, -(2**62)])
+def test_time_out_of_range_invalid_fields(millis: int) -> None:
+    decoder = MessageDecoder(TIMED, SchemaRegistry())
+    single = encode_single_object({"event_id": "a", "event_time": millis}, TIMED)
+    container = encode_container([{"event_id": "a", "event_time": millis}], TIMED)
+    for data in (single, container):
+        letter = _only_letter(decoder, data)
+        assert letter.reason is DeadLetterReason.INVALID_FIELDS, letter.detail
+        assert "out of range" in letter.detail
+
+
+def test_registry_rejects_recursive_schema() -> None:
+    linked = {
+        "type": "record",
+        "name": "Node",
+        "namespace": "test",
+        "fields": [{"name": "next", "type": ["null", "test.Node"]}],
+    }
+    with pytest.raises(SchemaRegistryError, match=r"'test\.Node' contains itself"):
+        SchemaRegistry([linked])
+
+
+def test_registry_rejects_deep_schema() -> None:
+    deep: Any = "string"
+    for _ in range(70):
+        deep = {"type": "array", "items": deep}
+    with pytest.raises(SchemaRegistryError, match="more than 64 levels deep"):
+        SchemaRegistry(
+            [{"type": "record", "name": "D", "fields": [{"name": "d", "type": deep}]}]
+        )
+
+
+def test_registry_accepts_sibling_named_types() -> None:
+    # A named type used twice side by side is a reference, not recursion.
+    schema = {
+        "type": "record",
+        "name": "Pair",
+        "fields": [
+            {"name": "a", "type": {"type": "fixed", "name": "Id", "size": 2}},
+            {"name": "b", "type": "Id"},
+        ],
+    }
+    assert len(SchemaRegistry([schema]).fingerprints()) == 1
