@@ -24,6 +24,7 @@ CONVERT_EXAMPLE = """example:
 LEARN_EXAMPLE = """example:
   streamlearn learn                                  # the job-postings stream
   streamlearn learn --dataset electricity --limit 10000 --format json
+  streamlearn learn --dataset job_postings --events runs/job_postings.avro
 """
 
 
@@ -78,7 +79,17 @@ def learn_main(argv: list[str]) -> int:
         epilog=LEARN_EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--dataset", default="job_postings", choices=DATASET_NAMES)
+    parser.add_argument(
+        "--dataset",
+        default="job_postings",
+        choices=DATASET_NAMES,
+        help="data set, and so feature spec, to learn (default: job_postings)",
+    )
+    parser.add_argument(
+        "--events",
+        help="Avro event file to read instead of converting the data set "
+        "(written by 'streamlearn convert')",
+    )
     parser.add_argument("--limit", type=int, help="stop after this many events")
     parser.add_argument(
         "--micro-batch", type=int, default=256, help="events per micro-batch"
@@ -92,20 +103,25 @@ def learn_main(argv: list[str]) -> int:
         parser.error(f"--micro-batch must be at least 1, got {args.micro_batch}")
     _configure_logging()
 
-    from online_model.datasets import ConversionReport, iter_events
+    from online_model.datasets import ConversionReport, iter_events, read_events
     from online_model.learner import OnlineLearner
     from online_model.spec import load_spec
 
     report = ConversionReport(args.dataset)
     try:
-        events = list(
-            itertools.islice(iter_events(args.dataset, report=report), args.limit)
-        )
+        if args.events:
+            report.source = args.events
+            source = read_events(args.events)
+        else:
+            source = iter_events(args.dataset, report=report)
+        events = list(itertools.islice(source, args.limit))
     except (OSError, ValueError) as error:
         print(f"streamlearn learn: {error}", file=sys.stderr)
         return 1
     learner = OnlineLearner(load_spec(args.dataset), seed=args.seed, device=args.device)
     summary = _run(learner, events, args.micro_batch, quiet=args.format == "json")
+    if args.events:
+        report.events = report.rows_read = len(events)
     summary["conversion"] = report.to_dict()
     if args.save:
         learner.save(args.save)

@@ -88,3 +88,30 @@ def test_convert_missing_source_fails(
     )
     assert code == 1
     assert "not found" in capsys.readouterr().err
+
+
+def test_learn_reads_avro_events(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    out = tmp_path / "elec.avro"
+    assert (
+        convert_main(["--dataset", "electricity", "--out", str(out), "--limit", "300"])
+        == 0
+    )
+    capsys.readouterr()
+    code = learn_main(
+        [
+            "--dataset",
+            "electricity",
+            "--events",
+            str(out),
+            "--format",
+            "json",
+            "--device",
+            "cpu",
+        ]
+    )
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert summary["events"] == 300
+    assert summary["conversion"]["source"] == str(out)
