@@ -4,13 +4,13 @@ Usage: .venv/bin/python benchmarks/learner_only.py [--datasets a,b] [--limit N]
        [--micro-batch 256] [--set field=value ...] [--profile]
 
 For each stream it prints top-1 accuracy, top-5 hit rate and log loss of the
-test-then-train run; the number of events whose label was still unknown when
-they were scored, and the log loss over the other events; examples per
-wall-clock second and per CPU second of learn() on decoded events
-(featurization included); and examples per CPU second of the model step
-alone (the same micro-batches, featurized beforehand). CPU seconds are those
-of this process, so other work on a shared machine moves them far less than
-wall-clock time.
+test-then-train run. It also prints the number of events whose label was
+still unknown when they were scored, and the log loss over the other events.
+Speed comes as examples per wall-clock second and per CPU second of learn()
+on decoded events (featurization included), and as examples per CPU second
+of the model step alone (the same micro-batches, featurized beforehand).
+CPU seconds are those of this process, so other work on a shared machine
+moves them far less than wall-clock time.
 """
 
 from __future__ import annotations

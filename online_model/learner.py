@@ -115,7 +115,7 @@ class LearnerConfig:
 
 @dataclass
 class MicroBatchReport:
-    """What one call of :meth:`OnlineLearner.learn` did.
+    """The outcome of one call of :meth:`OnlineLearner.learn`.
 
     ``scored`` has one entry per labelled event that was learned from, in
     input order, scored before learning. ``predictions`` contains the top-k of
@@ -144,7 +144,7 @@ class MicroBatchReport:
 
 @dataclass
 class _StepState:
-    """What optimizer steps on one micro-batch change, saved to undo them."""
+    """The state that optimizer steps on one micro-batch change, kept to undo them."""
 
     dense: list[torch.Tensor]
     optimizers: list[dict[Any, dict[str, Any]]]
