@@ -3,7 +3,9 @@
 Events go out in file order, many per message as Avro object container
 files or one per message in single-object or schemaless encoding. A real
 data set's CSV file is converted on the fly with the converter of
-``online_model.datasets``.
+``online_model.datasets``. Rows it cannot convert are skipped and counted by
+reason. Input files and options are checked before the first message goes
+out; an error prints one line and exits non-zero.
 """
 
 from __future__ import annotations
@@ -15,13 +17,12 @@ import logging
 import random
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, cast
+from dataclasses import dataclass, field
+from typing import Any
 
-import fastavro
-
+from streaming.event_files import InputFileError, check_input_files, read_sources
 from streaming.topics import DEFAULT_PROJECT, JobTopics, ensure_topics, require_emulator
 from streaming.wire import (
     ENCODING_ATTRIBUTE,
@@ -42,7 +43,11 @@ EXAMPLE = """examples:
   # an Avro file, one event per message in single-object encoding
   streamlearn publish --topic projects/streamlearn-local/topics/demo-events \\
       --spec job_postings --encoding single-object events.avro
+  # only the rows of a CSV file, converted as job postings
+  streamlearn publish --job-name demo --dataset job_postings postings.csv
 """
+
+__all__ = ["PublishStats", "alter_labels", "publish_events", "read_sources"]
 
 
 @dataclass
@@ -55,6 +60,8 @@ class PublishStats:
     unlabelled: int = 0
     wrong_labels: int = 0
     elapsed_s: float = 0.0
+    # Source rows the converters skipped, by reason.
+    skipped_rows: dict[str, int] = field(default_factory=dict)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -65,10 +72,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    from online_model.datasets import DATASETS
+
     parser.add_argument(
         "files", nargs="*", help="Avro (.avro) or CSV (.csv[.gz]) files"
     )
-    parser.add_argument("--dataset", help="a shipped data set, e.g. job_postings")
+    parser.add_argument(
+        "--dataset",
+        choices=sorted(DATASETS),
+        help="without files: publish this shipped data set; with files: "
+        "convert the CSV files with its converter",
+    )
     parser.add_argument("--spec", default=None, help="schema name (default: dataset)")
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--topic", help="full topic path projects/P/topics/T")
@@ -82,29 +96,81 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--events-per-message",
-        type=int,
+        type=_positive_int,
         default=500,
         help="events in each container message (default 500)",
     )
-    parser.add_argument("--limit", type=int, help="publish only the first N events")
+    parser.add_argument(
+        "--limit", type=_non_negative_int, help="publish only the first N events"
+    )
     parser.add_argument(
         "--unlabelled-fraction",
-        type=float,
+        type=_fraction,
         default=0.0,
         help="share of events sent without a label, as prediction requests",
     )
     parser.add_argument(
         "--wrong-labels",
+        type=_burst_argument,
         metavar="START:COUNT",
         help="replace the labels of COUNT events from event START with a wrong "
         "label drawn at random (a demo of bad labels)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for the above")
     parser.add_argument(
-        "--rate", type=float, default=0.0, help="max events per second (0: no limit)"
+        "--rate",
+        type=_non_negative_float,
+        default=0.0,
+        help="max events per second (0: no limit)",
     )
     parser.add_argument("--format", choices=("text", "json"), default="text")
     return parser.parse_args(argv)
+
+
+def _positive_int(text: str) -> int:
+    value = _non_negative_int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected 1 or more")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid integer {text!r}: expected 0 or more"
+        ) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected 0 or more")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"invalid value {text!r}: expected a finite number, 0 or more"
+        )
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _non_negative_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"invalid fraction {text!r}: expected 0 to 1")
+    return value
+
+
+def _burst_argument(text: str) -> str:
+    try:
+        _parse_burst(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
 
 
 def main(argv: list[str]) -> int:
@@ -112,92 +178,72 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if not args.files and not args.dataset:
-        print(
-            "streamlearn publish: missing input: pass files or --dataset",
-            file=sys.stderr,
-        )
-        return 2
-    if args.events_per_message < 1:
-        print(
-            f"streamlearn publish: invalid --events-per-message "
-            f"{args.events_per_message}: expected 1 or more",
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        require_emulator()
-    except RuntimeError as error:
-        print(f"streamlearn publish: {error}", file=sys.stderr)
-        return 2
-
-    from online_model.spec import load_schema
-
+        return _fail("missing input: pass files or --dataset", 2)
     spec_name = args.spec or args.dataset
     if spec_name is None:
-        print(
-            "streamlearn publish: missing --spec: files need a schema name",
-            file=sys.stderr,
-        )
-        return 2
-    schema = load_schema(spec_name)
+        return _fail("missing --spec: files need a schema name", 2)
+
+    from online_model.spec import SpecError, load_spec
+
+    try:
+        spec = load_spec(spec_name)
+        check_input_files(args.files, args.dataset, spec.schema)
+        require_emulator()
+    except (SpecError, InputFileError, RuntimeError) as error:
+        return _fail(str(error), 2)
     topic = args.topic
     if topic is None:
         topics = JobTopics(args.project, args.job_name or "streamlearn")
         ensure_topics(topics)
         topic = topics.events_topic
 
-    events = read_sources(args.files, args.dataset)
+    from online_model.datasets import ConversionReport
+
+    reports: list[ConversionReport] = []
+    events = read_sources(args.files, args.dataset, reports)
     if args.limit is not None:
         events = itertools.islice(events, args.limit)
-    label_field = _label_field(spec_name)
     stats = PublishStats()
-    events = alter_labels(events, label_field, args, stats)
-    publish_events(
-        events,
-        schema,
-        topic,
-        Encoding(args.encoding),
-        args.events_per_message,
-        stats,
-        rate_events_per_s=args.rate,
-        progress=args.format == "text",
-    )
-    if args.format == "json":
-        print(json.dumps(stats.__dict__))
-    else:
-        print(
-            f"published {stats.events} events in {stats.messages} messages "
-            f"({stats.bytes_sent / 1e6:.1f} MB) to {topic} in {stats.elapsed_s:.1f} s"
+    events = alter_labels(events, spec.label_field, args, stats)
+    try:
+        publish_events(
+            events,
+            dict(spec.schema),
+            topic,
+            Encoding(args.encoding),
+            args.events_per_message,
+            stats,
+            rate_events_per_s=args.rate,
+            progress=args.format == "text",
         )
+    except InputFileError as error:
+        return _fail(f"{error} (stopped after {stats.events} events)", 1)
+    stats.skipped_rows = dict(sum((report.skipped for report in reports), Counter()))
+    _print_stats(stats, topic, args.format)
     return 0
 
 
-def _label_field(spec_name: str) -> str:
-    from online_model.spec import load_spec
+def _fail(message: str, exit_code: int) -> int:
+    print(f"streamlearn publish: {message}", file=sys.stderr)
+    return exit_code
 
-    return load_spec(spec_name).label_field
 
-
-def read_sources(files: list[str], dataset: str | None) -> Iterator[Event]:
-    """Yield events from a data set and from Avro or CSV files, in order."""
-    from online_model.datasets import iter_events
-
-    if dataset is not None:
-        yield from iter_events(dataset)
-    for name in files:
-        path = Path(name)
-        if path.suffix == ".avro":
-            with open(path, "rb") as stream:
-                for record in fastavro.reader(stream):
-                    yield cast(Event, record)
-        elif path.name.endswith((".csv", ".csv.gz")):
-            if dataset is None:
-                raise ValueError(f"CSV file {name!r} needs --dataset to convert it")
-            yield from iter_events(dataset, path)
-        else:
-            raise ValueError(
-                f"unsupported file {name!r}: expected .avro, .csv or .csv.gz"
+def _print_stats(stats: PublishStats, topic: str, output_format: str) -> None:
+    if output_format == "json":
+        print(json.dumps(stats.__dict__))
+        return
+    print(
+        f"published {stats.events} events in {stats.messages} messages "
+        f"({stats.bytes_sent / 1e6:.1f} MB) to {topic} in {stats.elapsed_s:.1f} s"
+    )
+    if stats.skipped_rows:
+        counts = ", ".join(
+            f"{reason} {count}"
+            for reason, count in sorted(
+                stats.skipped_rows.items(), key=lambda item: -item[1]
             )
+        )
+        print(f"rows skipped: {sum(stats.skipped_rows.values())} ({counts})")
 
 
 def alter_labels(
@@ -225,16 +271,21 @@ def alter_labels(
 
 
 def _parse_burst(text: str | None) -> tuple[int, int]:
+    """Parse START:COUNT of --wrong-labels; raise ValueError if invalid."""
     if not text:
         return 0, 0
     try:
         start_text, count_text = text.split(":")
-        return int(start_text), int(count_text)
+        start, count = int(start_text), int(count_text)
     except ValueError:
-        raise SystemExit(
-            f"streamlearn publish: invalid --wrong-labels {text!r}: "
-            "expected START:COUNT"
+        raise ValueError(
+            f"invalid --wrong-labels {text!r}: expected START:COUNT"
         ) from None
+    if start < 0 or count < 0:
+        raise ValueError(
+            f"invalid --wrong-labels {text!r}: START and COUNT must be 0 or more"
+        )
+    return start, count
 
 
 def publish_events(
@@ -253,21 +304,29 @@ def publish_events(
     publisher = PublisherClient()
     started = time.monotonic()
     futures = []
-    for payload, attributes, count in encode_messages(
-        events, schema, encoding, events_per_message
-    ):
-        futures.append(publisher.publish(topic, payload, **attributes))
-        stats.events += count
-        stats.messages += 1
-        stats.bytes_sent += len(payload)
-        if rate_events_per_s > 0:
-            ahead_s = stats.events / rate_events_per_s - (time.monotonic() - started)
-            if ahead_s > 0:
-                time.sleep(ahead_s)
-        if progress and stats.messages % 200 == 0:
-            print(f"  {stats.events} events in {stats.messages} messages", flush=True)
-    for future in futures:
-        future.result(timeout=60)
+    try:
+        for payload, attributes, count in encode_messages(
+            events, schema, encoding, events_per_message
+        ):
+            futures.append(publisher.publish(topic, payload, **attributes))
+            stats.events += count
+            stats.messages += 1
+            stats.bytes_sent += len(payload)
+            if rate_events_per_s > 0:
+                elapsed_s = time.monotonic() - started
+                ahead_s = stats.events / rate_events_per_s - elapsed_s
+                if ahead_s > 0:
+                    time.sleep(ahead_s)
+            if progress and stats.messages % 200 == 0:
+                print(
+                    f"  {stats.events} events in {stats.messages} messages",
+                    flush=True,
+                )
+    finally:
+        # Messages handed to the client are sent even when reading fails later,
+        # so that stats.events counts what the topic received.
+        for future in futures:
+            future.result(timeout=60)
     stats.elapsed_s = time.monotonic() - started
     return stats
 

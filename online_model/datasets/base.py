@@ -111,11 +111,24 @@ def parse_rows(
     for row_number, row in rows:
         report.rows_read += 1
         try:
+            _check_columns(row)
             event = parse(row, row_number)
         except RowError as error:
             report.skip(row_number, error)
             continue
         yield row_number, event
+
+
+def _check_columns(row: dict[str, str]) -> None:
+    # csv.DictReader gives a short row's missing columns the value None and
+    # puts a long row's extra values under the key None.
+    missing = [column for column, value in row.items() if value is None]
+    if missing:
+        raise RowError(
+            "wrong_column_count", f"{len(missing)} columns missing, from {missing[0]}"
+        )
+    if None in row:
+        raise RowError("wrong_column_count", "more values than header columns")
 
 
 def utc_millis(text: str, fmt: str) -> datetime:

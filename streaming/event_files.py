@@ -1,0 +1,169 @@
+"""Events from Avro and CSV files, for ``streamlearn publish`` and ``predict``.
+
+Every input file is checked before the first event is sent or scored: it
+exists, has a supported suffix, and an Avro file has a readable header whose
+writer schema has the fields the event schema needs. Errors found while
+reading, once events flow, are raised as :class:`InputFileError` with the
+file's name, so that a command can print one line and exit.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import fastavro
+
+if TYPE_CHECKING:
+    from online_model.datasets import ConversionReport
+
+Event = dict[str, Any]
+
+AVRO_SUFFIX = ".avro"
+CSV_SUFFIXES = (".csv", ".csv.gz")
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+class InputFileError(ValueError):
+    """An input file that cannot be read as events; the message names it."""
+
+
+def check_input_files(
+    files: Sequence[str],
+    dataset: str | None,
+    schema: Mapping[str, Any] | None = None,
+) -> None:
+    """Raise InputFileError for the first file that cannot be read as events.
+
+    CSV files need ``dataset`` to name their converter. When ``schema`` is
+    given, an Avro file's writer schema must have every field of ``schema``
+    that has no default.
+    """
+    for name in files:
+        path = Path(name)
+        if not path.exists():
+            raise InputFileError(f"input file {name!r} not found")
+        if not path.is_file():
+            raise InputFileError(
+                f"input {name!r} is not a file; pass .avro, .csv or .csv.gz files"
+            )
+        if path.name.endswith(AVRO_SUFFIX):
+            _check_avro_file(path, schema)
+        elif path.name.endswith(CSV_SUFFIXES):
+            _check_csv_file(path, dataset)
+        else:
+            raise InputFileError(
+                f"unsupported file {name!r}: expected .avro, .csv or .csv.gz"
+            )
+
+
+def _check_avro_file(path: Path, schema: Mapping[str, Any] | None) -> None:
+    try:
+        with open(path, "rb") as stream:
+            writer_schema = fastavro.reader(stream).writer_schema
+    except Exception as error:  # fastavro raises several unrelated types
+        raise InputFileError(
+            f"{str(path)!r} is not an Avro object container file: cannot read its "
+            f"header ({type(error).__name__}: {error})"
+        ) from error
+    if schema is None:
+        return
+    missing = missing_fields(writer_schema, schema)
+    if missing:
+        raise InputFileError(
+            f"Avro file {str(path)!r} lacks the fields {', '.join(missing)} of the "
+            f"event schema {schema.get('name')!r}"
+        )
+
+
+def missing_fields(writer_schema: Any, reader_schema: Mapping[str, Any]) -> list[str]:
+    """Return the reader's fields without a default that the writer lacks."""
+    written: set[str] = set()
+    if isinstance(writer_schema, dict) and writer_schema.get("type") == "record":
+        written = {field["name"] for field in writer_schema.get("fields", [])}
+    return [
+        field["name"]
+        for field in reader_schema.get("fields", [])
+        if "default" not in field and field["name"] not in written
+    ]
+
+
+def _check_csv_file(path: Path, dataset: str | None) -> None:
+    if dataset is None:
+        raise InputFileError(
+            f"CSV file {str(path)!r} needs --dataset to name its converter"
+        )
+    if path.name.endswith(".gz"):
+        with open(path, "rb") as stream:
+            if stream.read(len(_GZIP_MAGIC)) != _GZIP_MAGIC:
+                raise InputFileError(
+                    f"{str(path)!r} is not gzip-compressed; rename a plain CSV file "
+                    "to .csv"
+                )
+
+
+def read_sources(
+    files: Sequence[str],
+    dataset: str | None,
+    reports: list[ConversionReport] | None = None,
+) -> Iterator[Event]:
+    """Yield the events of ``files`` in order, or of the shipped ``dataset``.
+
+    With files, ``dataset`` only names the converter of the CSV files, and the
+    shipped data set itself is not read. Each converted source appends its
+    :class:`ConversionReport` (rows skipped, by reason) to ``reports``.
+    """
+    from online_model.datasets import ConversionReport, iter_events
+
+    if reports is None:
+        reports = []
+    if not files:
+        if dataset is None:
+            raise InputFileError("missing input: pass files or a dataset")
+        report = ConversionReport(dataset)
+        reports.append(report)
+        yield from iter_events(dataset, report=report)
+        return
+    for name in files:
+        path = Path(name)
+        try:
+            if path.name.endswith(AVRO_SUFFIX):
+                yield from _read_avro(path)
+            else:
+                report = ConversionReport(dataset or "")
+                reports.append(report)
+                yield from iter_events(cast(str, dataset), path, report)
+        except InputFileError:
+            raise
+        except UnicodeDecodeError as error:
+            raise InputFileError(
+                f"{name!r} is not UTF-8 text ({error.reason}); save it as UTF-8"
+            ) from error
+        except gzip.BadGzipFile as error:
+            raise InputFileError(
+                f"{name!r} is not a valid gzip file: {error}"
+            ) from error
+        except EOFError as error:
+            raise InputFileError(f"{name!r} ends early: {error}") from error
+        except csv.Error as error:
+            raise InputFileError(f"{name!r} is not valid CSV: {error}") from error
+        except (OSError, ValueError) as error:
+            raise InputFileError(f"cannot read {name!r}: {error}") from error
+
+
+def _read_avro(path: Path) -> Iterator[Event]:
+    with open(path, "rb") as stream:
+        records = fastavro.reader(stream)
+        count = 0
+        try:
+            for record in records:
+                yield cast(Event, record)
+                count += 1
+        except Exception as error:  # corrupt bytes raise IndexError, ValueError, ...
+            raise InputFileError(
+                f"Avro file {str(path)!r} is invalid after {count} records: "
+                f"{type(error).__name__}: {error}"
+            ) from error
