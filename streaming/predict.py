@@ -4,7 +4,8 @@ A Beam batch pipeline reads events from Avro or CSV files and scores them in
 batches with a version from the registry (the serving one by default). It
 writes one JSON line per event: its id, the version and the top five roles
 with their probabilities. The learner's own ``predict`` does the scoring, so
-featurization is the same code as in training.
+featurization is the same code as in training. The version's learner state
+and the input files are checked before the pipeline starts.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import json
 import logging
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
@@ -46,12 +46,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--spec", default="job_postings", help="feature spec name")
     parser.add_argument("--dataset", help="converter for CSV files, e.g. job_postings")
     parser.add_argument("--output", required=True, help="JSON-lines file to write")
-    parser.add_argument("--top-k", type=int, default=5, help="roles per event")
     parser.add_argument(
-        "--batch-size", type=int, default=512, help="events scored per call"
+        "--top-k", type=_positive_int, default=5, help="roles per event"
+    )
+    parser.add_argument(
+        "--batch-size", type=_positive_int, default=512, help="events scored per call"
     )
     parser.add_argument("--runner", default="DirectRunner", help="Beam runner")
     return parser.parse_args(argv)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected 1 or more")
+    return value
 
 
 def main(argv: list[str]) -> int:
@@ -59,26 +71,14 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     from rollback.errors import RegistryError
-    from rollback.names import parse_version
-    from rollback.registry import open_registry
+    from streaming.event_files import InputFileError, check_input_files
 
     try:
-        registry = open_registry(args.registry)
-        version = (
-            registry.serving() if args.version is None else parse_version(args.version)
-        )
-        if version is None:
-            raise RegistryError(f"no version serves in {args.registry}; pass --version")
-        registry.describe(version)
-    except (RegistryError, ValueError) as error:
+        version, learner = load_version(args.registry, args.version)
+        check_input_files(args.files, args.dataset, learner.spec.schema)
+    except (RegistryError, InputFileError, ValueError) as error:
         print(f"streamlearn predict: {error}", file=sys.stderr)
         return 2
-    for name in args.files:
-        if not Path(name).is_file():
-            print(
-                f"streamlearn predict: input file {name!r} not found", file=sys.stderr
-            )
-            return 2
 
     options = PipelineOptions(flags=[], runner=args.runner)
     with beam.Pipeline(options=options) as pipeline:
@@ -94,6 +94,37 @@ def main(argv: list[str]) -> int:
         )
     print(f"wrote predictions of v{version} to {args.output}")
     return 0
+
+
+def load_version(registry_url: str, requested: str | None) -> tuple[int, Any]:
+    """Load a version's learner; return the version number and the learner.
+
+    Raises RegistryError when the version cannot be read, and ValueError when
+    its files are not learner state.
+
+    ``requested`` is a version name, or None for the serving version.
+    """
+    from online_model.learner import OnlineLearner
+    from rollback.errors import RegistryError
+    from rollback.names import parse_version
+    from rollback.registry import open_registry
+
+    registry = open_registry(registry_url)
+    version = registry.serving() if requested is None else parse_version(requested)
+    if version is None:
+        raise RegistryError(f"no version serves in {registry_url}; pass --version")
+    files = registry.read(version).files
+    # NOTE: from_files raises ValueError, KeyError, UnicodeDecodeError,
+    # RuntimeError and safetensors errors on damaged state, with no common
+    # base class, so any error here means the files are not learner state.
+    try:
+        learner = OnlineLearner.from_files(files, device="cpu")
+    except Exception as error:
+        raise ValueError(
+            f"version v{version} in {registry_url} is not a readable learner state "
+            f"({', '.join(sorted(files))}): {type(error).__name__}: {error}"
+        ) from error
+    return version, learner
 
 
 def build_predict_pipeline(
@@ -119,7 +150,7 @@ def build_predict_pipeline(
 
 
 def _read_file(name: str, dataset: str | None) -> Iterator[dict[str, Any]]:
-    from streaming.publish import read_sources
+    from streaming.event_files import read_sources
 
     yield from read_sources([name], dataset if not name.endswith(".avro") else None)
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import apache_beam as beam
+import fastavro
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -73,6 +74,55 @@ def test_predict_unknown_version(
     argv += ["--output", str(tmp_path / "out.jsonl"), "--version", "v9"]
     assert predict.main(argv) == 2
     assert "v9" in capsys.readouterr().err
+
+
+def test_predict_rejects_non_learner_version(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry = open_registry(tmp_path / "registry", create=True)
+    files = {"notes.txt": b"not a model"}
+    registry.publish(files, ManifestFields(fingerprint="x"), "test", "not a model")
+    events_file = tmp_path / "events.avro"
+    with open(events_file, "wb") as stream:
+        write_events(EVENTS[:10], "job_postings", stream)
+    output = tmp_path / "out.jsonl"
+    argv = [str(events_file), "--registry", str(tmp_path / "registry")]
+    assert predict.main([*argv, "--output", str(output)]) == 2
+    err = capsys.readouterr().err
+    assert "v1" in err
+    assert "not a readable learner state (notes.txt)" in err
+    assert not output.exists()
+
+
+def test_predict_rejects_unrelated_avro(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    publish_two_versions(tmp_path / "registry")
+    other = {
+        "type": "record",
+        "name": "Other",
+        "fields": [{"name": "x", "type": "int"}],
+    }
+    events_file = tmp_path / "other.avro"
+    with open(events_file, "wb") as stream:
+        fastavro.writer(stream, fastavro.parse_schema(other), [{"x": 1}])
+    output = tmp_path / "out.jsonl"
+    argv = [str(events_file), "--registry", str(tmp_path / "registry")]
+    assert predict.main([*argv, "--output", str(output)]) == 2
+    err = capsys.readouterr().err
+    assert "lacks the fields event_id, event_time, skills" in err
+    assert not output.exists()
+
+
+@pytest.mark.parametrize("option", ["--top-k", "--batch-size"])
+def test_predict_rejects_zero_option(
+    option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["events.avro", "--registry", "r", "--output", "o", option, "0"]
+    with pytest.raises(SystemExit) as exit_:
+        predict.main(argv)
+    assert exit_.value.code == 2
+    assert "expected 1 or more" in capsys.readouterr().err
 
 
 DEPLOY_ARGS = [
