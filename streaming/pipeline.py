@@ -107,7 +107,11 @@ class DecodeEvents(beam.DoFn):
         if control == CONTROL_POINTER:
             yield PointerNotice()
             return
-        decoded = self._decoder.decode(message.data, message.attributes or {})
+        try:
+            decoded = self._decoder.decode(message.data, message.attributes or {})
+        except Exception as error:  # a bug must not stop the stream either
+            logger.exception("decoder failed on message %s", message.message_id)
+            decoded = _failed_decode(message, error)
         reasons: dict[str, int] = {}
         for letter in decoded.dead_letters:
             reasons[letter.reason.value] = reasons.get(letter.reason.value, 0) + 1
@@ -117,6 +121,18 @@ class DecodeEvents(beam.DoFn):
         publish_time = message.publish_time
         publish_time_s = publish_time.timestamp() if publish_time else time.time()
         yield EventBatch(decoded.events, reasons, 1, publish_time_s)
+
+
+def _failed_decode(message: PubsubMessage, error: Exception) -> Any:
+    from streaming.wire import DeadLetter, DeadLetterReason, DecodedMessage
+
+    letter = DeadLetter(
+        DeadLetterReason.UNDECODABLE,
+        f"decoder failed: {type(error).__name__}: {error}",
+        message.data,
+        dict(message.attributes or {}),
+    )
+    return DecodedMessage([], [letter])
 
 
 def build_decoder(settings: JobSettings) -> Any:
