@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import itertools
 import json
 import logging
 import math
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -43,7 +45,9 @@ def convert_main(argv: list[str]) -> int:
     parser.add_argument(
         "--source", help="source file (default: the data folder's copy)"
     )
-    parser.add_argument("--limit", type=int, help="write at most this many events")
+    parser.add_argument(
+        "--limit", type=_non_negative_int, help="write at most this many events"
+    )
     parser.add_argument(
         "--format", choices=("text", "json"), default="text", help="report format"
     )
@@ -57,7 +61,7 @@ def convert_main(argv: list[str]) -> int:
 
     try:
         report = convert(args.dataset, args.out, args.source, args.limit, progress)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, csv.Error) as error:
         print(f"streamlearn convert: {error}", file=sys.stderr)
         return 1
     print(file=sys.stderr)
@@ -90,17 +94,25 @@ def learn_main(argv: list[str]) -> int:
         help="Avro event file to read instead of converting the data set "
         "(written by 'streamlearn convert')",
     )
-    parser.add_argument("--limit", type=int, help="stop after this many events")
+    parser.add_argument(
+        "--limit", type=_non_negative_int, help="stop after this many events"
+    )
     parser.add_argument(
         "--micro-batch", type=int, default=256, help="events per micro-batch"
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed")
-    parser.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    parser.add_argument(
+        "--device",
+        type=_device_argument,
+        help="cpu, cuda or cuda:N (default: cuda when present)",
+    )
     parser.add_argument("--save", help="folder to save the learner's state into")
     parser.add_argument("--format", choices=("text", "json"), default="text")
     args = parser.parse_args(argv)
     if args.micro_batch < 1:
         parser.error(f"--micro-batch must be at least 1, got {args.micro_batch}")
+    if args.save and Path(args.save).exists() and not Path(args.save).is_dir():
+        parser.error(f"--save {args.save!r} is an existing file; pass a folder")
     _configure_logging()
 
     from online_model.datasets import ConversionReport, iter_events, read_events
@@ -124,13 +136,56 @@ def learn_main(argv: list[str]) -> int:
         report.events = report.rows_read = len(events)
     summary["conversion"] = report.to_dict()
     if args.save:
-        learner.save(args.save)
+        try:
+            learner.save(args.save)
+        except OSError as error:
+            print(
+                f"streamlearn learn: cannot save the learner: {error}", file=sys.stderr
+            )
+            return 1
         summary["saved_to"] = args.save
     if args.format == "json":
         print(json.dumps(summary, indent=1))
     else:
         _print_summary(summary, report.summary())
     return 0
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected 0 or more")
+    return value
+
+
+def _device_argument(text: str) -> str:
+    """Check a --device value against the devices torch can use here."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(
+            f"invalid device {text!r}: expected cpu, cuda or cuda:N"
+        )
+    if device.type == "cpu":
+        return text
+    if not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(
+            f"device {text!r}: no CUDA device is available; use --device cpu"
+        )
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise argparse.ArgumentTypeError(
+            f"device {text!r} not found: this machine has {count} CUDA devices "
+            f"(cuda:0 to cuda:{count - 1})"
+        )
+    return text
 
 
 def _run(

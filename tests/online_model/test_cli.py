@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from online_model.cli import convert_main, learn_main
 from online_model.datasets import read_events
@@ -115,3 +116,52 @@ def test_learn_reads_avro_events(
     assert code == 0
     assert summary["events"] == 300
     assert summary["conversion"]["source"] == str(out)
+
+
+def _learn_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Run learn with arguments it must reject; return the error output."""
+    with pytest.raises(SystemExit) as caught:
+        learn_main(argv)
+    assert caught.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_learn_rejects_unknown_device(capsys: pytest.CaptureFixture[str]) -> None:
+    err = _learn_error(["--device", "banana"], capsys)
+    assert "invalid device 'banana': expected cpu, cuda or cuda:N" in err
+    err = _learn_error(["--device", "meta"], capsys)
+    assert "invalid device 'meta'" in err
+
+
+def test_learn_cuda_without_cuda(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    err = _learn_error(["--device", "cuda:7"], capsys)
+    assert "device 'cuda:7': no CUDA device is available; use --device cpu" in err
+
+
+def test_learn_cuda_index_too_high(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    err = _learn_error(["--device", "cuda:7"], capsys)
+    assert (
+        "'cuda:7' not found: this machine has 1 CUDA devices (cuda:0 to cuda:0)" in err
+    )
+
+
+def test_learn_save_onto_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    target = tmp_path / "model.bin"
+    target.write_bytes(b"keep me")
+    err = _learn_error(["--device", "cpu", "--save", str(target)], capsys)
+    assert "is an existing file; pass a folder" in err
+    assert target.read_bytes() == b"keep me"
+
+
+def test_learn_rejects_negative_limit(capsys: pytest.CaptureFixture[str]) -> None:
+    err = _learn_error(["--limit", "-5"], capsys)
+    assert "invalid value '-5': expected 0 or more" in err
