@@ -34,6 +34,12 @@ Streaming online learning: Pub/Sub events to validated, versioned weights.
 subcommands:
 {rows}
 
+examples:
+  streamlearn learn --dataset electricity --limit 10000
+  eval "$(scripts/emulator)"    # start the local Pub/Sub emulator
+  streamlearn publish --job-name demo --dataset job_postings
+  streamlearn versions list --limit 5
+
 Run 'streamlearn SUBCOMMAND --help' for the options of one subcommand.
 """
 
