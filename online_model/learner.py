@@ -65,6 +65,46 @@ STATE_FILE = "learner.json"
 OPTIMIZERS = ("adam", "adagrad")
 
 
+class LearnerStateError(ValueError):
+    """Saved learner files that cannot be loaded; the message names the file."""
+
+
+def _read_state(content: bytes) -> dict[str, Any]:
+    try:
+        state = json.loads(content.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise LearnerStateError(f"{STATE_FILE} is not UTF-8 JSON: {error}") from None
+    if not isinstance(state, dict):
+        raise LearnerStateError(
+            f"{STATE_FILE} holds a JSON {type(state).__name__}, expected an object"
+        )
+    if state.get("format") != STATE_FORMAT:
+        raise LearnerStateError(
+            f"{STATE_FILE} has format {state.get('format')!r}; this "
+            f"version reads format {STATE_FORMAT}"
+        )
+    return state
+
+
+def _read_tensors(content: bytes) -> dict[str, torch.Tensor]:
+    try:
+        tensors = safetensors.torch.load(content)
+    except Exception as error:  # safetensors raises its own SafetensorError
+        raise LearnerStateError(
+            f"{TENSORS_FILE} is not a readable safetensors file: {error}"
+        ) from None
+    non_finite = [
+        name
+        for name, tensor in sorted(tensors.items())
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
+    if non_finite:
+        raise LearnerStateError(
+            f"{TENSORS_FILE} holds NaN or infinite values in {', '.join(non_finite)}"
+        )
+    return tensors
+
+
 @dataclass(frozen=True)
 class LearnerConfig:
     """Model and training settings; every field is part of the fingerprint.
@@ -344,27 +384,33 @@ class OnlineLearner:
     def from_files(
         cls, files: Mapping[str, bytes], device: str | torch.device | None = None
     ) -> OnlineLearner:
-        """Rebuild a learner from :meth:`to_files` output."""
+        """Rebuild a learner from :meth:`to_files` output.
+
+        Raises LearnerStateError, naming the file and the problem, when a
+        file is missing or damaged or the weights hold NaN or infinity.
+        """
         missing = [name for name in (TENSORS_FILE, STATE_FILE) if name not in files]
         if missing:
-            raise ValueError(
+            raise LearnerStateError(
                 f"learner state is missing {', '.join(missing)}; got "
                 f"{', '.join(sorted(files)) or 'no files'}"
             )
-        state = json.loads(files[STATE_FILE].decode("utf-8"))
-        if state.get("format") != STATE_FORMAT:
-            raise ValueError(
-                f"learner state has format {state.get('format')!r}; this "
-                f"version reads format {STATE_FORMAT}"
+        state = _read_state(files[STATE_FILE])
+        tensors = _read_tensors(files[TENSORS_FILE])
+        try:
+            learner = cls(
+                spec_from_dict(state["spec"]),
+                LearnerConfig(**state["config"]),
+                seed=int(state["seed"]),
+                device=device,
             )
-        learner = cls(
-            spec_from_dict(state["spec"]),
-            LearnerConfig(**state["config"]),
-            seed=int(state["seed"]),
-            device=device,
-        )
-        tensors = safetensors.torch.load(files[TENSORS_FILE])
-        learner._restore(state, tensors)
+            learner._restore(state, tensors)
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            # A damaged learner.json, or tensors of the wrong shape for it.
+            raise LearnerStateError(
+                f"{STATE_FILE} and {TENSORS_FILE} do not form a learner state: "
+                f"{type(error).__name__}: {error}"
+            ) from error
         return learner
 
     def save(self, directory: str | Path) -> None:

@@ -104,7 +104,7 @@ def load_version(registry_url: str, requested: str | None) -> tuple[int, Any]:
 
     ``requested`` is a version name, or None for the serving version.
     """
-    from online_model.learner import OnlineLearner
+    from online_model.learner import LearnerStateError, OnlineLearner
     from rollback.errors import RegistryError
     from rollback.names import parse_version
     from rollback.registry import open_registry
@@ -114,15 +114,12 @@ def load_version(registry_url: str, requested: str | None) -> tuple[int, Any]:
     if version is None:
         raise RegistryError(f"no version serves in {registry_url}; pass --version")
     files = registry.read(version).files
-    # NOTE: from_files raises ValueError, KeyError, UnicodeDecodeError,
-    # RuntimeError and safetensors errors on damaged state, with no common
-    # base class, so any error here means the files are not learner state.
     try:
         learner = OnlineLearner.from_files(files, device="cpu")
-    except Exception as error:
+    except LearnerStateError as error:
         raise ValueError(
             f"version v{version} in {registry_url} is not a readable learner state "
-            f"({', '.join(sorted(files))}): {type(error).__name__}: {error}"
+            f"({', '.join(sorted(files))}): {error}"
         ) from error
     return version, learner
 
