@@ -76,7 +76,7 @@ def _read_state(content: bytes) -> dict[str, Any]:
         raise LearnerStateError(f"{STATE_FILE} is not UTF-8 JSON: {error}") from None
     if not isinstance(state, dict):
         raise LearnerStateError(
-            f"{STATE_FILE} holds a JSON {type(state).__name__}, expected an object"
+            f"{STATE_FILE} contains a JSON {type(state).__name__}, expected an object"
         )
     if state.get("format") != STATE_FORMAT:
         raise LearnerStateError(
@@ -100,7 +100,7 @@ def _read_tensors(content: bytes) -> dict[str, torch.Tensor]:
     ]
     if non_finite:
         raise LearnerStateError(
-            f"{TENSORS_FILE} holds NaN or infinite values in {', '.join(non_finite)}"
+            f"{TENSORS_FILE} contains NaN or infinite values in {', '.join(non_finite)}"
         )
     return tensors
 

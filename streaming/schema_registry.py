@@ -76,7 +76,7 @@ def _full_name(name: str, namespace: str) -> str:
 def _reject_recursive_types(
     node: Any, namespace: str, enclosing: frozenset[str]
 ) -> None:
-    """Walk a schema of bounded depth; ``enclosing`` holds the named types
+    """Walk a schema of bounded depth; ``enclosing`` contains the named types
     whose definitions contain ``node``."""
     if isinstance(node, str):
         if _full_name(node, namespace) in enclosing:

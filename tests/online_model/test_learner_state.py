@@ -71,7 +71,7 @@ DAMAGE: list[tuple[str, Callable[[Files], object], str]] = [
     (
         "state is a list",
         lambda files: files.__setitem__(STATE_FILE, b"[]"),
-        "holds a JSON list",
+        "contains a JSON list",
     ),
     ("wrong format", _edit_state(_set("format", 99)), "has format 99"),
     ("no spec", _edit_state(lambda state: state.pop("spec")), "KeyError"),
