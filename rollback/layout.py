@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 from rollback.backends.base import Blob, Storage
@@ -32,11 +33,33 @@ INDEX_PREFIX = "index/"
 # Versions per index shard: a publish rewrites one shard, so shards stay
 # small (about 700 KB at 1,000 typical manifests) however many versions exist.
 INDEX_SHARD_SIZE = 1000
+# ASCII digits only: str.isdigit() also accepts digits such as '²'.
+_VERSION_FOLDER = re.compile(r"v([0-9]{6,9})")
 
 
 def version_key(version: int, name: str) -> str:
     """Return the storage key of one file of a version."""
-    return f"{VERSIONS_PREFIX}v{version:06d}/{name}"
+    return f"{version_prefix(version)}{name}"
+
+
+def version_prefix(version: int) -> str:
+    """Return the key prefix of a version's folder, such as ``versions/v000012/``."""
+    return f"{VERSIONS_PREFIX}v{version:06d}/"
+
+
+def parse_version_folder(folder: str) -> int | None:
+    """Return the number of a version folder name such as ``v000012``.
+
+    Returns None for any other name, such as a folder made by hand
+    (``v12``, ``v²``), because ``version_key`` would never reach it.
+    """
+    match = _VERSION_FOLDER.fullmatch(folder)
+    if match is None:
+        return None
+    number = int(match.group(1))
+    if number < 1 or folder != f"v{number:06d}":
+        return None
+    return number
 
 
 def index_key(version: int) -> str:
@@ -115,7 +138,7 @@ def parse_counter(url: str, blob: Blob) -> int:
             f"{COUNTER_KEY} in registry {url} is damaged ({error}); set it to "
             '{"next_version": N} with N above every version number'
         ) from error
-    if not isinstance(number, int) or number < 1:
+    if isinstance(number, bool) or not isinstance(number, int) or number < 1:
         raise RegistryError(
             f"{COUNTER_KEY} in registry {url} contains next_version {number!r}; "
             "expected an int >= 1"

@@ -28,6 +28,7 @@ MANIFEST_FORMAT = "streamlearn-manifest/1"
 
 # File names stay flat and portable: no folders, no leading dot.
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 def compute_fingerprint(
@@ -64,6 +65,10 @@ class ManifestFields:
     label_vocabulary: Sequence[str] = ()
     code_version: str = ""
     parent: int | None = None
+    # Format of the learner's state files, such as "online-learner/1"; empty
+    # when the publisher declares none. Compared with the running job's on a
+    # rollback, because weights are opaque bytes to the registry.
+    state_format: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.fingerprint, str) or not self.fingerprint:
@@ -104,6 +109,11 @@ class ManifestFields:
             raise InvalidInput(
                 f"invalid label_vocabulary {self.label_vocabulary!r}: expected a "
                 "sequence of strings"
+            )
+        if not isinstance(self.state_format, str) or len(self.state_format) > 128:
+            raise InvalidInput(
+                f"invalid state_format {self.state_format!r}: expected a string of "
+                "at most 128 characters, such as 'online-learner/1'"
             )
         if self.parent is not None and (
             isinstance(self.parent, bool)
@@ -201,7 +211,7 @@ class Manifest:
 
     def _body(self) -> dict[str, Any]:
         fields = self.fields
-        return {
+        body = {
             "format": MANIFEST_FORMAT,
             "version": self.version,
             "parent": self.parent,
@@ -227,6 +237,11 @@ class Manifest:
                 for entry in self.files.values()
             },
         }
+        # Stored only when declared, so manifests written before the field
+        # existed keep their content and their SHA-256.
+        if fields.state_format:
+            body["state_format"] = fields.state_format
+        return body
 
     @classmethod
     def _from_body(cls, body: dict[str, Any]) -> Manifest:
@@ -243,11 +258,9 @@ class Manifest:
             label_vocabulary=tuple(body["label_vocabulary"]),
             code_version=body["code_version"],
             parent=body["parent"],
+            state_format=body.get("state_format", ""),
         )
-        files = {
-            name: FileEntry(name, entry["sha256"], entry["size_bytes"])
-            for name, entry in body["files"].items()
-        }
+        files = _files_from_body(body["files"])
         return cls(
             version=body["version"],
             parent=body["parent"],
@@ -255,6 +268,31 @@ class Manifest:
             fields=fields,
             files=files,
         )
+
+
+def _files_from_body(stored: Any) -> dict[str, FileEntry]:
+    """Check the stored file entries as strictly as ``publish`` checks names.
+
+    A manifest whose SHA-256 matches can still have been written by hand, and
+    its file names become storage keys, so a name such as ``../x`` must not
+    pass.
+    """
+    if not isinstance(stored, dict) or not stored:
+        raise ValueError("it lists no files; a version has at least one file")
+    files = {}
+    for name, entry in stored.items():
+        check_file_name(name)
+        sha256, size_bytes = entry["sha256"], entry["size_bytes"]
+        if not isinstance(sha256, str) or not _SHA256_HEX.fullmatch(sha256):
+            raise ValueError(f"file {name} has an invalid SHA-256 {sha256!r}")
+        if (
+            isinstance(size_bytes, bool)
+            or not isinstance(size_bytes, int)
+            or size_bytes < 0
+        ):
+            raise ValueError(f"file {name} has an invalid size {size_bytes!r}")
+        files[name] = FileEntry(name, sha256, size_bytes)
+    return files
 
 
 def _unreadable(version: int, error: Exception) -> CorruptVersion:

@@ -10,7 +10,8 @@ The API the streaming job uses::
     from rollback.registry import open_registry, ManifestFields
 
     registry = open_registry("gs://bucket/models", create=True)   # or a path
-    registry.set_running_fingerprint(fingerprint, actor="job")    # at start
+    registry.set_running_fingerprint(fingerprint, actor="job",
+                                     state_format="online-learner/1")  # at start
     version = registry.publish(
         {"weights.safetensors": weights, "learner.json": learner},
         ManifestFields(fingerprint=fingerprint, events_count=4096, ...),
@@ -49,8 +50,10 @@ Guarantees, for both backends (a local folder and ``gs://bucket/prefix``):
   it.
 - ``set_serving`` and ``rollback`` move the pointer only to a version whose
   files all match their SHA-256 and whose fingerprint matches the running
-  job's (or, if no job recorded one, the serving version's). ``publish``
-  moves it to the version it has just written, without these checks.
+  job's (or, if no job recorded one, the serving version's). When both the
+  version's manifest and that reference declare a ``state_format``, the two
+  must match as well. ``publish`` moves it to the version it has just
+  written, without these checks.
 - While automatic promotion is paused, ``publish`` stores the version,
   leaves the pointer and raises PromotionPaused (a PointerConflict) with the
   stored number, and ``set_serving(kind="promote")`` raises PromotionPaused.
@@ -99,7 +102,9 @@ from rollback.layout import (
     index_key,
     open_storage,
     parse_counter,
+    parse_version_folder,
     version_key,
+    version_prefix,
 )
 from rollback.manifest import (
     MANIFEST_NAME,
@@ -109,7 +114,7 @@ from rollback.manifest import (
     check_file_name,
     compute_fingerprint,
 )
-from rollback.names import format_version, parse_version
+from rollback.names import MAX_VERSION, format_version, parse_version
 from rollback.state import (
     POINTER_KINDS,
     PROMOTION_KINDS,
@@ -217,11 +222,8 @@ class Registry:
     def versions(self) -> list[int]:
         """Return the numbers of all complete versions, oldest first."""
         folders = self.storage.folders_containing(VERSIONS_PREFIX, MANIFEST_NAME)
-        return sorted(
-            int(folder[1:])
-            for folder in folders
-            if folder.startswith("v") and folder[1:].isdigit()
-        )
+        numbers = (parse_version_folder(folder) for folder in folders)
+        return sorted(number for number in numbers if number is not None)
 
     def describe(self, version: int | str) -> Manifest:
         """Return the manifest of ``version`` without reading its files."""
@@ -248,17 +250,19 @@ class Registry:
         """Check every file of ``version`` as ``read`` does; return its manifest."""
         return self.read(version).manifest
 
-    def manifests(self, versions: list[int]) -> dict[int, Manifest | CorruptVersion]:
-        """Return the manifest of each of ``versions``, or its CorruptVersion.
+    def manifests(self, versions: list[int]) -> dict[int, Manifest | RegistryError]:
+        """Return the manifest of each of ``versions``, or the error reading it.
 
         Reads the index shards (one request per 1,000 versions), whose
         entries carry the manifest's own SHA-256, and reads the manifest file
         only of a version the index lacks or contains damaged. So a damaged
         manifest or weights file shows only in ``describe``, ``read`` or
-        ``verify``. Raises VersionNotFound for a missing version.
+        ``verify``. The error is a CorruptVersion for a damaged manifest,
+        VersionNotFound for a missing one, and a RegistryError when the
+        manifest cannot be read at all (such as a folder without permissions).
         """
         shards: dict[str, dict[str, Any]] = {}
-        found: dict[int, Manifest | CorruptVersion] = {}
+        found: dict[int, Manifest | RegistryError] = {}
         for number in versions:
             key = index_key(number)
             if key not in shards:
@@ -272,7 +276,7 @@ class Registry:
                     except CorruptVersion:
                         logger.warning("index entry of v%d is damaged", number)
                 found[number] = self.describe(number)
-            except CorruptVersion as error:
+            except RegistryError as error:
                 found[number] = error
         return found
 
@@ -293,17 +297,13 @@ class Registry:
 
     def running_fingerprint(self) -> str | None:
         """Return the fingerprint the job last recorded, or None."""
-        blob = self.storage.read(RUNNING_KEY)
-        if blob is None:
-            return None
-        try:
-            fingerprint = json.loads(blob.data)["fingerprint"]
-        except (ValueError, KeyError, TypeError) as error:
-            raise RegistryError(
-                f"{RUNNING_KEY} in registry {self.url} is damaged ({error}); the "
-                "job rewrites it with set_running_fingerprint at its next start"
-            ) from error
-        return str(fingerprint)
+        running = self._running()
+        return None if running is None else running[0]
+
+    def running_state_format(self) -> str:
+        """Return the state format the job last recorded; empty if none."""
+        running = self._running()
+        return "" if running is None else running[1]
 
     def previous_version(self) -> int:
         """Return the version that served before the current one.
@@ -451,21 +451,51 @@ class Registry:
         """Resume automatic promotion."""
         return self._set_paused(False, actor, reason)
 
-    def set_running_fingerprint(self, fingerprint: str, actor: str) -> None:
-        """Record the fingerprint the job runs with, for compatibility checks."""
+    def set_running_fingerprint(
+        self, fingerprint: str, actor: str, *, state_format: str = ""
+    ) -> None:
+        """Record what the job runs with, for the checks before a rollback.
+
+        ``state_format`` is the format of learner state files the job can
+        load, as publishers declare it in ``ManifestFields.state_format``;
+        empty skips that check.
+        """
         if not isinstance(fingerprint, str) or not fingerprint:
             raise InvalidInput(
                 f"invalid fingerprint {fingerprint!r}: expected a non-empty string"
             )
+        if not isinstance(state_format, str):
+            raise InvalidInput(
+                f"invalid state_format {state_format!r}: expected a string"
+            )
         _check_actor(actor)
         body = {
             "fingerprint": fingerprint,
+            "state_format": state_format,
             "actor": actor,
             "time": self.clock().isoformat(),
         }
         self.storage.put(RUNNING_KEY, json.dumps(body).encode())
 
     # Internals
+
+    def _running(self) -> tuple[str, str] | None:
+        """Return the running job's (fingerprint, state format), or None."""
+        blob = self.storage.read(RUNNING_KEY)
+        if blob is None:
+            return None
+        try:
+            body = json.loads(blob.data)
+            fingerprint = body["fingerprint"]
+            state_format = body.get("state_format", "")
+            if not isinstance(fingerprint, str) or not isinstance(state_format, str):
+                raise TypeError("fingerprint and state_format must be strings")
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise RegistryError(
+                f"{RUNNING_KEY} in registry {self.url} is damaged ({error}); the "
+                "job rewrites it with set_running_fingerprint at its next start"
+            ) from error
+        return fingerprint, state_format
 
     def _state_blob(self) -> tuple[ServingState, Blob | None]:
         blob = self.storage.read(STATE_KEY)
@@ -476,10 +506,11 @@ class Registry:
             return cached[1], blob  # unchanged since the last read
         try:
             state = ServingState.from_json(blob.data)
-        except (ValueError, KeyError, TypeError) as error:
+        except (ValueError, TypeError) as error:
             raise RegistryError(
-                f"{STATE_KEY} in registry {self.url} is damaged ({error}). The "
-                "registry only writes it whole, so restore it from a backup"
+                f"registry state is damaged: {STATE_KEY} in registry {self.url}: "
+                f"{error}. The registry only writes it whole, so restore it from "
+                "a backup"
             ) from error
         self._parsed_state = (blob.generation, state)
         return state, blob
@@ -656,6 +687,12 @@ class Registry:
                 number = existing[-1] + 1 if existing else 1
             else:
                 number = parse_counter(self.url, blob)
+            if number > MAX_VERSION:
+                raise RegistryError(
+                    f"registry {self.url} has used every version number up to "
+                    f"{format_version(MAX_VERSION)}, the largest a version name "
+                    "can have, so nothing was published; publish to a new registry"
+                )
             body = json.dumps({"next_version": number + 1}).encode()
             generation = None if blob is None else blob.generation
             if self.storage.swap(COUNTER_KEY, body, generation):
@@ -690,18 +727,29 @@ class Registry:
         return blob.data
 
     def _check_compatible(self, manifest: Manifest, serving: int | None) -> None:
-        reference = self.running_fingerprint()
+        running = self._running()
         source = "the running job's"
-        if reference is None:
+        if running is None:
             if serving is None or serving == manifest.version:
                 return
-            reference = self.describe(serving).fields.fingerprint
+            fields = self.describe(serving).fields
+            running = (fields.fingerprint, fields.state_format)
             source = f"the serving version {format_version(serving)}'s"
+        reference, state_format = running
         if manifest.fields.fingerprint != reference:
             raise IncompatibleVersion(
                 f"version {manifest.name} is incompatible: its fingerprint "
                 f"{manifest.fields.fingerprint} differs from {source} {reference}"
                 f"{self._compatible_choices(reference)}"
+            )
+        # Checked only when both sides declare one: older manifests and jobs
+        # do not, and the registry cannot read the weights to tell.
+        declared = manifest.fields.state_format
+        if declared and state_format and declared != state_format:
+            raise IncompatibleVersion(
+                f"version {manifest.name} is incompatible: its learner state "
+                f"format {declared!r} differs from {source} {state_format!r}, so "
+                "the job could not load it; pick a version with the same format"
             )
 
     def _compatible_choices(self, fingerprint: str) -> str:
@@ -710,8 +758,8 @@ class Registry:
             try:
                 if self.describe(number).fields.fingerprint == fingerprint:
                     compatible.append(format_version(number))
-            except CorruptVersion:
-                continue
+            except RegistryError:
+                continue  # damaged or unreadable: not a choice to offer
             if len(compatible) == 5:
                 break
         if not compatible:
@@ -719,6 +767,14 @@ class Registry:
         return f"; compatible versions, newest first: {', '.join(compatible)}"
 
     def _not_found_message(self, number: int) -> str:
+        folder = version_prefix(number)
+        if self.storage.list_keys(folder):
+            return (
+                f"version {format_version(number)} is incomplete: {folder} in "
+                f"registry {self.url} contains files but no {MANIFEST_NAME}, so "
+                "its publish was killed or the manifest was removed by hand; "
+                "roll back to another version"
+            )
         existing = self.versions()
         if not existing:
             return (

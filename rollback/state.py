@@ -69,16 +69,31 @@ class PointerChange:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PointerChange:
+        """Build an entry from its stored form, checking every field's type.
+
+        Raises ValueError naming the field, so that a hand-edited entry fails
+        here rather than later in a comparison or a message.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a history entry is a {type(data).__name__}")
+        seq = _number_field(data, "seq", "a history entry")
+        where = f"history entry {seq}"
+        kind = _text_field(data, "kind", where)
+        if kind not in POINTER_KINDS + PAUSE_KINDS:
+            raise ValueError(f"{where} has unknown kind {kind!r}")
+        details = data.get("details", {})
+        if not isinstance(details, Mapping):
+            raise ValueError(f"{where} has details {details!r}, expected an object")
         return cls(
-            seq=data["seq"],
-            change_id=data["change_id"],
-            time=datetime.fromisoformat(data["time"]),
-            actor=data["actor"],
-            kind=data["kind"],
-            from_version=data["from_version"],
-            to_version=data["to_version"],
-            reason=data["reason"],
-            details=data.get("details", {}),
+            seq=seq,
+            change_id=_text_field(data, "change_id", where),
+            time=datetime.fromisoformat(_text_field(data, "time", where)),
+            actor=_text_field(data, "actor", where),
+            kind=kind,
+            from_version=_version_field(data, "from_version", where),
+            to_version=_version_field(data, "to_version", where),
+            reason=_text_field(data, "reason", where),
+            details=details,
         )
 
 
@@ -169,15 +184,63 @@ class ServingState:
 
     @classmethod
     def from_json(cls, data: bytes) -> ServingState:
-        """Parse ``state.json``; raises ValueError or KeyError if damaged."""
+        """Parse and check ``state.json``; raises ValueError if damaged.
+
+        Checks every field's type, that the ``seq`` numbers count from 1, and
+        that ``serving`` is where the last pointer change moved the pointer.
+        """
         body = json.loads(data)
+        if not isinstance(body, dict):
+            raise ValueError(f"it contains a JSON {type(body).__name__}, not an object")
         if body.get("format") != STATE_FORMAT:
             raise ValueError(f"unknown state format {body.get('format')!r}")
-        history = tuple(PointerChange.from_dict(entry) for entry in body["history"])
+        serving = _version_field(body, "serving", "the state")
+        paused = _field(body, "paused", "the state")
+        if not isinstance(paused, bool):
+            raise ValueError(f"paused is {paused!r}, expected true or false")
+        entries = _field(body, "history", "the state")
+        if not isinstance(entries, list):
+            raise ValueError(f"history is a {type(entries).__name__}, expected a list")
+        history = tuple(PointerChange.from_dict(entry) for entry in entries)
         for position, change in enumerate(history, start=1):
             if change.seq != position:
                 raise ValueError(f"history entry {position} has seq {change.seq}")
-        return cls(serving=body["serving"], paused=body["paused"], history=history)
+        state = cls(serving=serving, paused=paused, history=history)
+        moves = state.pointer_changes()
+        last_target = moves[-1].to_version if moves else None
+        if serving != last_target:
+            raise ValueError(
+                f"serving is {_name(serving)}, but the last pointer change in the "
+                f"history moved it to {_name(last_target)}"
+            )
+        return state
+
+
+def _field(data: Mapping[str, Any], name: str, where: str) -> Any:
+    if name not in data:
+        raise ValueError(f"{where} has no field {name!r}")
+    return data[name]
+
+
+def _text_field(data: Mapping[str, Any], name: str, where: str) -> str:
+    value = _field(data, name, where)
+    if not isinstance(value, str):
+        raise ValueError(f"{where} has {name} {value!r}, expected a string")
+    return value
+
+
+def _version_field(data: Mapping[str, Any], name: str, where: str) -> int | None:
+    """Return the version number stored under ``name``, or None for null."""
+    if _field(data, name, where) is None:
+        return None
+    return _number_field(data, name, where)
+
+
+def _number_field(data: Mapping[str, Any], name: str, where: str) -> int:
+    value = _field(data, name, where)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{where} has {name} {value!r}, expected an int >= 1")
+    return value
 
 
 def _name(version: int | None) -> str:

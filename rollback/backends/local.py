@@ -28,7 +28,13 @@ class LocalStorage:
     """Objects as files under ``root``; see the module docstring."""
 
     def __init__(self, root: str | Path) -> None:
-        self._root = Path(root).expanduser().absolute()
+        try:
+            self._root = Path(root).expanduser().absolute()
+        except RuntimeError as error:  # pathlib's error for an unknown ~user
+            raise RegistryError(
+                f"invalid registry path {str(root)!r}: {error}; pass a path "
+                "without '~' or with the home folder of an existing user"
+            ) from error
         # Plain strings below: pathlib costs more than the I/O when listing
         # thousands of versions.
         self._root_text = str(self._root)
@@ -51,10 +57,19 @@ class LocalStorage:
                 data = file.read()
         except (FileNotFoundError, NotADirectoryError):
             return None
+        except IsADirectoryError as error:
+            raise RegistryError(
+                f"cannot read {key} in registry {self._root}: it is a folder, not "
+                "a file; move the folder away or restore the file from a backup"
+            ) from error
         except PermissionError as error:
             raise RegistryError(
                 f"cannot read {key} in registry {self._root}: {error.strerror}; "
                 "check the folder's permissions"
+            ) from error
+        except OSError as error:
+            raise RegistryError(
+                f"cannot read {key} in registry {self._root}: {error.strerror}"
             ) from error
         return Blob(data=data, generation=hashlib.sha256(data).hexdigest())
 
@@ -115,7 +130,7 @@ class LocalStorage:
             child
             for child in children
             if not child.startswith(".")
-            and os.path.exists(os.path.join(parent, child, name))
+            and _may_exist(os.path.join(parent, child, name))
         ]
 
     def is_empty(self) -> bool:
@@ -142,7 +157,15 @@ class LocalStorage:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        descriptor = os.open(self._root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        path = self._root / LOCK_NAME
+        try:
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise RegistryNotWritable(
+                f"cannot open the lock file {path}: {error.strerror}; it must be "
+                "a file the registry's users can write (delete it if it is not: "
+                "the registry recreates it)"
+            ) from error
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX)
             yield
@@ -158,7 +181,9 @@ class LocalStorage:
         except OSError as error:
             if error.errno in (errno.EROFS, errno.ENOSPC, errno.EDQUOT):
                 raise self._not_accessible(key, error) from error
-            raise
+            raise RegistryError(
+                f"cannot write {key} in registry {self._root}: {error.strerror}"
+            ) from error
 
     def _not_accessible(self, key: str, error: OSError) -> RegistryNotWritable:
         return RegistryNotWritable(
@@ -166,6 +191,21 @@ class LocalStorage:
             "check the folder's permissions and free space, or pass another "
             "--registry"
         )
+
+
+def _may_exist(path: str) -> bool:
+    """Return whether ``path`` exists, or True if a permission error hides it.
+
+    A version folder that cannot be entered is then listed, and reading it
+    fails with the reason, rather than the version being left out unseen.
+    """
+    try:
+        os.stat(path)
+    except PermissionError:
+        return True
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return True
 
 
 def _fsync_folder(folder: Path) -> None:

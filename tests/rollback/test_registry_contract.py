@@ -30,6 +30,8 @@ from rollback.errors import (
     VersionNotFound,
 )
 from rollback.layout import COUNTER_KEY, STATE_KEY, index_key
+from rollback.manifest import _digest
+from rollback.names import MAX_VERSION
 from rollback.registry import Registry, open_registry, version_key
 
 
@@ -288,6 +290,27 @@ def test_incompatible_fingerprint_rejected(registry: Registry) -> None:
     assert registry.serving() == 2
 
 
+def test_state_format_mismatch_rejected(registry: Registry) -> None:
+    for state_format in ("online-learner/1", "", "online-learner/2"):
+        fields = make_fields(state_format=state_format)
+        registry.publish(make_files(1), fields, "job", state_format)
+    registry.set_running_fingerprint(
+        FINGERPRINT, "job", state_format="online-learner/2"
+    )
+
+    with pytest.raises(IncompatibleVersion) as raised:
+        registry.rollback("v1", "ops:ana", "try old")
+    undeclared = registry.rollback("v2", "ops:ana", "declares no format")
+
+    assert str(raised.value) == (
+        "version v1 is incompatible: its learner state format 'online-learner/1' "
+        "differs from the running job's 'online-learner/2', so the job could not "
+        "load it; pick a version with the same format"
+    )
+    assert undeclared.to_version == 2
+    assert registry.running_state_format() == "online-learner/2"
+
+
 def test_compatible_with_serving_by_default(registry: Registry) -> None:
     registry.publish(make_files(1), make_fields(), "job", "first")
     registry.publish(
@@ -354,6 +377,61 @@ def test_invalid_file_names_rejected(registry: Registry) -> None:
     assert registry.versions() == []
 
 
+def test_manifest_path_name_rejected(registry: Registry) -> None:
+    publish_many(registry, 2)
+    key = version_key(1, "manifest.json")
+    blob = registry.storage.read(key)
+    assert blob is not None
+    body = json.loads(blob.data)
+    body.pop("manifest_sha256")
+    data = make_files(0)["learner.json"]
+    entry = {"sha256": hashlib.sha256(data).hexdigest(), "size_bytes": len(data)}
+    # The key would reach v1's own learner.json through the parent folder.
+    body["files"] = {"../v000001/learner.json": entry}
+    body["manifest_sha256"] = _digest(body)
+    registry.storage.put(key, json.dumps(body).encode())
+    registry.storage.put(index_key(1), b"{}")
+
+    with pytest.raises(CorruptVersion) as raised:
+        registry.describe(1)
+    with pytest.raises(CorruptVersion):
+        registry.set_serving(1, "ops:ana", "back")
+
+    assert "invalid file name '../v000001/learner.json'" in str(raised.value)
+    assert registry.serving() == 2
+
+
+def test_incomplete_version_named(registry: Registry) -> None:
+    publish_many(registry, 2)
+    registry.storage.put(version_key(3, "weights.safetensors"), b"killed publish")
+
+    with pytest.raises(VersionNotFound) as raised:
+        registry.describe(3)
+
+    assert str(raised.value) == (
+        f"version v3 is incomplete: versions/v000003/ in registry {registry.url} "
+        "contains files but no manifest.json, so its publish was killed or the "
+        "manifest was removed by hand; roll back to another version"
+    )
+
+
+def test_publish_stops_at_max_version(registry: Registry) -> None:
+    publish_many(registry, 1)
+    registry.storage.put(
+        COUNTER_KEY, json.dumps({"next_version": MAX_VERSION}).encode()
+    )
+
+    last = registry.publish(make_files(1), make_fields(), "job", "last number")
+    with pytest.raises(RegistryError) as raised:
+        registry.publish(make_files(2), make_fields(), "job", "past the last")
+
+    assert last == MAX_VERSION
+    assert registry.describe(f"v{MAX_VERSION}").version == MAX_VERSION
+    assert "has used every version number up to v999999999" in str(raised.value)
+    assert registry.versions() == [1, MAX_VERSION]
+    assert registry.serving() == MAX_VERSION
+
+
 def test_reopen_sees_same_state(registry_url: str, clock: FixedClock) -> None:
     first = open_registry(registry_url, create=True, clock=clock)
     publish_many(first, 2)
@@ -387,7 +465,9 @@ def test_damaged_state_named(registry: Registry) -> None:
     publish_many(registry, 1)
     registry.storage.put(STATE_KEY, b'{"format": "streamlearn-state/1", "serv')
 
-    with pytest.raises(RegistryError, match=r"state\.json in registry .* is damaged"):
+    with pytest.raises(
+        RegistryError, match=r"^registry state is damaged: state\.json in registry "
+    ):
         registry.serving()
 
 

@@ -19,7 +19,14 @@ from rollback.errors import (
     RegistryNotFound,
 )
 from rollback.filters import compile_filter, flatten
-from rollback.manifest import FileEntry, Manifest, ManifestFields, compute_fingerprint
+from rollback.layout import parse_version_folder
+from rollback.manifest import (
+    FileEntry,
+    Manifest,
+    ManifestFields,
+    _digest,
+    compute_fingerprint,
+)
 from rollback.names import format_version, parse_version
 from rollback.registry import open_registry
 from rollback.state import PointerChange, ServingState
@@ -34,6 +41,8 @@ from rollback.state import PointerChange, ServingState
         (" v7 ", 7),
         (3, 3),
         ("v999999999", 999999999),
+        ("v0000000003", 3),
+        ("v" + "0" * 30 + "3", 3),  # 32 characters, the longest name
     ],
 )
 def test_version_name_accepted(name: str | int, number: int) -> None:
@@ -53,6 +62,9 @@ def test_version_name_accepted(name: str | int, number: int) -> None:
         "v1.5",
         "12a",
         "v1234567890",
+        "v" + "0" * 31 + "3",  # 33 characters
+        "v\u00b2",
+        1_000_000_000,
         True,
         -3,
     ],
@@ -91,6 +103,48 @@ def test_manifest_of_other_version_rejected() -> None:
     assert "manifest.json names version v4" in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    ("files", "problem"),
+    [
+        ({"../../etc/hostname": {"sha256": "ab" * 32, "size_bytes": 1}}, "file name"),
+        ({"a/b": {"sha256": "ab" * 32, "size_bytes": 1}}, "invalid file name 'a/b'"),
+        ({"manifest.json": {"sha256": "ab" * 32, "size_bytes": 1}}, "file name"),
+        ({}, "it lists no files"),
+        ([], "it lists no files"),
+        ({"w": {"sha256": "AB" * 32, "size_bytes": 1}}, "invalid SHA-256"),
+        ({"w": {"sha256": "ab" * 32, "size_bytes": -1}}, "invalid size -1"),
+        ({"w": {"sha256": "ab" * 32, "size_bytes": "1"}}, "invalid size '1'"),
+    ],
+)
+def test_manifest_file_entries_checked(files: object, problem: str) -> None:
+    body = _manifest().to_dict()
+    body["files"] = files
+    body["manifest_sha256"] = _digest(body)  # as a hand edit would redo it
+
+    with pytest.raises(CorruptVersion) as raised:
+        Manifest.from_json(json.dumps(body).encode(), 4)
+
+    assert str(raised.value).startswith("version v4 is corrupt: manifest.json")
+    assert problem in str(raised.value)
+
+
+def test_state_format_stored_only_when_declared() -> None:
+    plain = _manifest()
+    declared = Manifest(
+        version=4,
+        parent=3,
+        created_at=plain.created_at,
+        fields=make_fields(parent=3, state_format="online-learner/1"),
+        files=plain.files,
+    )
+
+    parsed = Manifest.from_json(declared.to_json(), 4)
+
+    assert "state_format" not in plain.to_dict()
+    assert parsed.fields.state_format == "online-learner/1"
+    assert Manifest.from_json(plain.to_json(), 4).fields.state_format == ""
+
+
 def test_truncated_manifest_rejected() -> None:
     data = _manifest().to_json()
     with pytest.raises(CorruptVersion) as raised:
@@ -110,6 +164,7 @@ def test_truncated_manifest_rejected() -> None:
         {"holdout_metrics": {"accuracy": "high"}},
         {"label_vocabulary": "abc"},
         {"parent": 0},
+        {"state_format": 1},
     ],
 )
 def test_invalid_manifest_fields(overrides: dict[str, Any]) -> None:
@@ -208,6 +263,43 @@ def test_served_intervals() -> None:
     assert [(i.start.minute, i.end and i.end.minute, i.ended_by) for i in second] == [
         (1, 2, "rollback"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("folder", "number"),
+    [
+        ("v000012", 12),
+        ("v999999999", 999999999),
+        ("v12", None),  # the registry writes six digits at least
+        ("v0000012", None),
+        ("v000000", None),
+        ("v\u00b2", None),
+        ("v00001\u0662", None),  # an Arabic-Indic digit
+        ("x000012", None),
+    ],
+)
+def test_parse_version_folder(folder: str, number: int | None) -> None:
+    assert parse_version_folder(folder) == number
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"kind": "jump"}, "history entry 1 has unknown kind 'jump'"),
+        ({"seq": "1"}, "a history entry has seq '1', expected an int >= 1"),
+        ({"from_version": True}, "from_version True, expected an int >= 1"),
+        ({"actor": None}, "history entry 1 has actor None, expected a string"),
+        ({"details": []}, "history entry 1 has details [], expected an object"),
+    ],
+)
+def test_damaged_history_entry_named(change: dict[str, Any], problem: str) -> None:
+    body = json.loads(_history((None, 1, "publish")).to_json())
+    body["history"][0].update(change)
+
+    with pytest.raises(ValueError) as raised:
+        ServingState.from_json(json.dumps(body).encode())
+
+    assert problem in str(raised.value)
 
 
 def test_state_with_gap_in_seq_rejected() -> None:
