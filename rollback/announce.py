@@ -99,7 +99,7 @@ class PubSubAnnouncer:
     def __init__(
         self, topic: str, *, publisher: Any | None = None, timeout_s: float = 30.0
     ) -> None:
-        if not _TOPIC_PATH.fullmatch(topic):
+        if not is_topic_path(topic):
             raise AnnounceError(
                 f"invalid topic {topic!r}: expected projects/PROJECT/topics/TOPIC"
             )
@@ -204,6 +204,11 @@ def follow(
         message.ack()
 
     return subscriber.subscribe(subscription, callback)
+
+
+def is_topic_path(topic: str) -> bool:
+    """Return whether ``topic`` has the form ``projects/P/topics/T``."""
+    return _TOPIC_PATH.fullmatch(topic) is not None
 
 
 def _attribute_version(version: int | None) -> str:

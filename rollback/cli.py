@@ -2,9 +2,11 @@
 
 Both print one line on success (or the listing asked for), one line on
 stderr and a non-zero exit code on failure: 1 when the registry refused the
-request, 2 for invalid arguments. They import neither torch nor Beam, and
-load the Google Cloud libraries only for a ``gs://`` registry or an
-announce topic.
+request or could not be read, 2 for invalid arguments. With ``--debug`` the
+line follows the error's traceback. A closed output pipe (``| head``) ends a
+command quietly with 141, the status a shell reports for SIGPIPE. They
+import neither torch nor Beam, and load the Google Cloud libraries only for
+a ``gs://`` registry or an announce topic.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+import unicodedata
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rollback.config import ENV_REGISTRY, OperatorConfig, load_config
-from rollback.errors import RegistryError
+from rollback.errors import InvalidInput, InvalidVersionName, RegistryError
 from rollback.names import format_version, parse_version
 from rollback.registry import Registry, open_registry
 
@@ -25,6 +28,13 @@ logger = logging.getLogger(__name__)
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as for a process the signal ended
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+MAX_REASON_LENGTH = 1000
+MAX_ACTOR_LENGTH = 200
+# Control, format and line-separator characters: they would break the
+# one-line output of --status and could rewrite an operator's terminal.
+_FORBIDDEN_CATEGORIES = ("Cc", "Cf", "Zl", "Zp")
 
 ROLLBACK_EXAMPLES = """examples:
   rollback --to v12 --reason "v14 mislabels returns"   point serving at v12
@@ -44,12 +54,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``rollback`` and return its exit code."""
     parser = _rollback_parser()
     args = parser.parse_args(argv)
-    configure_logging(args.verbose)
+    return run_command("rollback", args, lambda: _run_rollback(args))
+
+
+def run_command(
+    program: str, args: argparse.Namespace, command: Callable[[], int]
+) -> int:
+    """Run ``command`` and turn any error it raises into one line on stderr.
+
+    Returns the command's exit code, EXIT_USAGE for invalid arguments and
+    EXIT_REFUSED for every other error, including OS and parse errors that
+    the registry did not foresee.
+    """
+    configure_logging(args.verbose, args.debug)
     try:
-        return _run_rollback(args)
+        return command()
+    except (InvalidInput, InvalidVersionName) as error:
+        return _fail(program, str(error), EXIT_USAGE)
     except RegistryError as error:
-        print(f"rollback: {error}", file=sys.stderr)
-        return EXIT_REFUSED
+        return _fail(program, str(error), EXIT_REFUSED)
+    except BrokenPipeError:
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except Exception as error:  # unforeseen errors and bugs get one line too
+        message = (
+            f"unexpected error: {type(error).__name__}: {error}; rerun with "
+            "--debug for the traceback"
+        )
+        return _fail(program, message, EXIT_REFUSED)
+
+
+def _fail(program: str, message: str, code: int) -> int:
+    logger.debug("%s failed", program, exc_info=True)  # the traceback, at DEBUG
+    one_line = " ".join(message.splitlines())
+    print(f"{program}: {one_line}", file=sys.stderr)
+    return code
+
+
+def _discard_stdout() -> None:
+    # Python flushes stdout again at exit, which would raise a second time
+    # and print a warning: point it at /dev/null first.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def versions_main(argv: Sequence[str] | None = None) -> int:
@@ -111,7 +160,7 @@ def _rollback_parser() -> argparse.ArgumentParser:
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
-    """Add the options both commands share: --registry and --verbose."""
+    """Add the options both commands share: --registry, --verbose, --debug."""
     parser.add_argument(
         "--registry",
         metavar="URL",
@@ -120,6 +169,11 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="log what the registry does"
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="log every step, and the traceback of an error",
     )
 
 
@@ -130,17 +184,22 @@ def open_from_options(
     config = load_config(registry_option, announce_topic_option, os.environ, Path.cwd())
     announcer = None
     if config.announce_topic:
-        from rollback.announce import PubSubAnnouncer
+        from rollback.announce import PubSubAnnouncer, is_topic_path
 
+        if not is_topic_path(config.announce_topic):
+            raise InvalidInput(
+                f"invalid announce topic {config.announce_topic!r} (from "
+                f"{config.announce_topic_source}): expected "
+                "projects/PROJECT/topics/TOPIC"
+            )
         announcer = PubSubAnnouncer(config.announce_topic)
     registry = open_registry(config.registry, announcer=announcer)
     return registry, config
 
 
 def _run_rollback(args: argparse.Namespace) -> int:
-    if args.to is not None:
-        parse_version(args.to)  # reject a bad name before touching the store
-    registry, _ = open_from_options(args.registry, args.announce_topic)
+    _check_arguments(args)  # before the registry is opened
+    registry, config = open_from_options(args.registry, args.announce_topic)
     actor = args.actor or f"operator:{_user()}"
     if args.status:
         print(_status_line(registry))
@@ -159,7 +218,46 @@ def _run_rollback(args: argparse.Namespace) -> int:
     past = "rolled back" if verb == "roll back" else "moved"
     print(f"{past} {moved}")
     _warn_if_not_announced(registry)
+    if config.announce_topic is None:
+        print(
+            "rollback: note: no announce topic is configured, so running jobs "
+            "pick up the change at their next pointer check",
+            file=sys.stderr,
+        )
     return 0
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Raise InvalidVersionName or InvalidInput for an invalid argument."""
+    if args.to is not None:
+        parse_version(args.to)
+    check_text("--reason", args.reason, MAX_REASON_LENGTH)
+    if args.pause and not args.reason.strip():
+        raise InvalidInput(
+            '--pause needs --reason TEXT, such as --reason "incident 7", so '
+            "that others see why promotion stopped"
+        )
+    if args.actor is not None:
+        check_text("--actor", args.actor, MAX_ACTOR_LENGTH)
+        if not args.actor.strip():
+            raise InvalidInput(
+                f"invalid --actor {args.actor!r}: name who acts, such as 'ops:ana'"
+            )
+
+
+def check_text(option: str, text: str, max_length: int) -> None:
+    """Raise InvalidInput if ``text`` is too long or has control characters."""
+    if len(text) > max_length:
+        raise InvalidInput(
+            f"invalid {option}: {len(text)} characters, at most {max_length} "
+            "are allowed"
+        )
+    for character in text:
+        if unicodedata.category(character) in _FORBIDDEN_CATEGORIES:
+            raise InvalidInput(
+                f"invalid {option} {text!r}: it contains the control character "
+                f"{character!r}; use one line of printable text"
+            )
 
 
 def _run_pause(registry: Registry, args: argparse.Namespace, actor: str) -> int:
@@ -171,9 +269,6 @@ def _run_pause(registry: Registry, args: argparse.Namespace, actor: str) -> int:
         print(f"{state} {word}{'d' if already else ''} automatic promotion (dry run)")
         return 0
     if paused:
-        if not args.reason:
-            print("rollback: --pause needs --reason TEXT", file=sys.stderr)
-            return EXIT_USAGE
         registry.pause(actor, args.reason)
     else:
         registry.resume(actor, args.reason)
@@ -188,9 +283,12 @@ def _status_line(registry: Registry) -> str:
     parts = [f"{_name(state.serving)} serves"]
     last_pause = state.last_pause()
     if state.paused and last_pause is not None:
+        # Escaped: entries written through the Python API are not checked
+        # for control characters as the command-line options are.
         parts.append(
-            f"automatic promotion paused by {last_pause.actor} at "
-            f"{last_pause.time:%Y-%m-%d %H:%M:%S %Z} ({last_pause.reason})"
+            f"automatic promotion paused by {_printable(last_pause.actor)} at "
+            f"{last_pause.time:%Y-%m-%d %H:%M:%S %Z} "
+            f"({_printable(last_pause.reason)})"
         )
     else:
         parts.append("automatic promotion on")
@@ -210,12 +308,14 @@ def _warn_if_not_announced(registry: Registry) -> None:
         )
 
 
-def configure_logging(verbose: bool) -> None:
-    """Log to stderr with --verbose; otherwise the one-line errors suffice."""
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.CRITICAL,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+def configure_logging(verbose: bool, debug: bool = False) -> None:
+    """Log to stderr with --verbose or --debug; otherwise errors are one line."""
+    level = logging.CRITICAL
+    if verbose:
+        level = logging.INFO
+    if debug:
+        level = logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
 def _user() -> str:
@@ -225,6 +325,16 @@ def _user() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return "unknown"
+
+
+def _printable(text: str) -> str:
+    """Return ``text`` with non-printable characters written as escapes."""
+    if text.isprintable():
+        return text
+    return "".join(
+        character if character.isprintable() else repr(character)[1:-1]
+        for character in text
+    )
 
 
 def _name(version: int | None) -> str:

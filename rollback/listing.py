@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
 from typing import Any
 
-from rollback.cli import (
-    EXIT_REFUSED,
-    add_common_options,
-    configure_logging,
-    open_from_options,
-)
+from rollback.cli import add_common_options, open_from_options, run_command
 from rollback.errors import CorruptVersion, InvalidInput, RegistryError
 from rollback.manifest import Manifest
 from rollback.names import format_version
@@ -38,20 +32,20 @@ ROLLED_BACK = "rolled back"
 RETIRED = "retired"
 NEVER_SERVED = "never served"
 CORRUPT = "corrupt"
+UNREADABLE = "unreadable"
 
 
 def run_versions(argv: Sequence[str] | None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    configure_logging(args.verbose)
-    try:
-        registry, _ = open_from_options(args.registry)
-        if args.command == "list":
-            return _list(registry, args)
-        return _describe(registry, args)
-    except RegistryError as error:
-        print(f"streamlearn versions: {error}", file=sys.stderr)
-        return EXIT_REFUSED
+    return run_command("streamlearn versions", args, lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    registry, _ = open_from_options(args.registry)
+    if args.command == "list":
+        return _list(registry, args)
+    return _describe(registry, args)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -103,8 +97,9 @@ def version_rows(registry: Registry) -> list[dict[str, Any]]:
     rows = []
     for number in sorted(manifests, reverse=True):
         manifest = manifests[number]
-        if isinstance(manifest, CorruptVersion):
-            rows.append({"version": number, "status": CORRUPT, "error": str(manifest)})
+        if isinstance(manifest, RegistryError):
+            status = CORRUPT if isinstance(manifest, CorruptVersion) else UNREADABLE
+            rows.append({"version": number, "status": status, "error": str(manifest)})
             continue
         row = manifest.to_dict()
         row["status"] = statuses.get(number, NEVER_SERVED)
@@ -174,8 +169,9 @@ def _table(rows: list[dict[str, Any]]) -> str:
     header = ("VERSION", "STATUS", "PARENT", "CREATED", "EVENTS", "HOLDOUT METRICS")
     lines = [header]
     for row in rows:
-        if row["status"] == CORRUPT:
-            lines.append((format_version(row["version"]), CORRUPT, "", "", "", ""))
+        if "error" in row:
+            version = format_version(row["version"])
+            lines.append((version, row["status"], "", "", "", row["error"]))
             continue
         parent = row["parent"]
         lines.append(
@@ -233,6 +229,8 @@ def _integrity(registry: Registry, manifest: Manifest) -> str:
         registry.verify(manifest.version)
     except CorruptVersion as error:
         return f"CORRUPT: {error}"
+    except RegistryError as error:
+        return f"UNREADABLE: {error}"
     return f"ok ({len(manifest.files)} files, SHA-256 checked)"
 
 
@@ -273,6 +271,7 @@ def _describe_text(
         ("labels", ", ".join(fields.label_vocabulary) or "-"),
         ("fingerprint", fields.fingerprint),
         ("code version", fields.code_version or "-"),
+        ("state format", fields.state_format or "-"),
         ("integrity", integrity),
     ]
     for entry in sorted(manifest.files.values(), key=lambda entry: entry.name):

@@ -1,12 +1,17 @@
-"""Helpers shared by the registry tests: fields, files, a clock, a Pub/Sub pull."""
+"""Helpers shared by the registry tests: fields, files, a clock, commands, a pull."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 from rollback.manifest import ManifestFields
 
+BIN = Path(sys.executable).parent
 FINGERPRINT = "sha256:feature-spec-and-config-a"
 OTHER_FINGERPRINT = "sha256:feature-spec-and-config-b"
 
@@ -69,3 +74,43 @@ def pull(subscription: str, count: int) -> list[Any]:
         if len(received) >= count:
             return received
     raise AssertionError(f"received {len(received)} of {count} messages")
+
+
+def run(
+    command: str,
+    *args: str,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    stdout: IO[bytes] | int | None = None,
+    as_user: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run a command of the virtual environment without STREAMLEARN_ settings.
+
+    ``stdout`` replaces the captured output (stdout is then ""), and
+    ``as_user`` runs the command as that user through setpriv (root only).
+    """
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("STREAMLEARN_")
+    }
+    environment.update(env or {})
+    prefix = []
+    if as_user is not None:
+        import pwd
+
+        user = pwd.getpwnam(as_user)
+        prefix = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}"]
+        prefix.append("--clear-groups")
+    result = subprocess.run(
+        [*prefix, str(BIN / command), *args],
+        stdout=subprocess.PIPE if stdout is None else stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+        cwd=cwd,
+        timeout=60,
+    )
+    if result.stdout is None:
+        result.stdout = ""
+    return result

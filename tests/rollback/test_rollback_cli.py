@@ -18,32 +18,17 @@ from registry_helpers import (
     make_fields,
     make_files,
     pull,
+    run,
 )
 
 from rollback.config import load_config
 from rollback.layout import index_key
 from rollback.registry import Registry, open_registry, version_key
 
-BIN = Path(sys.executable).parent
-
-
-def run(
-    command: str, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    environment = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith("STREAMLEARN_")
-    }
-    environment.update(env or {})
-    return subprocess.run(
-        [str(BIN / command), *args],
-        capture_output=True,
-        text=True,
-        env=environment,
-        cwd=cwd,
-        timeout=60,
-    )
+NO_TOPIC_NOTE = (
+    "rollback: note: no announce topic is configured, so running jobs pick up "
+    "the change at their next pointer check\n"
+)
 
 
 @pytest.fixture
@@ -82,7 +67,7 @@ def test_rollback_to_prints_one_line(registry: Registry) -> None:
 
     assert result.returncode == 0, result.stderr
     assert result.stdout == "rolled back serving from v3 to v1\n"
-    assert result.stderr == ""
+    assert result.stderr == NO_TOPIC_NOTE
     assert registry.serving() == 1
     last = registry.history()[-1]
     assert last.kind == "rollback"
@@ -112,22 +97,27 @@ def test_dry_run_changes_nothing(registry: Registry) -> None:
 
 
 @pytest.mark.parametrize(
-    ("target", "message"),
+    ("target", "code", "message"),
     [
         (
             "v99",
+            1,
             "rollback: unknown version 'v99': the registry holds v1..v3 (3 versions)",
         ),
-        ("v3", "rollback: version v3 serves already; nothing to do"),
-        ("v-1", "rollback: invalid version 'v-1': expected N, vN or VN"),
-        ("v12; rm", "rollback: invalid version 'v12; rm': expected N, vN or VN"),
-        ("../x", "rollback: invalid version '../x': expected N, vN or VN"),
+        ("v3", 1, "rollback: version v3 serves already; nothing to do"),
+        ("v-1", 2, "rollback: invalid version 'v-1': expected N, vN or VN"),
+        ("v12; rm", 2, "rollback: invalid version 'v12; rm': expected N, vN or VN"),
+        ("../x", 2, "rollback: invalid version '../x': expected N, vN or VN"),
+        ("", 2, "rollback: invalid version '': expected N, vN or VN"),
+        ("v1000000000", 2, "rollback: invalid version 'v1000000000': the largest"),
     ],
 )
-def test_refusal_is_one_line(registry: Registry, target: str, message: str) -> None:
+def test_refusal_is_one_line(
+    registry: Registry, target: str, code: int, message: str
+) -> None:
     result = run("rollback", "--to", target, "--registry", registry.url)
 
-    assert result.returncode == 1
+    assert result.returncode == code
     assert result.stdout == ""
     assert result.stderr.startswith(message)
     assert result.stderr.count("\n") == 1
@@ -137,7 +127,7 @@ def test_refusal_is_one_line(registry: Registry, target: str, message: str) -> N
 def test_invalid_name_checked_before_store(tmp_path: Path) -> None:
     result = run("rollback", "--to", "../x", "--registry", str(tmp_path / "none"))
 
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "invalid version '../x'" in result.stderr
     assert not (tmp_path / "none").exists()
 
@@ -300,7 +290,7 @@ def test_versions_list_bad_filter(registry: Registry) -> None:
         "metrics.holdout.acc>0.5",
     )
 
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "no version has the key metrics.holdout.acc" in result.stderr
 
 
@@ -452,7 +442,13 @@ def test_versions_list_shows_corrupt(registry: Registry) -> None:
     ]
     file_rows = [re.split(r"\s{2,}", line) for line in from_files.stdout.splitlines()]
     assert indexed_rows[2][:2] == ["v2", "retired"]
-    assert file_rows[2] == ["v2", "corrupt"]
+    assert file_rows[2] == [
+        "v2",
+        "corrupt",
+        "version v2 is corrupt: manifest.json is unreadable (Expecting property "
+        "name enclosed in double quotes: line 1 column 2 (char 1)); roll back to "
+        "another version",
+    ]
     assert file_rows[1][:2] == ["v3", "serving"]
     assert described.returncode == 1
     assert described.stderr.startswith(
