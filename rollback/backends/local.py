@@ -32,8 +32,8 @@ class LocalStorage:
             self._root = Path(root).expanduser().absolute()
         except RuntimeError as error:  # pathlib's error for an unknown ~user
             raise RegistryError(
-                f"invalid registry path {str(root)!r}: {error}; pass a path "
-                "without '~' or with the home folder of an existing user"
+                f"invalid registry path {str(root)!r}: {str(error).rstrip('.')}; "
+                "pass a path without '~' or with the home folder of an existing user"
             ) from error
         # Plain strings below: pathlib costs more than the I/O when listing
         # thousands of versions.
