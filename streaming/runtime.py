@@ -35,7 +35,7 @@ import fastavro
 from online_model.drift import DriftMonitor
 from online_model.evaluation import Metrics, evaluate
 from online_model.gate import LOWER_IS_BETTER, METRIC_FIELDS, GateConfig, ValidationGate
-from online_model.learner import OnlineLearner
+from online_model.learner import LearnerStateError, OnlineLearner
 from online_model.spec import FeatureSpec
 from rollback.errors import PointerConflict, RegistryError
 from rollback.manifest import ManifestFields
@@ -507,8 +507,18 @@ class JobRuntime:
             except RegistryError as error:
                 logger.error("cannot load v%d to adopt it: %s", version, error)
                 return
-            learner = self.load_learner(loaded.files)
+            try:
+                learner = self.load_learner(loaded.files)
+            except LearnerStateError as error:
+                # The registry checked the files' SHA-256 but cannot parse them;
+                # keep serving what works rather than stop learning.
+                self._record("adopt_failed", version=version, error=str(error))
+                logger.error("cannot load v%d to adopt it: %s", version, error)
+                return
         previous = self.serving_version
+        # The operator chose this version: versions the job kept in memory
+        # must not become automatic rollback targets that would undo it.
+        self.recent_versions.clear()
         self._set_serving(version, learner)
         self.learner = learner.copy()
         self.drift.reset()
@@ -544,6 +554,9 @@ class JobRuntime:
         if self._rollback_cooldown > 0:
             return
         if len(self.holdout) < self.config.holdout_min_events:
+            return
+        if self._promotion_paused():
+            # A pause holds the pointer where the operator left it.
             return
         serving_score = self._goodness(self.serving_learner)
         scores = {
@@ -582,6 +595,13 @@ class JobRuntime:
         self._roll_back(
             best, _unsign(metric, serving_score), _unsign(metric, scores[best]), trigger
         )
+
+    def _promotion_paused(self) -> bool:
+        try:
+            return self.registry.is_paused()
+        except RegistryError as error:
+            logger.warning("cannot read the pause flag, assuming paused: %s", error)
+            return True
 
     def _roll_back(
         self, target: int, serving_value: float, target_value: float, trigger: str

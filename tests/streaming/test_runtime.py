@@ -201,6 +201,51 @@ def test_operator_rollback_adopted(tmp_path: Path) -> None:
     assert kinds(records, "learned_from_adopted")[0]["version"] == 1
 
 
+def test_operator_rollback_stands(tmp_path: Path) -> None:
+    # The versions the operator rolled back from must not come back through
+    # the job's automatic rollback, even when they score better.
+    registry = open_registry(tmp_path / "registry", create=True)
+    runtime, records = make_runtime(
+        tmp_path, FakeClock(), registry, gate_metric="top5", gate_tolerance=0.5
+    )
+    feed(runtime, EVENTS[:2600])
+    left_behind = set(registry.versions()) - {1}
+    assert left_behind
+
+    registry.rollback(1, actor="ops:test", reason="test")
+    runtime.follow_registry()
+    feed(runtime, EVENTS[2600:4000])
+
+    returned = [r for r in kinds(records, "rollback") if r["to_version"] in left_behind]
+    assert returned == []
+    assert runtime.serving_version not in left_behind
+
+
+def test_unloadable_version_not_adopted(tmp_path: Path) -> None:
+    registry = open_registry(tmp_path / "registry", create=True)
+    runtime, records = make_runtime(tmp_path, FakeClock(), registry)
+    feed(runtime, EVENTS[:1500])
+    serving = runtime.serving_version
+    assert serving is not None
+    fingerprint = registry.describe(serving).fields.fingerprint
+
+    broken = registry.publish(
+        {"learner.json": b'{"format": 99}'},
+        {"fingerprint": fingerprint},
+        actor="ops:test",
+        reason="a version this learner cannot read",
+        move_pointer=False,
+    )
+    registry.set_serving(broken, actor="ops:test", reason="test")
+    runtime.follow_registry()
+
+    assert runtime.serving_version == serving
+    failures = kinds(records, "adopt_failed")
+    assert [f["version"] for f in failures] == [broken]
+    feed(runtime, EVENTS[1500:2000])
+    assert_adds_up(runtime)
+
+
 def test_wrong_labels_roll_back_once(tmp_path: Path) -> None:
     # A gate that promotes anything lets bad versions out. Once clean events
     # refill the (small) holdout window, the check at each gate must bring
