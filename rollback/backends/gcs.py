@@ -40,7 +40,7 @@ def parse_gcs_url(url: str) -> tuple[str, str]:
 
 def make_client() -> Any:
     """Return a storage client for the emulator, if one is set, or for GCS."""
-    from google.cloud import storage  # imported here: slow, and local use skips it
+    import google.cloud.storage as storage  # imported here: slow, local use skips it
 
     if os.environ.get("STORAGE_EMULATOR_HOST"):
         from google.auth.credentials import AnonymousCredentials
