@@ -212,7 +212,10 @@ def run_job(settings: Any, args: argparse.Namespace) -> int:
         account = slot.runtime.account
         _print_progress(args, slot.runtime, time.monotonic() - started)
         handled = account.events_read + sum(account.dead_lettered.values())
-        if handled != last_seen[0]:
+        if handled != last_seen[0] or slot.runtime.ticks_handled == 0:
+            # Idle time counts only once the pipeline delivers ticks: on a
+            # loaded machine the DirectRunner can take longer than the idle
+            # timeout to start reading.
             last_seen = (handled, time.monotonic())
         if args.stop_after and handled >= args.stop_after:
             break

@@ -190,6 +190,9 @@ class JobRuntime:
             )
         )
         self.checkpoint_number = 0
+        # Ticks seen by this process (not checkpointed): they show that the
+        # pipeline delivers input, before any event has arrived.
+        self.ticks_handled = 0
 
         now = clock()
         self._pending_since = now
@@ -232,6 +235,7 @@ class JobRuntime:
 
     def handle_tick(self) -> None:
         """Close a micro-batch that waited too long; run due gates and checkpoints."""
+        self.ticks_handled += 1
         self._after_input()
 
     def handle_pointer(self, serving: int | None) -> None:
