@@ -149,6 +149,7 @@ def stream_section(stream: str, results: list[dict[str, Any]]) -> list[str]:
 
     lines += ["", f"First {prefix:,} events, every learner:", ""]
     lines += markdown_table([table_row(r, "prefix") for r in done])
+    lines += source_lines(done)
     rejecting = [r for r in done if r.get("rejected_events")]
     for result in rejecting:
         lines += [
@@ -159,6 +160,23 @@ def stream_section(stream: str, results: list[dict[str, Any]]) -> list[str]:
     if failed:
         lines += ["", f"Failed (see the run's log): {', '.join(failed)}."]
     return [*lines, ""]
+
+
+def source_lines(results: list[dict[str, Any]]) -> list[str]:
+    """Say which code streamlearn's rows ran, as recorded by the worker."""
+    ours = next((r for r in results if r["peer"] == OURS), None)
+    if ours is None:
+        return []
+    source = ours.get("source")
+    if not source:
+        return ["", "streamlearn's code version was not recorded for this run."]
+    uncommitted = source["online_model_uncommitted"]
+    state = (
+        f"with uncommitted changes to {', '.join(uncommitted)}"
+        if uncommitted
+        else "with no uncommitted changes in online_model"
+    )
+    return ["", f"streamlearn ran the code of commit {source['commit']}, {state}."]
 
 
 def _best_peer(
@@ -300,6 +318,8 @@ def write_reports(
         "",
         EXPLANATION,
     ]
+    if settings.get("note"):
+        lines += [settings["note"], ""]
     for stream, results_of_stream in by_stream.items():
         lines += stream_section(stream, results_of_stream)
     lines += targets_section(by_stream)

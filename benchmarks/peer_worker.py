@@ -15,6 +15,7 @@ import logging
 import os
 import pstats
 import resource
+import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -307,6 +308,27 @@ def finish_command_line(
     learner.cleanup()
 
 
+def describe_source() -> dict[str, Any]:
+    """Return the git commit and the uncommitted files of the learner's package.
+
+    Other work can change ``online_model`` while a long run goes on, so each
+    learner's result records the code it ran. Empty where git is missing.
+    """
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*arguments: str) -> str:
+        completed = subprocess.run(
+            ["git", *arguments], cwd=root, capture_output=True, text=True, check=False
+        )
+        return completed.stdout.rstrip("\n") if completed.returncode == 0 else ""
+
+    changed = git("status", "--porcelain", "--", "online_model")
+    return {
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "online_model_uncommitted": [line[3:] for line in changed.splitlines()],
+    }
+
+
 def write_profile(profiler: cProfile.Profile, path: Path, title: str) -> None:
     """Write the functions with the most own time, then the most cumulative time."""
     text = io.StringIO()
@@ -345,6 +367,7 @@ def run_worker(arguments: argparse.Namespace) -> int:
     baseline_mib = read_rss_bytes() / MIB
     learner = build_learner(peer, stream, events, arguments.seed)
 
+    source = describe_source()
     tally = PrequentialTally(min(arguments.prefix, len(events)))
     profiler = cProfile.Profile() if arguments.profile_out else None
     if profiler is not None:
@@ -392,6 +415,7 @@ def run_worker(arguments: argparse.Namespace) -> int:
         "rss_samples_mib": times.rss_samples,
         "rss_growth_mib": growth,
         "rejected_events": getattr(learner, "rejected_events", 0),
+        "source": source,
     }
     arguments.worker.write_text(json.dumps(result, indent=1), encoding="utf-8")
     return 0

@@ -133,6 +133,17 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         default=RESULTS_DIR,
         help=f"folder for peers.md, peers.csv and peers.json (default: {RESULTS_DIR})",
     )
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        help="rebuild peers.md and peers.csv in --out from a saved peers.json "
+        "instead of running anything",
+    )
+    parser.add_argument(
+        "--note",
+        default="",
+        help="a paragraph to add to peers.md, such as where the run deviated",
+    )
     # The orchestrator starts itself with --worker for each (stream, learner).
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--stream", help=argparse.SUPPRESS)
@@ -278,6 +289,17 @@ def describe_machine() -> dict[str, Any]:
     }
 
 
+def rebuild_reports(arguments: argparse.Namespace) -> int:
+    """Write the tables again from a saved peers.json, with --note if given."""
+    saved = json.loads(arguments.from_json.read_text(encoding="utf-8"))
+    settings = saved["settings"]
+    if arguments.note:
+        settings["note"] = arguments.note
+    paths = write_reports(saved["results"], settings, arguments.out)
+    print(paths["markdown"].read_text(encoding="utf-8"))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%X"
@@ -285,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
     if arguments.worker is not None:
         return run_worker(arguments)
+    if arguments.from_json is not None:
+        return rebuild_reports(arguments)
 
     command = " ".join(
         shlex.quote(part) for part in [".venv/bin/python", "benchmarks/peers.py"]
@@ -307,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started)),
         "wall_s": round(time.time() - started, 1),
         "machine": describe_machine(),
+        "note": arguments.note,
     }
     paths = write_reports(results, settings, arguments.out)
     if arguments.profile and OURS in arguments.peer_list:
