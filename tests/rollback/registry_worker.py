@@ -2,7 +2,7 @@
 
     python registry_worker.py churn URL SEED        publish and roll back forever
     python registry_worker.py publish URL ID COUNT  publish COUNT versions
-    python registry_worker.py rollback URL ID COUNT make COUNT rollback attempts
+    python registry_worker.py rollback URL ID COUNT make COUNT rollbacks, retrying
 
 Every mode prints "ready" once the registry is open. ``publish`` and
 ``rollback`` then wait for a line on stdin, so that racing workers start
@@ -51,8 +51,13 @@ def publish(registry: Registry, worker: str, count: int) -> None:
 
 
 def roll_back(registry: Registry, worker: str, count: int) -> None:
+    # Refused attempts are retried, up to ten per rollback, so that some
+    # rollbacks take effect even when the publishers win most races.
     rng = random.Random(worker)
-    for index in range(count):
+    done = 0
+    for index in range(count * 10):
+        if done == count:
+            return
         current = registry.serving()
         choices = [v for v in registry.versions() if v != current]
         try:
@@ -62,6 +67,7 @@ def roll_back(registry: Registry, worker: str, count: int) -> None:
         except (PointerConflict, AlreadyServing) as error:
             emit({"op": "refused", "error": type(error).__name__})
             continue
+        done += 1
         emit(
             {
                 "op": "rollback",
