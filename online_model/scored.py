@@ -16,9 +16,12 @@ class Scored:
 
     ``ranked_labels`` holds the model's top-k labels, most probable first
     (k is at least 5 where the model knows 5 labels). ``true_label_probability``
-    is the probability the model gave the true label; 0.0 when the label was
-    new to the model, which the log loss clips. ``event_time_ms`` is the event
-    time in milliseconds since the Unix epoch, UTC.
+    is the probability the model gave the true label. When the label was new
+    to the model, it is the probability the model gave to "a label never seen"
+    (the escape probability of :class:`online_model.learner.OnlineLearner`),
+    or 0.0 for a model without one, which the log loss clips.
+    ``event_time_ms`` is the event time in milliseconds since the Unix epoch,
+    UTC.
     """
 
     true_label: str

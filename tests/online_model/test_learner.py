@@ -31,8 +31,9 @@ def test_first_batch_scored_before_learning(job_postings: list[dict[str, Any]]) 
     report = learner.learn(job_postings[:64])
     assert report.learned == 64
     assert len(report.scored) == 64
-    # Nothing was known when the batch was scored: every label was new.
-    assert all(s.true_label_probability == 0.0 for s in report.scored)
+    # Nothing was known when the batch was scored: every label was new, and
+    # "a new label" is then the only outcome, with probability 1.
+    assert all(s.true_label_probability == 1.0 for s in report.scored)
     assert all(s.ranked_labels == () for s in report.scored)
     assert set(report.new_labels) == {e["job_role"] for e in job_postings[:64]}
     assert learner.examples_seen == 64
@@ -198,6 +199,9 @@ def test_failed_second_step_undone(
     for key, value in restored._embedding_optimizer.state.items():
         assert torch.equal(learner._embedding_optimizer.state[key], value), key
     monkeypatch.undo()
+    # The rejected batch's events still count towards the escape probability.
+    assert learner.labelled_scored == restored.labelled_scored + 256
+    restored.labelled_scored = learner.labelled_scored
     assert (
         learner.learn(job_postings[768:1024]).scored
         == restored.learn(job_postings[768:1024]).scored
