@@ -6,19 +6,31 @@ Pub/Sub emulator. It creates fresh topics and a fresh registry under
 in event-time order, 5% without a label (prediction requests) and with a
 few broken messages. Then it runs the streaming job on the DirectRunner with
 live progress, and ends with the account and the run report once every
-published event is accounted for.
+published event is accounted for. At the end it deletes its topics and
+subscriptions from the emulator and prints the registry's path with the
+commands that inspect it. Each run folder takes several hundred MB (mostly
+the registry's versions), so only the newest ``--keep-runs`` demo run
+folders are kept.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import re
+import shutil
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from streaming.topics import DEFAULT_PROJECT, JobTopics, ensure_topics, require_emulator
+from streaming.topics import (
+    DEFAULT_PROJECT,
+    JobTopics,
+    delete_topics,
+    ensure_topics,
+    require_emulator,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +41,9 @@ EXAMPLE = """examples:
 """
 BURST_START_SHARE = 0.4
 BURST_SHARE = 0.06
+# The name of a demo's run folder and of its topics; only folders with such
+# names are ever removed by the demo.
+DEMO_RUN_NAME = re.compile(r"demo-\d{8}-\d{6}")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -55,8 +70,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--runs-dir", default="runs", help="folder for the run (default runs/)"
     )
+    parser.add_argument(
+        "--keep-runs",
+        type=int,
+        default=3,
+        help="demo run folders (RUNS_DIR/demo-*) to keep, this one included: "
+        "older ones and their emulator topics are removed first; 0 keeps all "
+        "(default 3)",
+    )
     parser.add_argument("--device", default="cpu", help="torch device of the learner")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.keep_runs < 0:
+        parser.error(f"--keep-runs must be 0 or more, got {args.keep_runs}")
+    return args
 
 
 def main(argv: list[str]) -> int:
@@ -80,6 +106,9 @@ def main(argv: list[str]) -> int:
 
     name = time.strftime("demo-%Y%m%d-%H%M%S")
     run_dir = Path(args.runs_dir) / name
+    if args.keep_runs:
+        for old in remove_old_runs(Path(args.runs_dir), args.keep_runs - 1):
+            print(f"removed the older demo run folder {old}", flush=True)
     topics = JobTopics(DEFAULT_PROJECT, name)
     ensure_topics(topics)
     bad_messages = broken_messages(events)
@@ -113,7 +142,50 @@ def main(argv: list[str]) -> int:
         args.device,
     ]
     print(f"run folder: {run_dir}", flush=True)
-    return job.main(job_argv)
+    return job.main(job_argv, epilogue=lambda: finish_demo(topics, run_dir))
+
+
+def remove_old_runs(runs_dir: Path, keep: int) -> list[Path]:
+    """Remove all but the newest ``keep`` demo run folders and their topics;
+    return the removed folders. Folders with other names are left alone."""
+    if not runs_dir.is_dir():
+        return []
+    runs = sorted(
+        path
+        for path in runs_dir.iterdir()
+        if path.is_dir() and DEMO_RUN_NAME.fullmatch(path.name)
+    )
+    removed = runs[: max(0, len(runs) - keep)]
+    for path in removed:
+        delete_topics(JobTopics(DEFAULT_PROJECT, path.name))
+        shutil.rmtree(path)
+    return removed
+
+
+def finish_demo(topics: JobTopics, run_dir: Path) -> None:
+    """Delete the demo's topics and print where its files are and what next."""
+    delete_topics(topics)
+    print(
+        f"deleted the topics and subscriptions {topics.job_name}-* from the emulator",
+        flush=True,
+    )
+    registry = (run_dir / "registry").resolve()
+    size_mb = folder_size_bytes(run_dir) / 1e6
+    print(
+        f"registry: {registry}\n"
+        "inspect it, from this folder:\n"
+        f"  export STREAMLEARN_REGISTRY={registry}\n"
+        "  .venv/bin/streamlearn versions list\n"
+        "  .venv/bin/rollback --status\n"
+        f"run folder: {run_dir} ({size_mb:.0f} MB); remove it with: "
+        f"rm -r {run_dir}",
+        flush=True,
+    )
+
+
+def folder_size_bytes(folder: Path) -> int:
+    """Return the total size of the files under ``folder``."""
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
 
 
 def broken_messages(events: list[dict[str, Any]]) -> list[bytes]:

@@ -14,22 +14,37 @@ import argparse
 import json
 import logging
 import os
+import secrets
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from streaming.job_config import JobConfig
+from streaming.job_metrics import version_text
 from streaming.topics import DEFAULT_PROJECT, JobTopics, ensure_topics, require_emulator
 
 logger = logging.getLogger(__name__)
 
 EXAMPLE = """example:
   eval "$(scripts/emulator)"
-  streamlearn run --job-name demo --registry runs/demo/registry \\
-      --run-dir runs/demo --stop-after 32000
+  streamlearn publish --job-name j1 --dataset job_postings --limit 5000
+  streamlearn run --job-name j1 --registry runs/j1/registry \\
+      --run-dir runs/j1 --stop-after 5000
 """
+
+
+class _HelpFormatter(
+    argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter
+):
+    """Keep the example's line breaks and show every option's default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.required:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -38,14 +53,27 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         description="Run the streaming job on the DirectRunner against the "
         "Pub/Sub emulator.",
         epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
-    parser.add_argument("--job-name", default="streamlearn", help="prefix of topics")
+    parser.add_argument(
+        "--job-name",
+        default="streamlearn",
+        help="prefix of the job's topics and subscriptions (JOB-events, ...)",
+    )
     parser.add_argument("--project", default=DEFAULT_PROJECT, help="Pub/Sub project")
     parser.add_argument("--spec", default="job_postings", help="feature spec name")
-    parser.add_argument("--registry", required=True, help="registry path or gs:// URL")
-    parser.add_argument("--run-dir", required=True, help="folder for run files")
-    parser.add_argument("--schema-folder", help="folder of accepted writer .avsc")
+    parser.add_argument(
+        "--registry", required=True, help="model registry: a folder or gs:// URL"
+    )
+    parser.add_argument(
+        "--run-dir",
+        required=True,
+        help="folder for checkpoints, decisions, metrics and the report",
+    )
+    parser.add_argument(
+        "--schema-folder",
+        help="folder of *.avsc writer schemas accepted besides the reader schema",
+    )
     parser.add_argument("--device", default="cpu", help="torch device of the learner")
     parser.add_argument(
         "--stop-after",
@@ -64,40 +92,45 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--progress-interval-s",
         type=float,
         default=2.0,
-        help="seconds between progress lines (default 2)",
+        help="seconds between progress lines",
     )
     parser.add_argument(
         "--tick-interval-s",
         type=float,
         default=0.5,
-        help="seconds between tick messages that drive the micro-batch timer",
+        help="seconds between the tick messages that close a waiting "
+        "micro-batch and run due gates and checkpoints",
     )
     parser.add_argument(
-        "--micro-batch-size", type=int, default=256, help="events per micro-batch"
+        "--micro-batch-size",
+        type=int,
+        default=256,
+        help="events per micro-batch (a micro-batch closes when it has this many)",
     )
     parser.add_argument(
         "--micro-batch-max-wait-s",
         type=float,
         default=2.0,
-        help="seconds after which a partial micro-batch is learned (default 2)",
+        help="seconds after which a partial micro-batch is learned",
     )
     parser.add_argument(
         "--holdout-fraction",
         type=float,
         default=0.1,
-        help="share of labelled events held out, by hash of the event id",
+        help="share of labelled events held out for validation, in [0, 1), "
+        "chosen by a hash of the event id",
     )
     parser.add_argument(
         "--holdout-window-size",
         type=int,
         default=2000,
-        help="most recent holdout events kept for validation",
+        help="number of most recent holdout events the gate validates on",
     )
     parser.add_argument(
         "--holdout-min-events",
         type=int,
         default=200,
-        help="holdout events needed before the first gate",
+        help="number of holdout events needed before the first gate",
     )
     parser.add_argument(
         "--gate-every-micro-batches",
@@ -109,7 +142,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--gate-metric",
         choices=("log_loss", "top1", "top5", "macro_f1"),
         default="log_loss",
-        help="holdout metric the gate compares (default log_loss)",
+        help="holdout metric the gate compares",
     )
     parser.add_argument(
         "--gate-tolerance",
@@ -119,31 +152,42 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "the metric's unit (nats for log_loss, a fraction for the others)",
     )
     parser.add_argument(
-        "--gate-every-s", type=float, default=30.0, help="seconds between gates"
+        "--gate-every-s",
+        type=float,
+        default=30.0,
+        help="seconds between gates, counted once an event was learned since "
+        "the last gate (or --gate-every-micro-batches, whichever first)",
     )
     parser.add_argument(
         "--checkpoint-every-s",
         type=float,
         default=5.0,
-        help="seconds between checkpoints; bounds what a crash loses",
+        help="seconds between checkpoints; a crash loses at most this much learning",
     )
     parser.add_argument(
         "--format",
         choices=("text", "json"),
         default="text",
-        help="progress and account as text lines or JSON lines",
+        help="print progress and the account as text lines or as JSON lines",
     )
     return parser.parse_args(argv)
 
 
-def main(argv: list[str]) -> int:
-    """Run the job until it stops; return the exit code."""
+def main(argv: list[str], epilogue: Callable[[], None] | None = None) -> int:
+    """Run the job until it stops; return the exit code.
+
+    ``epilogue`` runs after the account and the report path are printed,
+    just before the process exits.
+    """
     args = parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     for noisy in ("apache_beam", "google", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # The runtime logs each gate decision with the candidate and the versions
+    # involved; the gate's own INFO line would repeat it without them.
+    logging.getLogger("online_model.gate").setLevel(logging.WARNING)
     try:
         require_emulator()
     except RuntimeError as error:
@@ -173,13 +217,18 @@ def main(argv: list[str]) -> int:
         config=config,
         schema_folder=args.schema_folder,
         device=args.device,
+        control_token=secrets.token_hex(8),
     )
     Path(settings.run_dir).mkdir(parents=True, exist_ok=True)
     ensure_topics(settings.topics)
-    return run_job(settings, args)
+    return run_job(settings, args, epilogue)
 
 
-def run_job(settings: Any, args: argparse.Namespace) -> int:
+def run_job(
+    settings: Any,
+    args: argparse.Namespace,
+    epilogue: Callable[[], None] | None = None,
+) -> int:
     """Start the pipeline and the helper threads; block until the stop condition."""
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -191,11 +240,13 @@ def run_job(settings: Any, args: argparse.Namespace) -> int:
     slot = runtime_slot(settings)
     stop = threading.Event()
     ticker = threading.Thread(
-        target=_tick, args=(settings.topics, args.tick_interval_s, stop), name="ticker"
+        target=_tick,
+        args=(settings.topics, settings.control_token, args.tick_interval_s, stop),
+        name="ticker",
     )
     ticker.daemon = True
     ticker.start()
-    relay = _relay_pointer_changes(settings.topics)
+    relay = _relay_pointer_changes(settings.topics, settings.control_token)
 
     options = PipelineOptions(
         flags=[], streaming=True, runner="DirectRunner", project=settings.project
@@ -238,11 +289,16 @@ def run_job(settings: Any, args: argparse.Namespace) -> int:
         print(f"report: {report}", flush=True)
     stop.set()
     relay.cancel()
+    # The DirectRunner's streaming executor has no clean shutdown: cancel()
+    # leaves its threads running, so the process ends below.
+    result.cancel()
+    if epilogue is not None:
+        try:
+            epilogue()
+        except Exception:  # the process must still exit below
+            logger.exception("the run's closing step failed")
     sys.stdout.flush()
     sys.stderr.flush()
-    # The DirectRunner's streaming executor has no clean shutdown: cancel()
-    # leaves its threads running, so the process ends here.
-    result.cancel()
     os._exit(0)
 
 
@@ -259,41 +315,56 @@ def _write_report(settings: Any) -> Path | None:
         return None
 
 
-def _tick(topics: JobTopics, interval_s: float, stop: threading.Event) -> None:
+def _tick(
+    topics: JobTopics, token: str, interval_s: float, stop: threading.Event
+) -> None:
     from google.cloud.pubsub_v1 import PublisherClient
 
-    from streaming.pipeline import CONTROL_ATTRIBUTE, CONTROL_TICK
+    from streaming.pipeline import (
+        CONTROL_ATTRIBUTE,
+        CONTROL_TICK,
+        CONTROL_TOKEN_ATTRIBUTE,
+    )
 
     publisher = PublisherClient()
+    attributes = {CONTROL_ATTRIBUTE: CONTROL_TICK, CONTROL_TOKEN_ATTRIBUTE: token}
     failures = 0
     while not stop.wait(interval_s):
         try:
-            publisher.publish(
-                topics.events_topic, b"tick", **{CONTROL_ATTRIBUTE: CONTROL_TICK}
-            ).result(timeout=10)
+            publisher.publish(topics.events_topic, b"", **attributes).result(timeout=10)
         except Exception as error:  # the job goes on; micro-batches close later
             failures += 1
             if failures in (1, 10, 100):
                 logger.warning("tick publish failed (%d so far): %s", failures, error)
 
 
-def _relay_pointer_changes(topics: JobTopics) -> Any:
+def _relay_pointer_changes(topics: JobTopics, token: str) -> Any:
     """Forward each model-versions message as a control message on the events
-    topic, so that the pipeline's only source carries it; return the future."""
+    topic, so that the pipeline's only source carries it; return the future.
+
+    The control message keeps the attributes and drops the data: the job
+    reads the new pointer from the registry itself.
+    """
     from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient
 
-    from streaming.pipeline import CONTROL_ATTRIBUTE, CONTROL_POINTER
+    from streaming.pipeline import (
+        CONTROL_ATTRIBUTE,
+        CONTROL_POINTER,
+        CONTROL_TOKEN_ATTRIBUTE,
+    )
 
     publisher = PublisherClient()
     subscriber = SubscriberClient()
 
     def forward(message: Any) -> None:
-        attributes = {**dict(message.attributes), CONTROL_ATTRIBUTE: CONTROL_POINTER}
-        publisher.publish(topics.events_topic, message.data, **attributes).result(
-            timeout=10
-        )
+        attributes = {
+            **dict(message.attributes),
+            CONTROL_ATTRIBUTE: CONTROL_POINTER,
+            CONTROL_TOKEN_ATTRIBUTE: token,
+        }
+        publisher.publish(topics.events_topic, b"", **attributes).result(timeout=10)
         message.ack()
-        logger.info("relayed pointer change %s", attributes.get("seq", "?"))
+        logger.debug("relayed pointer change %s", attributes.get("seq", "?"))
 
     return subscriber.subscribe(topics.model_versions_subscription, forward)
 
@@ -313,8 +384,8 @@ def _print_progress(args: argparse.Namespace, runtime: Any, elapsed_s: float) ->
         f"[{elapsed_s:6.1f} s] read {account.events_read} | learned "
         f"{account.learned} | held out {account.held_out} | predictions "
         f"{account.predictions} | dead letters {sum(account.dead_lettered.values())}"
-        f" | duplicates {account.duplicates} | serving v{runtime.serving_version} "
-        f"| {rate:.0f} learned/s",
+        f" | duplicates {account.duplicates} | serving "
+        f"{version_text(runtime.serving_version)} | {rate:.0f} learned/s",
         flush=True,
     )
 
@@ -329,6 +400,8 @@ def _print_summary(
         "elapsed_s": round(elapsed_s, 1),
         "events_per_s": round(account.events_read / elapsed_s, 1) if elapsed_s else 0,
         "serving_version": runtime.serving_version,
+        "registry": settings.registry_url,
+        "run_dir": settings.run_dir,
         **account.to_dict(),
         "decisions": decisions,
     }
@@ -365,8 +438,10 @@ def render_summary(summary: dict[str, Any]) -> str:
         f"  predictions answered {summary['predictions']}",
         f"  duplicates           {summary['duplicates']}",
         f"  dead-lettered        {sum(dead.values())} {dead or ''}",
+        f"  control messages     {summary.get('control_messages', 0)}",
         f"  events per second    {summary['events_per_s']}",
-        f"  serving version      v{summary['serving_version']}",
+        f"  serving version      {version_text(summary['serving_version'])}",
+        f"  registry             {summary.get('registry', '?')}",
         "decisions:",
     ]
     for record in summary["decisions"]:
@@ -376,28 +451,29 @@ def render_summary(summary: dict[str, Any]) -> str:
 
 def _describe(record: dict[str, Any]) -> str:
     kind = record["kind"]
+    candidate = record.get("candidate", "a candidate")
     if kind == "promotion":
         return (
-            f"published v{record['version']} (parent {record['parent']}): holdout "
-            f"top-1 {record['candidate_top1']:.3f}, top-5 "
-            f"{record['candidate_top5']:.3f}, log loss "
-            f"{record['candidate_log_loss']:.3f}"
+            f"published {candidate} as v{record['version']} (parent "
+            f"{version_text(record['parent'])}): holdout top-1 "
+            f"{record['candidate_top1']:.3f}, top-5 {record['candidate_top5']:.3f}, "
+            f"log loss {record['candidate_log_loss']:.3f}"
         )
     if kind == "rejection":
         return (
-            f"rejected a candidate, kept v{record['serving_version']}: "
-            f"{record['reason']}"
+            f"rejected {candidate}, kept "
+            f"{version_text(record['serving_version'])}: {record['reason']}"
         )
     if kind == "rollback":
         return (
-            f"rolled back v{record['from_version']} -> v{record['to_version']}: "
-            + (record["reason"])
+            f"rolled back {version_text(record['from_version'])} -> "
+            f"v{record['to_version']}: {record['reason']}"
         )
     if kind == "alert":
         return f"alert: {record['reason']}"
     if kind == "adopted":
         return (
-            f"adopted v{record['version']} (was v{record['previous']}): "
-            + (record["reason"])
+            f"adopted v{record['version']} (was "
+            f"{version_text(record['previous'])}): {record['reason']}"
         )
     return f"{kind}: " + ", ".join(f"{k}={v}" for k, v in record.items() if k != "kind")

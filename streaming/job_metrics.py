@@ -10,7 +10,12 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from online_model.evaluation import Metrics
+from online_model.evaluation import ConfusionMatrix, Metrics
+
+
+def version_text(version: int | None) -> str:
+    """Return ``v3`` for version 3, and ``none`` before any version exists."""
+    return "none" if version is None else f"v{version}"
 
 
 class JobMetrics:
@@ -71,16 +76,24 @@ class JobMetrics:
         )
 
     def validated(
-        self, candidate: Metrics, champion: Metrics | None, serving: int | None
+        self,
+        candidate: Metrics,
+        champion: Metrics | None,
+        candidate_id: str,
+        serving: str,
     ) -> None:
-        """Record the holdout metrics of a candidate and the serving version."""
+        """Record the holdout metrics of a candidate and the serving version.
+
+        ``candidate_id`` (``c17``) labels the candidate, because it has no
+        version number before it is published; ``serving`` is ``v12``.
+        """
         if self.telemetry is None:
             return
         from streaming import monitoring as mon
 
-        pairs = [("candidate", mon.ROLE_CANDIDATE, candidate)]
+        pairs = [(candidate_id, mon.ROLE_CANDIDATE, candidate)]
         if champion is not None:
-            pairs.append((f"v{serving}", mon.ROLE_SERVING, champion))
+            pairs.append((serving, mon.ROLE_SERVING, champion))
         for version, role, metrics in pairs:
             for spec, value in (
                 (mon.HOLDOUT_TOP1, metrics.top1_accuracy),
@@ -98,8 +111,23 @@ class JobMetrics:
 
         self.telemetry.set(mon.SERVING_VERSION, version)
 
-    def decided(self, kind: str, fields: Mapping[str, Any]) -> None:
+    def confusion(
+        self, matrix: ConfusionMatrix, version: str, event_time_ms: int | None
+    ) -> None:
+        """Record the holdout confusion matrix of ``version`` (or a candidate)."""
+        if self.telemetry is None:
+            return
+        self.telemetry.record_confusion(
+            matrix, version=version, source="holdout", event_time_ms=event_time_ms
+        )
+
+    def decided(
+        self, kind: str, fields: Mapping[str, Any], event_time_ms: int | None = None
+    ) -> None:
         """Record a promotion, rejection, rollback or drift alarm for the report.
+
+        ``event_time_ms`` is the latest event time learned when it happened,
+        so the report can place it on the event-time axis.
 
         An adopted pointer change to a lower version is an operator's
         rollback; other kinds of decision records are not sent.
@@ -130,7 +158,9 @@ class JobMetrics:
             labels["trigger"] = mon.TRIGGER_MANUAL if manual else mon.TRIGGER_AUTOMATIC
         if event_kind is mon.EventKind.DRIFT_ALARM:
             labels["detector"] = str(fields.get("detector", ""))
-        self.telemetry.record_event(event_kind, labels=labels, **details)
+        self.telemetry.record_event(
+            event_kind, event_time_ms=event_time_ms, labels=labels, **details
+        )
 
 
 def _is_rollback(fields: Mapping[str, Any]) -> bool:

@@ -18,7 +18,9 @@ whole runner for up to 30 s (its pull has a 30 s timeout), and
 processing-time timers fire only when a read returns. So locally the job
 has one source: ticks (every half second) and notices of pointer changes
 travel on the events topic as control messages, which ``streamlearn run``
-publishes. On Dataflow (``control="separate"``) ticks come from Beam's
+publishes with no data and the run's control token. A message with the
+control attribute but another token, data or value is dead-lettered as
+``invalid-control``. On Dataflow (``control="separate"``) ticks come from Beam's
 PeriodicImpulse and notices from the model-versions subscription. The
 transform names are stable, so that a running Dataflow job can be replaced
 with ``--update``.
@@ -51,6 +53,11 @@ DEAD_LETTER_TAG = "dead_letter"
 CONTROL_ATTRIBUTE = "streamlearn-control"
 CONTROL_TICK = "tick"
 CONTROL_POINTER = "pointer"
+# Attribute with the token of the run that sent a control message. A message
+# with CONTROL_ATTRIBUTE that is not a control message of this run is
+# dead-lettered with INVALID_CONTROL_REASON.
+CONTROL_TOKEN_ATTRIBUTE = "streamlearn-control-token"
+INVALID_CONTROL_REASON = "invalid-control"
 VERSION_ATTRIBUTE = "model_version"
 
 
@@ -68,6 +75,9 @@ class JobSettings:
     device: str = "cpu"
     announce: bool = True
     metrics_file: bool = True
+    # The value of CONTROL_TOKEN_ATTRIBUTE in this run's control messages. It
+    # is empty when no control message may arrive on the events topic.
+    control_token: str = ""
 
     @property
     def topics(self) -> JobTopics:
@@ -95,17 +105,23 @@ class DecodeEvents(beam.DoFn):
         self._decoder: Any = None
 
     def setup(self) -> None:
-        self._decoder = build_decoder(self.settings)
+        self._decoder = shared_decoder(self.settings)
 
     def process(self, message: PubsubMessage) -> Iterator[Any]:
         from streaming.runtime import EventBatch
 
-        control = (message.attributes or {}).get(CONTROL_ATTRIBUTE)
-        if control == CONTROL_TICK:
-            yield Tick()
-            return
-        if control == CONTROL_POINTER:
-            yield PointerNotice()
+        attributes = message.attributes or {}
+        if CONTROL_ATTRIBUTE in attributes:
+            problem = control_problem(message, self.settings.control_token)
+            if problem is None:
+                control = attributes[CONTROL_ATTRIBUTE]
+                yield Tick() if control == CONTROL_TICK else PointerNotice()
+                return
+            logger.warning("dead-lettered message %s: %s", message.message_id, problem)
+            yield beam.pvalue.TaggedOutput(
+                DEAD_LETTER_TAG, _invalid_control_letter(message, problem)
+            )
+            yield EventBatch([], {INVALID_CONTROL_REASON: 1}, 1, _publish_s(message))
             return
         try:
             decoded = self._decoder.decode(message.data, message.attributes or {})
@@ -118,9 +134,40 @@ class DecodeEvents(beam.DoFn):
             yield beam.pvalue.TaggedOutput(
                 DEAD_LETTER_TAG, PubsubMessage(letter.data, letter.to_attributes())
             )
-        publish_time = message.publish_time
-        publish_time_s = publish_time.timestamp() if publish_time else time.time()
-        yield EventBatch(decoded.events, reasons, 1, publish_time_s)
+        yield EventBatch(decoded.events, reasons, 1, _publish_s(message))
+
+
+def _publish_s(message: PubsubMessage) -> float:
+    publish_time = message.publish_time
+    return publish_time.timestamp() if publish_time else time.time()
+
+
+def control_problem(message: PubsubMessage, token: str) -> str | None:
+    """Return why a message with the control attribute is not a control
+    message of this run, or None when it is one."""
+    attributes = message.attributes or {}
+    control = attributes.get(CONTROL_ATTRIBUTE)
+    if control not in (CONTROL_TICK, CONTROL_POINTER):
+        return (
+            f"invalid {CONTROL_ATTRIBUTE} {control!r}: expected "
+            f"{CONTROL_TICK!r} or {CONTROL_POINTER!r}"
+        )
+    if not token:
+        return "this job takes no control messages on its events topic"
+    if attributes.get(CONTROL_TOKEN_ATTRIBUTE) != token:
+        return f"missing or wrong {CONTROL_TOKEN_ATTRIBUTE}: not sent by this run"
+    if message.data:
+        return f"a control message carries no data, got {len(message.data)} bytes"
+    return None
+
+
+def _invalid_control_letter(message: PubsubMessage, problem: str) -> PubsubMessage:
+    from streaming.wire import DETAIL_ATTRIBUTE, REASON_ATTRIBUTE
+
+    attributes = dict(message.attributes or {})
+    attributes[REASON_ATTRIBUTE] = INVALID_CONTROL_REASON
+    attributes[DETAIL_ATTRIBUTE] = problem
+    return PubsubMessage(message.data, attributes)
 
 
 def _failed_decode(message: PubsubMessage, error: Exception) -> Any:
@@ -133,6 +180,25 @@ def _failed_decode(message: PubsubMessage, error: Exception) -> Any:
         dict(message.attributes or {}),
     )
     return DecodedMessage([], [letter])
+
+
+_DECODERS: dict[tuple[str, str | None], Any] = {}
+_DECODERS_LOCK = threading.Lock()
+
+
+def shared_decoder(settings: JobSettings) -> Any:
+    """Return this process's decoder for the job's spec and schema folder.
+
+    The runner sets up a new DecodeEvents for nearly every bundle, so the
+    decoder (and the reading of the schema folder) is built once per process.
+    """
+    key = (settings.spec_name, settings.schema_folder)
+    with _DECODERS_LOCK:
+        decoder = _DECODERS.get(key)
+        if decoder is None:
+            decoder = build_decoder(settings)
+            _DECODERS[key] = decoder
+        return decoder
 
 
 def build_decoder(settings: JobSettings) -> Any:
@@ -275,7 +341,7 @@ class Learn(beam.DoFn):
             if isinstance(item, EventBatch):
                 predictions = runtime.handle_batch(item)
             elif isinstance(item, PointerNotice):
-                runtime.follow_registry()
+                runtime.handle_pointer_notice()
             else:
                 runtime.handle_tick()
             checkpoint.write(runtime.checkpoint_number)

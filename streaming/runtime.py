@@ -23,9 +23,11 @@ import io
 import json
 import logging
 import math
+import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, cast
@@ -33,7 +35,7 @@ from typing import Any, Protocol, cast
 import fastavro
 
 from online_model.drift import DriftMonitor
-from online_model.evaluation import Metrics, evaluate
+from online_model.evaluation import ConfusionMatrix, Metrics, MetricsAccumulator
 from online_model.gate import LOWER_IS_BETTER, METRIC_FIELDS, GateConfig, ValidationGate
 from online_model.learner import LearnerStateError, OnlineLearner
 from online_model.spec import FeatureSpec
@@ -41,7 +43,7 @@ from rollback.errors import PointerConflict, RegistryError
 from rollback.manifest import ManifestFields
 from streaming.checkpoint import CheckpointStore
 from streaming.job_config import JobConfig
-from streaming.job_metrics import JobMetrics
+from streaming.job_metrics import JobMetrics, version_text
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +115,9 @@ class Account:
     """Counts that add up: every event read is in exactly one outcome.
 
     ``events_read == duplicates + held_out + learned + predictions + pending
-    + refused_non_finite``, where ``pending`` is the open micro-batch.
+    + refused_non_finite``, where ``pending`` is the open micro-batch. Every
+    message read is a data message (``messages_read``, which includes the
+    dead-lettered ones) or a control message (a tick or a pointer notice).
     """
 
     messages_read: int = 0
@@ -125,7 +129,11 @@ class Account:
     pending: int = 0
     refused_non_finite: int = 0
     dead_lettered: dict[str, int] = field(default_factory=dict)
+    control_messages: int = 0
     micro_batches: int = 0
+    # Candidates that met the gate, whatever the outcome; the last one's id
+    # is "c" and this number.
+    candidates_validated: int = 0
     versions_published: int = 0
     candidates_rejected: int = 0
     promotions_paused: int = 0
@@ -236,7 +244,13 @@ class JobRuntime:
     def handle_tick(self) -> None:
         """Close a micro-batch that waited too long; run due gates and checkpoints."""
         self.ticks_handled += 1
+        self.account.control_messages += 1
         self._after_input()
+
+    def handle_pointer_notice(self) -> None:
+        """Follow the registry's pointer after a notice that it may have moved."""
+        self.account.control_messages += 1
+        self.follow_registry()
 
     def handle_pointer(self, serving: int | None) -> None:
         """Adopt the registry's serving version when it differs from the job's."""
@@ -245,7 +259,13 @@ class JobRuntime:
         self._adopt(serving, reason="pointer change announced")
 
     def finish(self) -> None:
-        """Learn the open micro-batch, run a last gate and checkpoint."""
+        """Learn the open micro-batch, run a last gate and checkpoint.
+
+        The registry's pointer is read first, so an operator's rollback made
+        after the job's last input is adopted before the last gate and the
+        summary names the version the registry serves.
+        """
+        self.follow_registry()
         if self.pending:
             self._learn_micro_batch(len(self.pending))
         self._run_gate()
@@ -363,7 +383,14 @@ class JobRuntime:
     # ------------------------------------------------------------ the gate
 
     def _holdout_metrics(self, learner: OnlineLearner) -> Metrics:
-        return evaluate(learner.score(list(self.holdout)))
+        return self._holdout_evaluation(learner)[0]
+
+    def _holdout_evaluation(
+        self, learner: OnlineLearner
+    ) -> tuple[Metrics, ConfusionMatrix]:
+        accumulator = MetricsAccumulator()
+        accumulator.update(learner.score(list(self.holdout)))
+        return accumulator.result(), accumulator.confusion_matrix()
 
     def _run_gate(self) -> None:
         self._batches_since_gate = 0
@@ -377,14 +404,17 @@ class JobRuntime:
         if len(self.recent_versions) > 1:
             self.confirm_drop(alert=False)
 
-        candidate = self._holdout_metrics(self.learner)
-        champion = (
-            None
-            if self.serving_learner is None
-            else self._holdout_metrics(self.serving_learner)
-        )
+        self.account.candidates_validated += 1
+        candidate_id = f"c{self.account.candidates_validated}"
+        candidate, candidate_confusion = self._holdout_evaluation(self.learner)
+        champion, champion_confusion = None, None
+        if self.serving_learner is not None:
+            champion, champion_confusion = self._holdout_evaluation(
+                self.serving_learner
+            )
         decision = self.gate.decide(candidate, champion)
         numbers: dict[str, Any] = {
+            "candidate": candidate_id,
             "metric": decision.metric,
             "candidate_value": decision.candidate_value,
             "serving_value": decision.champion_value,
@@ -397,11 +427,30 @@ class JobRuntime:
             numbers["serving_top1"] = champion.top1_accuracy
             numbers["serving_top5"] = champion.top_k_hit_rate
             numbers["serving_log_loss"] = champion.log_loss
-        self.metrics.validated(candidate, champion, self.serving_version)
+        self.metrics.validated(
+            candidate, champion, candidate_id, version_text(self.serving_version)
+        )
+        served_before = self.serving_version
+        published = None
         if decision.promote:
-            self._promote(candidate, champion, decision.reason, numbers)
+            published = self._promote(candidate, champion, decision.reason, numbers)
         else:
             self._reject(decision.reason, numbers)
+
+        # The report shows the matrix of the version serving after the gate,
+        # or the candidate's while no version exists. After a lost publish
+        # race the job serves a version it has not scored, so none is sent.
+        event_time_ms = self._latest_event_time_ms()
+        if published is not None:
+            self.metrics.confusion(
+                candidate_confusion, version_text(published), event_time_ms
+            )
+        elif self.serving_version is None:
+            self.metrics.confusion(candidate_confusion, candidate_id, event_time_ms)
+        elif self.serving_version == served_before and champion_confusion is not None:
+            self.metrics.confusion(
+                champion_confusion, version_text(served_before), event_time_ms
+            )
 
     def _promote(
         self,
@@ -409,12 +458,17 @@ class JobRuntime:
         champion: Metrics | None,
         reason: str,
         numbers: dict[str, Any],
-    ) -> None:
-        if self.registry.is_paused():
+    ) -> int | None:
+        """Publish the candidate; return its version, or None if not published."""
+        if self._promotion_paused():
             self.account.promotions_paused += 1
             self._record("promotion_paused", reason=reason, **numbers)
-            logger.info("promotion paused: kept the candidate in training")
-            return
+            logger.info(
+                "promotion paused: kept candidate %s in training, serving %s",
+                numbers["candidate"],
+                version_text(self.serving_version),
+            )
+            return None
 
         fields = self._manifest_fields(candidate, champion)
         # Serialising the learner is the costliest step of a gate (a few
@@ -434,11 +488,11 @@ class JobRuntime:
             # stored version stays unused and the job follows the operator.
             logger.warning("publish lost a race with a pointer change: %s", conflict)
             self.follow_registry()
-            return
+            return None
 
         parent = self.serving_version
         self.account.versions_published += 1
-        self._set_serving(version, self.load_learner(files))
+        self._set_serving(version, self._load(files))
 
         freshness = sorted(self.clock() - t for t in self._unserved_publish_s if t)
         self._unserved_publish_s = []
@@ -453,18 +507,28 @@ class JobRuntime:
             freshness_sample_s=_sample(freshness, 100),
             **numbers,
         )
-        logger.info("published v%d (parent %s): %s", version, parent, reason)
+        logger.info(
+            "published candidate %s as v%d (parent %s): %s",
+            numbers["candidate"],
+            version,
+            version_text(parent),
+            reason,
+        )
+        return version
 
     def _reject(self, reason: str, numbers: dict[str, Any]) -> None:
         self.account.candidates_rejected += 1
         if self.serving_learner is not None:
-            self.learner = self.serving_learner.copy()
+            self.learner = self._copy(self.serving_learner)
         self._unserved_publish_s = []
         self._record(
             "rejection", serving_version=self.serving_version, reason=reason, **numbers
         )
         logger.info(
-            "rejected a candidate, back to v%s: %s", self.serving_version, reason
+            "rejected candidate %s, kept %s: %s",
+            numbers["candidate"],
+            version_text(self.serving_version),
+            reason,
         )
 
     def _manifest_fields(
@@ -512,7 +576,7 @@ class JobRuntime:
                 logger.error("cannot load v%d to adopt it: %s", version, error)
                 return
             try:
-                learner = self.load_learner(loaded.files)
+                learner = self._load(loaded.files)
             except LearnerStateError as error:
                 # The registry checked the files' SHA-256 but cannot parse them;
                 # keep serving what works rather than stop learning.
@@ -524,13 +588,13 @@ class JobRuntime:
         # must not become automatic rollback targets that would undo it.
         self.recent_versions.clear()
         self._set_serving(version, learner)
-        self.learner = learner.copy()
+        self.learner = self._copy(learner)
         self.drift.reset()
         self._unserved_publish_s = []
         self._adopted_at = (version, self.clock())
         self.account.pointer_changes_adopted += 1
         self._record("adopted", version=version, previous=previous, reason=reason)
-        logger.info("adopted v%d (was %s): %s", version, previous, reason)
+        logger.info("adopted v%d (was %s): %s", version, version_text(previous), reason)
 
     def _goodness(self, learner: OnlineLearner) -> float:
         """Return the gate metric on the holdout window, signed so that
@@ -638,12 +702,14 @@ class JobRuntime:
         self.account.rollbacks_automatic += 1
         learner = self.recent_versions[target]
         self._set_serving(target, learner)
-        self.learner = learner.copy()
+        self.learner = self._copy(learner)
         self._unserved_publish_s = []
         self._record(
             "rollback", from_version=source, to_version=target, reason=reason, **details
         )
-        logger.warning("rolled back from v%s to v%d: %s", source, target, reason)
+        logger.warning(
+            "rolled back from %s to v%d: %s", version_text(source), target, reason
+        )
 
     # ------------------------------------------------------------ records
 
@@ -651,7 +717,21 @@ class JobRuntime:
         record = {"time": self.clock(), "kind": kind, **fields}
         if self.decisions is not None:
             self.decisions(record)
-        self.metrics.decided(kind, fields)
+        self.metrics.decided(kind, fields, self._latest_event_time_ms())
+
+    def _latest_event_time_ms(self) -> int | None:
+        """Return the latest event time learned so far, the decisions' time."""
+        return None if self._event_time_range is None else self._event_time_range[1]
+
+    # ------------------------------------------------------------ loading
+
+    def _load(self, files: Mapping[str, bytes]) -> OnlineLearner:
+        with _quiet_learner_setup():
+            return self.load_learner(files)
+
+    def _copy(self, learner: OnlineLearner) -> OnlineLearner:
+        with _quiet_learner_setup():
+            return learner.copy()
 
     # ------------------------------------------------------------ checkpoints
 
@@ -680,7 +760,7 @@ class JobRuntime:
             for name, data in files.items()
             if name.startswith("learner.")
         }
-        self.learner = self.load_learner(learner_files)
+        self.learner = self._load(learner_files)
         self.holdout.clear()
         self.holdout.extend(self._avro_to_events(files["holdout.avro"]))
         self.pending = self._avro_to_events(files["pending.avro"])
@@ -697,13 +777,13 @@ class JobRuntime:
         serving = state["serving_version"]
         if serving is not None:
             loaded = self.registry.read(serving)
-            self._set_serving(serving, self.load_learner(loaded.files))
+            self._set_serving(serving, self._load(loaded.files))
         self._record("restored", number=number, **self._totals())
         logger.info(
-            "restored checkpoint %d: %d events learned, serving v%s",
+            "restored checkpoint %d: %d events learned, serving %s",
             number,
             self.account.learned,
-            serving,
+            version_text(serving),
         )
         self.follow_registry()
 
@@ -730,6 +810,36 @@ class JobRuntime:
     def _avro_to_events(self, data: bytes) -> list[Event]:
         records = fastavro.reader(io.BytesIO(data))
         return [cast(Event, record) for record in records]
+
+
+class _LearnerSetupFilter(logging.Filter):
+    """Drop the learner's INFO lines while this thread loads a stored learner.
+
+    Rebuilding a learner from files logs its device and every label of the
+    stored vocabulary as new, which repeats at every publish, rejection and
+    adoption. Warnings and errors still pass.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.quiet = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        loading = getattr(self.quiet, "loading", False)
+        return record.levelno >= logging.WARNING or not loading
+
+
+_LEARNER_SETUP_FILTER = _LearnerSetupFilter()
+logging.getLogger(OnlineLearner.__module__).addFilter(_LEARNER_SETUP_FILTER)
+
+
+@contextmanager
+def _quiet_learner_setup() -> Iterator[None]:
+    _LEARNER_SETUP_FILTER.quiet.loading = True
+    try:
+        yield
+    finally:
+        _LEARNER_SETUP_FILTER.quiet.loading = False
 
 
 def _unsign(metric: str, score: float) -> float:

@@ -63,8 +63,8 @@ def main(argv: Sequence[str]) -> int:
         path = write_report(args.run_dir, args.output, args.top_roles)
     except FileNotFoundError as error:
         print(
-            f"streamlearn report: {error.filename} not found: pass the folder of a "
-            "run whose job wrote metrics (TelemetryConfig.run_dir)",
+            f"streamlearn report: {error.filename} not found: pass the folder "
+            "given to 'streamlearn run --run-dir' (or printed by scripts/demo)",
             file=sys.stderr,
         )
         return 1

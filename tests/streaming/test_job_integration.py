@@ -9,10 +9,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 from pathlib import Path
 from typing import Any
 
+import pytest
+from google.api_core.exceptions import NotFound
+from google.cloud.pubsub_v1 import PublisherClient
 from streaming_jobs import (
     decisions,
     finish,
@@ -28,6 +32,8 @@ from streaming_jobs import (
 from online_model.spec import load_schema
 from rollback.announce import PubSubAnnouncer
 from rollback.registry import open_registry
+from streaming import demo, job, report
+from streaming.pipeline import CONTROL_ATTRIBUTE, INVALID_CONTROL_REASON
 from streaming.wire import (
     REASON_ATTRIBUTE,
     RECORD_INDEX_ATTRIBUTE,
@@ -70,14 +76,21 @@ def test_stream_with_bad_messages(tmp_path: Path) -> None:
         "unknown-schema": b"\xc3\x01" + b"\x00" * 8 + b"\x02",
     }
     mixed = encode_container([good_pair[0], bad_event, good_pair[1]], SCHEMA)
+    # Messages with the control attribute that the job did not send: one
+    # carries real events, one has no data but no run token either.
+    forged_tick = encode_container(job_postings(2, skip=5003), SCHEMA)
 
     run_dir = tmp_path / "run"
-    process = start_job(topics, run_dir, stop_after=2400 + 300 + 3 + 4)
+    process = start_job(topics, run_dir, stop_after=2400 + 300 + 3 + 4 + 2)
     publish(topics, events)
     publish(topics, events[:300])  # the same ids again: duplicates
     publish_raw(topics, mixed, origin="mixed")
     for reason, data in bad_messages.items():
         publish_raw(topics, data, origin=reason)
+    publish_raw(
+        topics, forged_tick, origin="forged-tick", **{CONTROL_ATTRIBUTE: "tick"}
+    )
+    publish_raw(topics, b"", origin="forged-pointer", **{CONTROL_ATTRIBUTE: "pointer"})
     summary = finish(process, run_dir)
 
     assert summary["events_read"] == 2400 + 300 + 2
@@ -92,17 +105,23 @@ def test_stream_with_bad_messages(tmp_path: Path) -> None:
         "trailing-bytes": 1,
         "unknown-schema": 1,
         "invalid-fields": 1,
+        INVALID_CONTROL_REASON: 2,
     }
     assert summary["versions_published"] >= 1
+    assert summary["control_messages"] > 0
 
-    letters = pull_all(topics.dead_letter_subscription, expected=5)
-    assert len(letters) == 5
+    letters = pull_all(topics.dead_letter_subscription, expected=7)
+    assert len(letters) == 7
     by_origin = {m.attributes["origin"]: m for m in letters}
     for reason, data in bad_messages.items():
         assert by_origin[reason].data == data
         assert by_origin[reason].attributes[REASON_ATTRIBUTE] == reason
     assert by_origin["mixed"].data == mixed
     assert by_origin["mixed"].attributes[RECORD_INDEX_ATTRIBUTE] == "1"
+    for origin in ("forged-tick", "forged-pointer"):
+        letter = by_origin[origin]
+        assert letter.attributes[REASON_ATTRIBUTE] == INVALID_CONTROL_REASON
+    assert by_origin["forged-tick"].data == forged_tick
 
     answers = pull_all(topics.predictions_subscription, expected=requests)
     assert len(answers) == requests
@@ -222,3 +241,71 @@ def test_wrong_labels_burst_caught(tmp_path: Path) -> None:
         if d["kind"] == "rejection" and d["candidate_value"] > d["serving_value"] + 0.1
     ]
     assert worse, "no candidate was rejected for a clearly worse log loss"
+
+
+def test_demo_removes_only_old_runs(tmp_path: Path) -> None:
+    names = [f"demo-20260101-00000{n}" for n in range(1, 5)]
+    for name in [*names, "demo-mine", "other"]:
+        (tmp_path / name).mkdir()
+    removed = demo.remove_old_runs(tmp_path, keep=2)
+    assert removed == [tmp_path / names[0], tmp_path / names[1]]
+    left = sorted(path.name for path in tmp_path.iterdir())
+    assert left == sorted([*names[2:], "demo-mine", "other"])
+
+
+def test_demo_finish_prints_next_steps(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    topics = fresh_topics("demofinish")
+    run_dir = tmp_path / "demo-20260101-000000"
+    (run_dir / "registry").mkdir(parents=True)
+    (run_dir / "metrics.jsonl").write_bytes(b"x" * 3_000_000)
+    demo.finish_demo(topics, run_dir)
+    out = capsys.readouterr().out
+
+    registry = (run_dir / "registry").resolve()
+    assert f"registry: {registry}\n" in out
+    assert f"  export STREAMLEARN_REGISTRY={registry}\n" in out
+    assert "  .venv/bin/streamlearn versions list\n" in out
+    assert f"run folder: {run_dir} (3 MB); remove it with: rm -r {run_dir}" in out
+    publisher = PublisherClient()
+    for topic, _ in topics.pairs():
+        with pytest.raises(NotFound):
+            publisher.get_topic(topic=topic)
+
+
+def test_run_help_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        job.parse_args(["--help"])
+    options = capsys.readouterr().out.split("options:", 1)[1]
+    out = " ".join(options.split())
+    # "--name METAVAR help" or "--name {a,b} help", one after the other.
+    parts = re.split(r" (--[a-z-]+) (?:[A-Z_]+|\{[^}]*\}) ", out.split("example:")[0])
+    help_by_option = dict(
+        zip(parts[1::2], (p.strip() for p in parts[2::2]), strict=True)
+    )
+    for option, default in [
+        ("--progress-interval-s", "2.0"),
+        ("--tick-interval-s", "0.5"),
+        ("--micro-batch-size", "256"),
+        ("--micro-batch-max-wait-s", "2.0"),
+        ("--holdout-fraction", "0.1"),
+        ("--holdout-window-size", "2000"),
+        ("--holdout-min-events", "200"),
+        ("--gate-every-micro-batches", "20"),
+        ("--gate-every-s", "30.0"),
+        ("--checkpoint-every-s", "5.0"),
+        ("--format", "text"),
+    ]:
+        assert help_by_option[option].endswith(f"(default: {default})"), option
+    assert "(default: None)" not in out
+    assert "runs/demo/registry" not in out
+
+
+def test_report_missing_names_run_dir(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert report.main([str(tmp_path / "nosuch")]) == 1
+    error = capsys.readouterr().err
+    assert "streamlearn run --run-dir" in error
+    assert "TelemetryConfig" not in error

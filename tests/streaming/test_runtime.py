@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,11 @@ from online_model.datasets import iter_events
 from online_model.learner import OnlineLearner
 from online_model.spec import load_spec
 from rollback.registry import Registry, open_registry
+from streaming import monitoring as mon
 from streaming.checkpoint import CheckpointStore
+from streaming.job import render_summary
 from streaming.job_config import JobConfig
+from streaming.report.records import read_run
 from streaming.runtime import EventBatch, JobRuntime, holdout_share
 
 SPEC = load_spec("job_postings")
@@ -33,6 +37,7 @@ def make_runtime(
     tmp_path: Path,
     clock: FakeClock,
     registry: Registry | None = None,
+    telemetry: Any | None = None,
     **settings: Any,
 ) -> tuple[JobRuntime, list[dict[str, Any]]]:
     options: dict[str, Any] = {
@@ -52,6 +57,7 @@ def make_runtime(
         load_learner=lambda files: OnlineLearner.from_files(files, device="cpu"),
         checkpoints=CheckpointStore(tmp_path / "checkpoints"),
         decisions=records.append,
+        telemetry=telemetry,
         clock=clock,
     )
     return runtime, records
@@ -330,3 +336,129 @@ def test_checkpoint_restore_continues(tmp_path: Path) -> None:
 def test_config_rejects_invalid(name: str, value: Any) -> None:
     with pytest.raises(ValueError, match=name):
         JobConfig(**{name: value})
+
+
+def test_gate_metrics_reach_report(tmp_path: Path) -> None:
+    clock = FakeClock()
+    session = mon.open_telemetry(
+        mon.TelemetryConfig(
+            job="t", model="job_postings", run_dir=tmp_path, resource_interval_s=0
+        ),
+        clock=clock,
+    )
+    runtime, records = make_runtime(tmp_path, clock, telemetry=session.telemetry)
+    feed(runtime, EVENTS[:3000])
+    session.close()
+    run = read_run(tmp_path)
+
+    gates = [r for r in records if r["kind"] in ("promotion", "rejection")]
+    assert len(gates) >= 3
+    assert [g["candidate"] for g in gates] == [
+        f"c{n}" for n in range(1, len(gates) + 1)
+    ]
+    candidates = {
+        dict(key)["version"]
+        for key in run.gauges["holdout/top5_accuracy"]
+        if dict(key)["role"] == "candidate"
+    }
+    assert candidates == {g["candidate"] for g in gates}
+
+    # One holdout confusion matrix per gate, of the version serving after it,
+    # counting every holdout event once.
+    assert len(run.confusions) == len(gates)
+    last = run.confusions[-1]
+    assert last.source == "holdout"
+    assert last.version == f"v{runtime.serving_version}"
+    assert sum(last.counts.values()) == gates[-1]["holdout_events"]
+    assert run.confusions[0].version == "v1"
+
+    latest_ms = max(
+        int(e["event_time"].timestamp() * 1000)
+        for e in EVENTS[:3000]
+        if holdout_share(e["event_id"]) >= 0.1
+    )
+    decisions = [e for e in run.events if e.kind in ("promotion", "rejection")]
+    assert len(decisions) == len(gates)
+    for event in decisions:
+        assert event.event_time_ms is not None
+        assert event.event_time_ms <= latest_ms
+    first, last_decision = decisions[0].event_time_ms, decisions[-1].event_time_ms
+    assert first is not None
+    assert last_decision is not None
+    assert first < last_decision
+
+
+def test_summary_names_versions(tmp_path: Path) -> None:
+    runtime, records = make_runtime(tmp_path, FakeClock())
+    feed(runtime, EVENTS[:2500])
+    feed(runtime, wrong_labels(EVENTS[2500:3500]))
+    summary = {
+        "elapsed_s": 1.0,
+        "events_per_s": 1.0,
+        "serving_version": runtime.serving_version,
+        "registry": "runs/r/registry",
+        **runtime.account.to_dict(),
+        "decisions": [r for r in records if r["kind"] in ("promotion", "rejection")],
+    }
+    text = render_summary(summary)
+    assert "published c1 as v1 (parent none)" in text
+    assert "None" not in text
+    assert "registry             runs/r/registry" in text
+    rejection = next(r for r in records if r["kind"] == "rejection")
+    candidate = rejection["candidate"]
+    assert f"rejected {candidate}, kept v{rejection['serving_version']}:" in text
+
+
+def test_loads_not_logged_as_new(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    runtime, records = make_runtime(tmp_path, FakeClock())
+    with caplog.at_level(logging.INFO):
+        feed(runtime, EVENTS[:3000])
+    gates = [r for r in records if r["kind"] in ("promotion", "rejection")]
+    assert len(gates) >= 3
+    learner_lines = [
+        r.getMessage() for r in caplog.records if r.name == "online_model.learner"
+    ]
+    # The runtime builds one learner at start; publishing, rejecting and
+    # adopting load stored learners, which must not log their set-up again.
+    assert [m for m in learner_lines if m.startswith("learner for spec")] == []
+    # Each label is new once, so the label count grows with every line.
+    totals = [
+        int(m.rsplit(" ", 1)[1])
+        for m in learner_lines
+        if m.startswith("new labels") and "the model now has" in m
+    ]
+    assert totals
+    assert totals == sorted(set(totals))
+    assert totals[-1] == len(runtime.learner.labels)
+
+
+def test_finish_follows_late_rollback(tmp_path: Path) -> None:
+    registry = open_registry(tmp_path / "registry", create=True)
+    runtime, records = make_runtime(
+        tmp_path, FakeClock(), registry, gate_metric="top5", gate_tolerance=0.5
+    )
+    feed(runtime, EVENTS[:2600])
+    assert runtime.serving_version is not None
+    assert runtime.serving_version > 1
+    registry.pause(actor="ops:test", reason="incident")
+    registry.rollback(1, actor="ops:test", reason="late rollback")
+    feed(runtime, EVENTS[2600:2700])
+
+    runtime.finish()
+    assert runtime.serving_version == 1
+    assert registry.serving() == 1
+    assert kinds(records, "adopted")[-1]["version"] == 1
+    assert kinds(records, "promotion_paused")
+
+
+def test_control_messages_counted(tmp_path: Path) -> None:
+    runtime, _ = make_runtime(tmp_path, FakeClock())
+    runtime.handle_tick()
+    runtime.handle_tick()
+    runtime.handle_pointer_notice()
+    runtime.handle_batch(EventBatch([], {"invalid-control": 1}))
+    assert runtime.account.control_messages == 3
+    assert runtime.account.messages_read == 1
+    assert runtime.account.dead_lettered == {"invalid-control": 1}
