@@ -318,6 +318,17 @@ def write_reports(
         "",
         EXPLANATION,
     ]
+    for merge in settings.get("merged", []):
+        lines += [
+            f"Then these results were replaced by a later run "
+            f"(finished {merge['finished_utc']} UTC): {', '.join(merge['pairs'])}, "
+            "by:",
+            "",
+            "```",
+            merge["command"],
+            "```",
+            "",
+        ]
     if settings.get("note"):
         lines += [settings["note"], ""]
     for stream, results_of_stream in by_stream.items():

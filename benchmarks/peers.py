@@ -140,6 +140,13 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         "instead of running anything",
     )
     parser.add_argument(
+        "--merge-into",
+        type=Path,
+        help="run only --peers on --streams, replace their results in this saved "
+        "peers.json and rebuild the tables in --out, e.g. to rerun streamlearn "
+        "after a change without rerunning every peer",
+    )
+    parser.add_argument(
         "--note",
         default="",
         help="a paragraph to add to peers.md, such as where the run deviated",
@@ -300,6 +307,43 @@ def rebuild_reports(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def load_mergeable(arguments: argparse.Namespace) -> dict[str, Any]:
+    """Load the saved run of --merge-into and check that its settings match."""
+    saved: dict[str, Any] = json.loads(arguments.merge_into.read_text(encoding="utf-8"))
+    settings = saved["settings"]
+    for name in ("prefix", "limit", "micro_batch", "seed"):
+        if settings[name] != getattr(arguments, name):
+            raise SystemExit(
+                f"peers.py: invalid --{name.replace('_', '-')} "
+                f"{getattr(arguments, name)!r} for --merge-into: the saved run "
+                f"used {settings[name]!r}, and merged results must match it"
+            )
+    return saved
+
+
+def merge_results(
+    arguments: argparse.Namespace, results: list[dict[str, Any]], command: str
+) -> int:
+    """Replace the saved results of the (stream, learner) pairs just run."""
+    saved = load_mergeable(arguments)
+    settings = saved["settings"]
+    fresh = {(r["stream"], r["peer"]): r for r in results}
+    merged = [fresh.pop((r["stream"], r["peer"]), r) for r in saved["results"]]
+    merged += fresh.values()
+    settings.setdefault("merged", []).append(
+        {
+            "command": command,
+            "pairs": [f"{r['stream']} {r['peer']}" for r in results],
+            "finished_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+        }
+    )
+    if arguments.note:
+        settings["note"] = arguments.note
+    paths = write_reports(merged, settings, arguments.out)
+    print(paths["markdown"].read_text(encoding="utf-8"))
+    return 1 if any("error" in r for r in results) else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%X"
@@ -316,8 +360,14 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
     command += "".join(" " + shlex.quote(part) for part in argv)
+    if arguments.merge_into is not None:
+        load_mergeable(arguments)
     started = time.time()
     results = run_all(arguments)
+    if arguments.profile and OURS in arguments.peer_list:
+        profile_streamlearn(arguments)
+    if arguments.merge_into is not None:
+        return merge_results(arguments, results, command)
     settings = {
         "command": command,
         "streams": arguments.stream_list,
@@ -334,8 +384,6 @@ def main(argv: list[str] | None = None) -> int:
         "note": arguments.note,
     }
     paths = write_reports(results, settings, arguments.out)
-    if arguments.profile and OURS in arguments.peer_list:
-        profile_streamlearn(arguments)
     print(paths["markdown"].read_text(encoding="utf-8"))
     failed = [r for r in results if "error" in r]
     return 1 if failed else 0
