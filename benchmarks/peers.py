@@ -179,8 +179,8 @@ def _checked_names(text: str, known: tuple[str, ...], option: str) -> list[str]:
     unknown = [name for name in names if name not in known]
     if unknown or not names:
         raise SystemExit(
-            f"peers.py: invalid {option} {text!r}: unknown {unknown}; "
-            f"choose from {', '.join(known)}"
+            f"peers.py: invalid {option} {text!r}: unknown {unknown}. "
+            f"Choose from {', '.join(known)}"
         )
     return names
 
