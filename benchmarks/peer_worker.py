@@ -332,7 +332,11 @@ def describe_source() -> dict[str, Any]:
 def write_profile(profiler: cProfile.Profile, path: Path, title: str) -> None:
     """Write the functions with the most own time, then the most cumulative time."""
     text = io.StringIO()
-    text.write(f"cProfile of {title}, test-then-train over the whole run\n\n")
+    text.write(
+        f"cProfile of {title}, test-then-train over the whole run. It includes "
+        "the benchmark's own metric updates (MetricsAccumulator.update), which "
+        "the tables' timings leave out.\n\n"
+    )
     stats = pstats.Stats(profiler, stream=text)
     stats.strip_dirs().sort_stats("tottime").print_stats(25)
     stats.sort_stats("cumulative").print_stats(25)
