@@ -7,6 +7,7 @@ held out, given a prediction, dead-lettered or counted as a duplicate.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -33,7 +34,12 @@ from online_model.spec import load_schema
 from rollback.announce import PubSubAnnouncer
 from rollback.registry import open_registry
 from streaming import demo, job, report
-from streaming.pipeline import CONTROL_ATTRIBUTE, INVALID_CONTROL_REASON
+from streaming.pipeline import (
+    CONTROL_ATTRIBUTE,
+    INVALID_CONTROL_REASON,
+    JobSettings,
+    shared_decoder,
+)
 from streaming.wire import (
     REASON_ATTRIBUTE,
     RECORD_INDEX_ATTRIBUTE,
@@ -197,9 +203,12 @@ def test_restart_after_sigkill(tmp_path: Path) -> None:
     before = decisions(run_dir)
     last_checkpoint = [d for d in before if d["kind"] == "checkpoint"][-1]
 
-    # The restarted job stops 25 s after its last new event (the number it
+    # The restarted job stops once no new event came for 75 s (the number it
     # reads is not known in advance: the lost events are never redelivered).
-    second = start_job(topics, run_dir, 0, "--idle-timeout-s", "25")
+    # That is longer than the subscription's 60 s ack deadline, because
+    # messages the emulator hands to the killed job's open pull are
+    # redelivered only after it; with 25 s the job sometimes stopped first.
+    second = start_job(topics, run_dir, 0, "--idle-timeout-s", "75")
     publish(topics, events[2400:])
     summary = finish(second, run_dir)
 
@@ -309,3 +318,23 @@ def test_report_missing_names_run_dir(
     error = capsys.readouterr().err
     assert "streamlearn run --run-dir" in error
     assert "TelemetryConfig" not in error
+
+
+def test_decoder_built_once_per_process(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "job_postings.avsc").write_text(json.dumps(SCHEMA))
+    settings = JobSettings(
+        "once",
+        "p",
+        "job_postings",
+        "unused",
+        str(tmp_path),
+        schema_folder=str(tmp_path),
+    )
+    with caplog.at_level(logging.INFO, logger="streaming.schema_registry"):
+        first = shared_decoder(settings)
+        second = shared_decoder(settings)
+    assert second is first
+    loaded = [r for r in caplog.records if r.getMessage().startswith("loaded ")]
+    assert len(loaded) == 1
