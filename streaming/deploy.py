@@ -59,7 +59,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--machine-type", default=None, help="worker machine type, e.g. g2-standard-4"
     )
-    parser.add_argument("--max-workers", type=int, default=1)
+    parser.add_argument(
+        "--max-workers",
+        type=int,
+        default=1,
+        help="most workers Dataflow may start (default: 1; the learner trains "
+        "on one key, so more workers only spread decoding)",
+    )
     parser.add_argument(
         "--update", action="store_true", help="replace the running job of this name"
     )

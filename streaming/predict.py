@@ -23,9 +23,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 logger = logging.getLogger(__name__)
 
 EXAMPLE = """examples:
-  streamlearn predict --registry runs/demo/registry --spec job_postings \\
+  streamlearn predict --registry runs/j1/registry --spec job_postings \\
       --output scores.jsonl events.avro
-  streamlearn predict --registry runs/demo/registry --version v3 \\
+  streamlearn predict --registry runs/j1/registry --version v3 \\
       --dataset job_postings --output scores.jsonl data/data_jobs_2023_salaried.csv.gz
 """
 
@@ -41,7 +41,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "files", nargs="+", help=".avro, or .csv/.csv.gz with --dataset"
     )
-    parser.add_argument("--registry", required=True, help="registry path or gs:// URL")
+    parser.add_argument(
+        "--registry",
+        help="registry path or gs:// URL (default: $STREAMLEARN_REGISTRY, else "
+        "the [registry] url of streamlearn.toml, else ./runs/registry)",
+    )
     parser.add_argument("--version", help="version to score with (default: serving)")
     parser.add_argument("--spec", default="job_postings", help="feature spec name")
     parser.add_argument("--dataset", help="converter for CSV files, e.g. job_postings")
@@ -66,6 +70,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _resolve_registry(option: str | None) -> str:
+    """Apply the operator's commands' rules for the default registry."""
+    import os
+    from pathlib import Path
+
+    from rollback.config import load_config
+
+    return load_config(option, None, os.environ, Path.cwd()).registry
+
+
 def main(argv: list[str]) -> int:
     """Run the batch prediction; return the exit code."""
     args = parse_args(argv)
@@ -74,6 +88,7 @@ def main(argv: list[str]) -> int:
     from streaming.event_files import InputFileError, check_input_files
 
     try:
+        args.registry = _resolve_registry(args.registry)
         version, learner = load_version(args.registry, args.version)
         check_input_files(args.files, args.dataset, learner.spec.schema)
     except (RegistryError, InputFileError, ValueError) as error:

@@ -63,6 +63,24 @@ def test_predict_with_chosen_version(tmp_path: Path) -> None:
             assert [p for _, p in line["top"]] == pytest.approx([p for _, p in top])
 
 
+def test_predict_registry_from_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    publish_two_versions(tmp_path / "registry")
+    events_file = tmp_path / "events.avro"
+    with open(events_file, "wb") as stream:
+        write_events(EVENTS[:10], "job_postings", stream)
+    monkeypatch.setenv("STREAMLEARN_REGISTRY", str(tmp_path / "registry"))
+    monkeypatch.chdir(tmp_path)
+    output = tmp_path / "out.jsonl"
+
+    assert predict.main([str(events_file), "--output", str(output)]) == 0
+
+    lines = [json.loads(line) for line in output.read_text().splitlines()]
+    assert len(lines) == 10
+    assert {line["model_version"] for line in lines} == {"v2"}
+
+
 def test_predict_unknown_version(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
