@@ -314,8 +314,8 @@ def render(
         "",
         f"Many per message: {many['messages']} messages; one per message: "
         f"{single['messages']} messages. Load average at the end (1, 5, 15 "
-        f"min): {load}; other work shared the machine, and rates vary by up to "
-        "2x between runs.",
+        f"min): {load}. Rates have varied by up to 2x between runs on this "
+        "machine when other work shared its cores.",
         "",
         f"Bottleneck with many events per message: the learner stage, which "
         f"runs on one key ({slowest}: {rows[slowest]:,.0f} events/s alone). "
