@@ -278,7 +278,7 @@ class OnlineLearner:
         scored by :meth:`learn`, and new is the number of those whose label
         had not occurred before, which is the number of known labels. Each
         first occurrence counts half towards the escape and half towards its
-        label. It is 1.0 while the model knows no label, because then every
+        label. It is 1.0 while the model has no label, because then every
         label is new.
 
         NOTE: a micro-batch scores every event of a label first seen in it as

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 class Scored:
     """One labelled event as the model saw it before learning from it.
 
-    ``ranked_labels`` holds the model's top-k labels, most probable first
-    (k is at least 5 where the model knows 5 labels). ``true_label_probability``
+    ``ranked_labels`` contains the model's top-k labels, most probable
+    first (k is at least 5 where the model has 5 labels). ``true_label_probability``
     is the probability the model gave the true label. When the label was new
     to the model, it is the probability the model gave to "a label never seen"
     (the escape probability of :class:`online_model.learner.OnlineLearner`),

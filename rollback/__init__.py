@@ -1,4 +1,4 @@
 """The versioned weight registry and the operator's tools (``rollback``,
 ``streamlearn versions``). Imports neither torch nor Beam, so that the
-operator's commands answer at once; weights are bytes here.
+operator's commands return at once. Weights are bytes here.
 """

@@ -624,7 +624,7 @@ class JobRuntime:
         if len(self.holdout) < self.config.holdout_min_events:
             return
         if self._promotion_paused():
-            # A pause holds the pointer where the operator left it.
+            # A pause keeps the pointer where the operator left it.
             return
         serving_score = self._goodness(self.serving_learner)
         scores = {

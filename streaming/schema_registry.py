@@ -40,7 +40,7 @@ def check_schema_structure(schema: Any) -> None:
     A recursive type (a record that contains itself) is valid Avro, but
     fastavro's compiled reader recurses once per level of the data and
     crashes the process with a stack overflow on a few hundred kilobytes of
-    crafted nesting, so schemas from outside must not contain one.
+    crafted nesting. Schemas from outside must therefore not contain one.
     """
     if _json_depth(schema) > MAX_SCHEMA_DEPTH:
         raise SchemaRegistryError(

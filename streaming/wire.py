@@ -12,9 +12,9 @@ and recognises each by the payload's first bytes and the message attributes:
 
 Every event is resolved against the job's reader schema (Avro schema
 resolution, as fastavro implements it). A message that cannot be decoded as a
-whole becomes one dead letter; an event that decodes but fails validation
-becomes a dead letter of its own that carries the whole original message and
-the event's index in it. Dead letters keep the original bytes and attributes.
+whole becomes one dead letter. An event that decodes but fails validation
+becomes a dead letter of its own, which carries the whole original message
+and the event's index in it. Dead letters keep the original bytes and attributes.
 Every message yields at least one event or one dead letter.
 
 A container is checked block by block before fastavro decodes it, because
@@ -548,8 +548,9 @@ def _classify_bad_block(rest: bytes) -> DeadLetterReason:
     A block starts with two zig-zag varints (record count, byte size). When
     they parse as a plausible header that promises more bytes than remain, the
     block was cut off. Anything else after a complete block is trailing bytes.
-    NOTE: the two cannot always be told apart: trailing bytes that happen to
-    read as such a header (an appended newline, for one) are called truncated.
+    NOTE: the two cannot always be distinguished. Trailing bytes that happen
+    to read as such a header (an appended newline, for one) are classed as
+    truncated.
     """
     stream = io.BytesIO(rest)
     try:

@@ -207,7 +207,7 @@ def test_restart_after_sigkill(tmp_path: Path) -> None:
     # reads is not known in advance: the lost events are never redelivered).
     # That is longer than the subscription's 60 s ack deadline, because
     # messages the emulator hands to the killed job's open pull are
-    # redelivered only after it; with 25 s the job sometimes stopped first.
+    # redelivered only after it. With 25 s the job sometimes stopped first.
     second = start_job(topics, run_dir, 0, "--idle-timeout-s", "75")
     publish(topics, events[2400:])
     summary = finish(second, run_dir)
