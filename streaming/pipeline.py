@@ -252,9 +252,9 @@ def build_runtime(settings: JobSettings) -> Any:
     from online_model.learner import OnlineLearner
     from online_model.spec import load_spec
     from rollback.announce import PubSubAnnouncer
-    from rollback.registry import open_registry
     from streaming import monitoring as mon
     from streaming.checkpoint import CheckpointStore
+    from streaming.job_registry import open_job_registry
     from streaming.runtime import JobRuntime
 
     spec = load_spec(settings.spec_name)
@@ -263,7 +263,7 @@ def build_runtime(settings: JobSettings) -> Any:
         if settings.announce
         else None
     )
-    registry = open_registry(settings.registry_url, create=True, announcer=announcer)
+    registry = open_job_registry(settings.registry_url, announcer)
     run_dir = Path(settings.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     store = CheckpointStore(run_dir / "checkpoints")
@@ -290,7 +290,9 @@ def build_runtime(settings: JobSettings) -> Any:
         decisions=decisions,
         telemetry=telemetry,
     )
-    registry.set_running_fingerprint(runtime.learner.fingerprint, actor="job")
+    registry.set_running_fingerprint(
+        runtime.learner.fingerprint, actor="job", state_format=registry.state_format
+    )
     latest = store.latest()
     if latest is not None:
         runtime.restore(latest)

@@ -1,0 +1,120 @@
+"""The job declares its learner state format, so rollbacks check it."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from online_model.datasets import iter_events
+from online_model.learner import STATE_FORMAT, OnlineLearner
+from online_model.spec import load_spec
+from rollback import cli as rollback_cli
+from rollback.errors import InvalidInput
+from rollback.manifest import ManifestFields
+from rollback.registry import open_registry
+from streaming import monitoring as mon
+from streaming.job_config import JobConfig
+from streaming.job_registry import LEARNER_STATE_FORMAT, open_job_registry
+from streaming.pipeline import JobSettings, build_runtime
+from streaming.runtime import EventBatch
+
+SPEC = load_spec("job_postings")
+EVENTS = list(itertools.islice(iter_events("job_postings"), 2000))
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Iterator[JobSettings]:
+    """Settings of a job that publishes a first version within 2,000 events."""
+    config = JobConfig(
+        micro_batch_size=128,
+        gate_every_micro_batches=4,
+        gate_every_s=10_000.0,
+        holdout_min_events=100,
+        checkpoint_every_s=10_000.0,
+    )
+    yield JobSettings(
+        job_name=f"formats-{tmp_path.name}",
+        project="streamlearn-local",
+        spec_name="job_postings",
+        registry_url=str(tmp_path / "registry"),
+        run_dir=str(tmp_path / "run"),
+        config=config,
+        announce=False,
+        metrics_file=False,
+    )
+    mon.close_shared_telemetry()
+
+
+def run_until_published(settings: JobSettings) -> Any:
+    runtime = build_runtime(settings)
+    for start in range(0, len(EVENTS), 250):
+        runtime.handle_batch(EventBatch(EVENTS[start : start + 250]))
+    return runtime
+
+
+def publish_other(registry_url: str, state_format: str) -> int:
+    """Publish a version as another publisher would, leaving the pointer."""
+    registry = open_registry(registry_url)
+    learner = OnlineLearner(SPEC, seed=1, device="cpu")
+    fields = ManifestFields(fingerprint=learner.fingerprint, state_format=state_format)
+    return registry.publish(
+        learner.to_files(), fields, "test", state_format, move_pointer=False
+    )
+
+
+def test_state_format_names_learner_format() -> None:
+    assert f"online-learner/{STATE_FORMAT}" == LEARNER_STATE_FORMAT
+
+
+def test_job_records_running_state_format(settings: JobSettings) -> None:
+    runtime = build_runtime(settings)
+
+    registry = open_registry(settings.registry_url)
+    assert registry.running_fingerprint() == runtime.learner.fingerprint
+    assert registry.running_state_format() == LEARNER_STATE_FORMAT
+
+
+def test_job_versions_declare_state_format(settings: JobSettings) -> None:
+    runtime = run_until_published(settings)
+
+    registry = open_registry(settings.registry_url)
+    versions = registry.versions()
+    assert runtime.account.versions_published >= 1
+    assert len(versions) == runtime.account.versions_published
+    for version in versions:
+        assert registry.describe(version).fields.state_format == LEARNER_STATE_FORMAT
+
+
+def test_rollback_rejects_other_state_format(
+    settings: JobSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runtime = run_until_published(settings)
+    serving = runtime.serving_version
+    other = publish_other(settings.registry_url, "online-learner/999")
+    same = publish_other(settings.registry_url, LEARNER_STATE_FORMAT)
+    argv = ["--registry", settings.registry_url, "--reason", "test"]
+    capsys.readouterr()
+
+    assert rollback_cli.main([*argv, "--to", f"v{other}"]) == 1
+    error = capsys.readouterr().err
+    assert "learner state format 'online-learner/999' differs from the running " in (
+        error
+    )
+    assert f"job's {LEARNER_STATE_FORMAT!r}" in error
+    assert open_registry(settings.registry_url).serving() == serving
+
+    assert rollback_cli.main([*argv, "--to", f"v{same}"]) == 0
+    assert open_registry(settings.registry_url).serving() == same
+
+
+def test_job_registry_rejects_other_declared_format(tmp_path: Path) -> None:
+    registry = open_job_registry(tmp_path / "registry")
+    fields = ManifestFields(fingerprint="f", state_format="online-learner/999")
+
+    with pytest.raises(InvalidInput, match="online-learner/999"):
+        registry.publish({"a": b"1"}, fields, "test", "other format")
+    assert registry.versions() == []
