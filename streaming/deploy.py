@@ -15,7 +15,12 @@ import argparse
 import logging
 import re
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from streaming.job_config import JobConfig, add_decode_limit_options, decode_limits_from
+
+if TYPE_CHECKING:
+    from streaming.pipeline import JobSettings
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +71,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="most workers Dataflow may start (default: 1; the learner trains "
         "on one key, so more workers only spread decoding)",
     )
+    add_decode_limit_options(parser)
     parser.add_argument(
         "--update", action="store_true", help="replace the running job of this name"
     )
@@ -129,23 +135,30 @@ def main(argv: list[str]) -> int:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from streaming.pipeline import JobSettings, build_pipeline
+    from streaming.pipeline import build_pipeline
 
-    settings = JobSettings(
-        job_name=args.job_name,
-        project=args.project,
-        spec_name=args.spec,
-        registry_url=args.registry,
-        run_dir="/tmp/streamlearn",
-        device="cuda" if args.worker_gpu else "cpu",
-        metrics_file=False,
-    )
     options = PipelineOptions(flags=[], **dataflow_options(args))
     pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, settings, control="separate")
+    build_pipeline(pipeline, job_settings(args), control="separate")
     result = pipeline.run()
     if args.dry_run:
         print(f"dry run: the Dataflow job {args.job_name!r} is valid; nothing sent")
     else:
         print(f"submitted Dataflow job {args.job_name!r}: state {result.state}")
     return 0
+
+
+def job_settings(args: argparse.Namespace) -> JobSettings:
+    """Return the settings the Dataflow workers build the job's stages from."""
+    from streaming.pipeline import JobSettings
+
+    return JobSettings(
+        job_name=args.job_name,
+        project=args.project,
+        spec_name=args.spec,
+        registry_url=args.registry,
+        run_dir="/tmp/streamlearn",
+        config=JobConfig(decode_limits=decode_limits_from(args)),
+        device="cuda" if args.worker_gpu else "cpu",
+        metrics_file=False,
+    )

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from streaming.job_config import JobConfig
+from streaming.job_config import JobConfig, add_decode_limit_options, decode_limits_from
 from streaming.job_metrics import version_text
 from streaming.topics import DEFAULT_PROJECT, JobTopics, ensure_topics, require_emulator
 
@@ -74,6 +74,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--schema-folder",
         help="folder of *.avsc writer schemas accepted besides the reader schema",
     )
+    add_decode_limit_options(parser)
     parser.add_argument("--device", default="cpu", help="torch device of the learner")
     parser.add_argument(
         "--stop-after",
@@ -207,6 +208,7 @@ def main(argv: list[str], epilogue: Callable[[], None] | None = None) -> int:
         gate_every_micro_batches=args.gate_every_micro_batches,
         gate_every_s=args.gate_every_s,
         checkpoint_every_s=args.checkpoint_every_s,
+        decode_limits=decode_limits_from(args),
     )
     settings = JobSettings(
         job_name=args.job_name,

@@ -1,15 +1,21 @@
-"""Settings of the streaming job's learner stage, with units in the names."""
+"""Settings of the streaming job, with units in the names, and their options."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import argparse
+import re
+from dataclasses import dataclass, field
 
 from online_model.gate import METRIC_FIELDS, GateMetric
+from streaming.wire import DecodeLimits
 
 
 @dataclass(frozen=True)
 class JobConfig:
-    """Batching, validation, rollback and checkpoint settings of the job.
+    """Decoding, batching, validation, rollback and checkpoint settings of the job.
+
+    ``decode_limits`` bounds what one message may decode to; a message over a
+    limit is dead-lettered as ``too-large``.
 
     A micro-batch closes at ``micro_batch_size`` events or when its oldest
     event has waited ``micro_batch_max_wait_s``. A candidate meets the gate
@@ -39,6 +45,7 @@ class JobConfig:
     dedup_window_size: int = 200_000
     top_k: int = 5
     seed: int = 0
+    decode_limits: DecodeLimits = field(default_factory=DecodeLimits)
 
     def __post_init__(self) -> None:
         _at_least("micro_batch_size", self.micro_batch_size, 1)
@@ -67,6 +74,10 @@ class JobConfig:
             value = getattr(self, name)
             if not value >= 0.0:
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
+        if not isinstance(self.decode_limits, DecodeLimits):
+            raise ValueError(
+                f"decode_limits must be a DecodeLimits, got {self.decode_limits!r}"
+            )
         if self.holdout_min_events > self.holdout_window_size:
             raise ValueError(
                 f"holdout_min_events ({self.holdout_min_events}) must not exceed "
@@ -77,3 +88,81 @@ class JobConfig:
 def _at_least(name: str, value: int, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+# IEC binary prefixes: 1 KiB is 1024 bytes.
+_BYTE_UNITS = {"": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
+_BYTE_SIZE = re.compile(r"([0-9]+) ?(KiB|MiB|GiB)?")
+
+
+def parse_byte_size(text: str) -> int:
+    """Parse a size such as ``4194304`` or ``4MiB`` into bytes.
+
+    Raises ValueError, naming the text and the accepted forms, for anything
+    else or for a size of 0.
+    """
+    match = _BYTE_SIZE.fullmatch(text.strip())
+    size = 0 if match is None else int(match.group(1)) * _BYTE_UNITS[match[2] or ""]
+    if size < 1:
+        raise ValueError(
+            f"invalid size {text!r}: expected a whole number of bytes >= 1, "
+            "optionally followed by KiB, MiB or GiB, such as 4MiB"
+        )
+    return size
+
+
+def format_byte_size(size: int) -> str:
+    """Return ``size`` in the largest unit of ``parse_byte_size`` that divides it."""
+    for unit in ("GiB", "MiB", "KiB"):
+        if size % _BYTE_UNITS[unit] == 0:
+            return f"{size // _BYTE_UNITS[unit]}{unit}"
+    return str(size)
+
+
+def add_decode_limit_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--max-decoded-bytes`` and ``--max-events-per-message`` to ``parser``."""
+    defaults = DecodeLimits()
+    parser.add_argument(
+        "--max-decoded-bytes",
+        metavar="SIZE",
+        type=_byte_size_option,
+        default=format_byte_size(defaults.max_decoded_bytes),
+        help="maximum size of one message's records after decompression, in "
+        "bytes or with the suffix KiB, MiB or GiB, such as 4MiB; a larger "
+        "message is dead-lettered as too-large (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-events-per-message",
+        metavar="N",
+        type=_count_option,
+        default=defaults.max_events_per_message,
+        help="maximum number of events in one message, such as 1000; a message "
+        "with more is dead-lettered as too-large (default: %(default)s)",
+    )
+
+
+def decode_limits_from(args: argparse.Namespace) -> DecodeLimits:
+    """Return the DecodeLimits that ``add_decode_limit_options`` parsed."""
+    return DecodeLimits(
+        max_decoded_bytes=args.max_decoded_bytes,
+        max_events_per_message=args.max_events_per_message,
+    )
+
+
+def _byte_size_option(text: str) -> int:
+    try:
+        return parse_byte_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _count_option(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"invalid count {text!r}: expected a whole number >= 1, such as 1000"
+        )
+    return value

@@ -182,17 +182,17 @@ def _failed_decode(message: PubsubMessage, error: Exception) -> Any:
     return DecodedMessage([], [letter])
 
 
-_DECODERS: dict[tuple[str, str | None], Any] = {}
+_DECODERS: dict[tuple[str, str | None, Any], Any] = {}
 _DECODERS_LOCK = threading.Lock()
 
 
 def shared_decoder(settings: JobSettings) -> Any:
-    """Return this process's decoder for the job's spec and schema folder.
+    """Return this process's decoder for the job's spec, schema folder and limits.
 
     The runner sets up a new DecodeEvents for nearly every bundle, so the
     decoder (and the reading of the schema folder) is built once per process.
     """
-    key = (settings.spec_name, settings.schema_folder)
+    key = (settings.spec_name, settings.schema_folder, settings.config.decode_limits)
     with _DECODERS_LOCK:
         decoder = _DECODERS.get(key)
         if decoder is None:
@@ -219,7 +219,9 @@ def build_decoder(settings: JobSettings) -> Any:
         problem = rejecting(check_event(event, spec))
         return [] if problem is None else [f"{problem.field}: {problem.detail}"]
 
-    return MessageDecoder(spec.schema, registry, validate)
+    return MessageDecoder(
+        spec.schema, registry, validate, limits=settings.config.decode_limits
+    )
 
 
 # ---------------------------------------------------------------- learning

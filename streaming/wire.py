@@ -115,23 +115,18 @@ class DecodeLimits:
     decompression: the default of 16 MiB is above Pub/Sub's 10 MB message
     limit, so only a compressed container can reach it. The default
     ``max_events_per_message`` is 100 times what ``streamlearn publish``
-    sends per message.
+    sends per message. ``streamlearn run`` and ``streamlearn deploy`` set both
+    with ``--max-decoded-bytes`` and ``--max-events-per-message``.
     """
 
     max_decoded_bytes: int = 16 * 1024 * 1024
     max_events_per_message: int = 50_000
 
     def __post_init__(self) -> None:
-        if self.max_decoded_bytes < 1:
-            raise ValueError(
-                f"invalid max_decoded_bytes {self.max_decoded_bytes}: expected 1 "
-                "or more"
-            )
-        if self.max_events_per_message < 1:
-            raise ValueError(
-                f"invalid max_events_per_message {self.max_events_per_message}: "
-                "expected 1 or more"
-            )
+        for name in ("max_decoded_bytes", "max_events_per_message"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"invalid {name} {value!r}: expected an int >= 1")
 
 
 @dataclass(frozen=True)
