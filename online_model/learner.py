@@ -357,6 +357,29 @@ class OnlineLearner:
         encoded = self.featurizer.encode(checked.labelled)
         return self._scored(checked.labelled, self._probabilities(encoded))
 
+    def encode_for_scoring(
+        self, events: Sequence[Any]
+    ) -> tuple[list[dict[str, Any]], EncodedBatch]:
+        """Check events and encode the labelled ones, as :meth:`score` does.
+
+        The result depends only on the feature spec and the config, so any
+        learner with equal ones can score it with :meth:`score_encoded`.
+        """
+        labelled = self._check(events, MicroBatchReport()).labelled
+        return labelled, self.featurizer.encode(labelled)
+
+    def score_encoded(
+        self, labelled: list[dict[str, Any]], encoded: EncodedBatch
+    ) -> list[Scored]:
+        """Score the output of :meth:`encode_for_scoring`, the same as :meth:`score`.
+
+        Scoring several models on one set of events this way checks and
+        featurizes the events once instead of once per model.
+        """
+        if not labelled:
+            return []
+        return self._scored(labelled, self._probabilities(encoded))
+
     def predict(
         self, events: Sequence[Any], k: int = 5
     ) -> list[list[tuple[str, float]]]:
