@@ -25,7 +25,7 @@ import logging
 import math
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,13 +35,14 @@ from typing import Any, Protocol, cast
 import fastavro
 
 from online_model.drift import DriftMonitor
-from online_model.evaluation import ConfusionMatrix, Metrics, MetricsAccumulator
+from online_model.evaluation import ConfusionMatrix, Metrics
 from online_model.gate import LOWER_IS_BETTER, METRIC_FIELDS, GateConfig, ValidationGate
 from online_model.learner import LearnerStateError, OnlineLearner
 from online_model.spec import FeatureSpec
 from rollback.errors import PointerConflict, RegistryError
 from rollback.manifest import ManifestFields
 from streaming.checkpoint import CheckpointStore
+from streaming.holdout import HoldoutWindow
 from streaming.job_config import JobConfig
 from streaming.job_metrics import JobMetrics, version_text
 
@@ -185,7 +186,7 @@ class JobRuntime:
         self.serving_version: int | None = None
         self.serving_learner: OnlineLearner | None = None
         self.recent_versions: OrderedDict[int, OnlineLearner] = OrderedDict()
-        self.holdout: deque[Event] = deque(maxlen=config.holdout_window_size)
+        self.holdout = HoldoutWindow(config.holdout_window_size)
         self.pending: list[Event] = []
         self.pending_publish_s: list[float] = []
         self.seen_ids: OrderedDict[str, None] = OrderedDict()
@@ -388,9 +389,9 @@ class JobRuntime:
     def _holdout_evaluation(
         self, learner: OnlineLearner
     ) -> tuple[Metrics, ConfusionMatrix]:
-        accumulator = MetricsAccumulator()
-        accumulator.update(learner.score(list(self.holdout)))
-        return accumulator.result(), accumulator.confusion_matrix()
+        # Only the candidate learns. The serving and kept versions are never
+        # trained, so the window keeps their results until it changes.
+        return self.holdout.evaluate(learner, fixed=learner is not self.learner)
 
     def _run_gate(self) -> None:
         self._batches_since_gate = 0
@@ -761,8 +762,7 @@ class JobRuntime:
             if name.startswith("learner.")
         }
         self.learner = self._load(learner_files)
-        self.holdout.clear()
-        self.holdout.extend(self._avro_to_events(files["holdout.avro"]))
+        self.holdout.replace(self._avro_to_events(files["holdout.avro"]))
         self.pending = self._avro_to_events(files["pending.avro"])
 
         state = json.loads(files["state.json"])
