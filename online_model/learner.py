@@ -60,6 +60,7 @@ from online_model.featurize import (
     transform_numeric,
 )
 from online_model.model import EmbeddingOptimizer, HashedSoftmaxModel
+from online_model.recency import LabelRecency
 from online_model.scored import Scored
 from online_model.spec import FeatureSpec, fingerprint, spec_from_dict
 
@@ -120,7 +121,8 @@ class LearnerConfig:
     ``top_k`` is how many ranked labels each :class:`Scored` carries.
     ``prior_weight`` mixes the label frequencies seen so far (add-one
     smoothed) into every prediction with that weight, which bounds the log
-    loss of a confident mistake.
+    loss of a confident mistake. ``label_recency`` mixes in the labels of the
+    latest events as well, with learned weights (:mod:`online_model.recency`).
     """
 
     # Defaults chosen on the four shipped streams at micro-batch 256 with
@@ -137,6 +139,7 @@ class LearnerConfig:
     steps_per_batch: int = 2
     top_k: int = 5
     prior_weight: float = 0.02
+    label_recency: bool = True
 
     def __post_init__(self) -> None:
         checks = [
@@ -240,6 +243,7 @@ class OnlineLearner:
             hidden_units=self.config.hidden_units,
             generator=self._generator,
         ).to(self.device)
+        self._recency = LabelRecency()
         self._labels: list[str] = []
         self._label_index: dict[str, int] = {}
         self._optimizers = self._make_optimizers()
@@ -324,17 +328,21 @@ class OnlineLearner:
         if logits is not None:
             probabilities = self._mix_prior(torch.softmax(logits.detach(), dim=1))
         else:
-            probabilities = self._probabilities(encoded)
-        report.scored = self._scored(checked.labelled, probabilities[:labelled_count])
-        self.labelled_scored += labelled_count
+            probabilities = self._model_probabilities(encoded)
         if checked.unlabelled:
+            # Prediction requests see the recency state from before the batch,
+            # like the weights.
             ranked_rows = self._ranked(
-                probabilities[labelled_count:], self.config.top_k
+                self._mix_recency(probabilities[labelled_count:]), self.config.top_k
             )
             report.predictions = [
                 (str(event[self.spec.event_id_field]), ranked)
                 for event, ranked in zip(checked.unlabelled, ranked_rows, strict=True)
             ]
+        report.scored = self._scored_in_order(
+            checked.labelled, probabilities[:labelled_count]
+        )
+        self.labelled_scored += labelled_count
         if labelled_count:
             report.new_labels = self._add_labels(checked.labelled)
             if report.new_labels:
@@ -426,6 +434,8 @@ class OnlineLearner:
                     else:
                         scalars[name] = value
         tensors["generator"] = self._generator.get_state()
+        tensors["recency.frequencies"] = self._recency.frequencies.clone()
+        tensors["recency.log_weights"] = self._recency.log_weights.clone()
         state = {
             "optimizer_scalars": scalars,
             "embedding_optimizer_steps": self._embedding_optimizer.steps,
@@ -521,11 +531,19 @@ class OnlineLearner:
         return hashed_tokens(encoded, self._layout, z, self.device)
 
     def _probabilities(self, encoded: EncodedBatch) -> torch.Tensor:
+        return self._mix_recency(self._model_probabilities(encoded))
+
+    def _model_probabilities(self, encoded: EncodedBatch) -> torch.Tensor:
         if not self._labels:
             return torch.zeros(encoded.size, 0)
         with torch.no_grad():
             logits = self._model(self._model_input(encoded))
         return self._mix_prior(torch.softmax(logits, dim=1))
+
+    def _mix_recency(self, probabilities: torch.Tensor) -> torch.Tensor:
+        if not self.config.label_recency:
+            return probabilities
+        return self._recency.mix(probabilities, self.escape_probability)
 
     def _mix_prior(self, probabilities: torch.Tensor) -> torch.Tensor:
         """Mix the smoothed label frequencies into model probabilities (on the CPU).
@@ -584,6 +602,101 @@ class OnlineLearner:
             )
             for event, row, index, probability in zip(
                 events, top_rows, truth, true_probabilities, strict=True
+            )
+        ]
+
+    def _scored_in_order(
+        self, events: list[dict[str, Any]], probabilities: torch.Tensor
+    ) -> list[Scored]:
+        """Score a micro-batch's labelled events, each after the ones before it.
+
+        ``probabilities`` are the model's, over the labels known before the
+        batch. With label recency on, each event's scores also take in the
+        labels of the events before it, including labels new in this batch;
+        a label is never ranked or scored for an event before it occurred.
+        """
+        if not events:
+            return []
+        label_field = self.spec.label_field
+        known = len(self._labels)
+        new_labels: dict[str, int] = {}
+        first_positions: list[int] = []
+        targets: list[int] = []
+        for position, event in enumerate(events):
+            label = event[label_field]
+            index = self._label_index.get(label)
+            if index is None:
+                index = new_labels.get(label)
+                if index is None:
+                    index = new_labels[label] = known + len(new_labels)
+                    first_positions.append(position)
+            targets.append(index)
+        labels = self._labels + list(new_labels)
+        target_tensor = torch.tensor(targets, dtype=torch.int64)
+        escape = self.escape_probability
+        if self.config.label_recency:
+            # The escape probability event by event: labels known before each
+            # event over twice the labelled events scored before it.
+            new_before = torch.zeros(len(events), dtype=torch.float64)
+            for position in first_positions:
+                new_before[position + 1 :] += 1
+            scored_before = self.labelled_scored + torch.arange(
+                len(events), dtype=torch.float64
+            )
+            escapes = torch.where(
+                (known + new_before > 0) & (scored_before > 0),
+                (known + new_before) / (2 * scored_before).clamp(min=1),
+                1.0,
+            ).clamp(max=1.0)
+            model = probabilities.double()
+            if known:
+                model = model * ((1 - escapes) / (1 - escape)).unsqueeze(1)
+            mixed = self._recency.mix_sequence(model, target_tensor, escapes)
+            escape_of = escapes.tolist()
+        else:
+            mixed = torch.cat(
+                [probabilities, probabilities.new_zeros(len(events), len(new_labels))],
+                dim=1,
+            )
+            escape_of = [escape] * len(events)
+        # With recency, a label new in this batch counts from the event after
+        # its first one; without, from the next batch.
+        counts_from = (
+            first_positions
+            if self.config.label_recency
+            else [len(events)] * len(new_labels)
+        )
+        positions = torch.arange(len(events))
+        first = torch.tensor(counts_from, dtype=torch.int64)
+        unseen = positions.unsqueeze(1) <= first.unsqueeze(0)
+        ranking = mixed.clone()
+        ranking[:, known:] = ranking[:, known:].masked_fill(unseen, -1.0)
+        k = min(self.config.top_k, len(labels))
+        if k:
+            top_values, top_indices = ranking.topk(k, dim=1)
+            top_rows = top_indices.tolist()
+            if new_labels:
+                top_rows = [
+                    [i for i, v in zip(row, values, strict=True) if v >= 0]
+                    for row, values in zip(top_rows, top_values.tolist(), strict=True)
+                ]
+        else:
+            top_rows = [[] for _ in events]
+        true_probabilities = mixed.gather(1, target_tensor.unsqueeze(1)).squeeze(1)
+        new_at = dict(zip(new_labels.values(), counts_from, strict=True))
+        time_field = self.spec.event_time_field
+        label_of = labels.__getitem__
+        return [
+            Scored(
+                true_label=event[label_field],
+                ranked_labels=tuple(map(label_of, row)),
+                true_label_probability=(
+                    escape_of[position] if new_at.get(target, -1) >= position else p
+                ),
+                event_time_ms=_millis(event[time_field]),
+            )
+            for position, (event, row, target, p) in enumerate(
+                zip(events, top_rows, targets, true_probabilities.tolist(), strict=True)
             )
         ]
 
@@ -650,6 +763,7 @@ class OnlineLearner:
         for optimizer in self._optimizers:
             _move_state(optimizer, old_weight, new_weight, count)
             _move_state(optimizer, old_bias, new_bias, count)
+        self._recency.resize(len(self._labels))
 
     def _train(
         self,
@@ -821,6 +935,21 @@ class OnlineLearner:
             value.copy_(tensors[f"embedding_optimizer.{key}"])
         self._embedding_optimizer.steps = int(state["embedding_optimizer_steps"])
         self._generator.set_state(tensors["generator"])
+        if "recency.frequencies" in tensors:
+            frequencies = tensors["recency.frequencies"]
+            log_weights = tensors["recency.log_weights"]
+            if (
+                frequencies.shape != self._recency.frequencies.shape
+                or log_weights.shape != self._recency.log_weights.shape
+            ):
+                raise ValueError(
+                    f"recency tensors have shapes {tuple(frequencies.shape)} and "
+                    f"{tuple(log_weights.shape)}; expected "
+                    f"{tuple(self._recency.frequencies.shape)} and "
+                    f"{tuple(self._recency.log_weights.shape)}"
+                )
+            self._recency.frequencies = frequencies.to(torch.float64).clone()
+            self._recency.log_weights = log_weights.to(torch.float64).clone()
         counters = state.get("counters", {})
         for name in self.counters():
             setattr(self, name, int(counters.get(name, 0)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -27,15 +28,25 @@ def event(number: int, label: str | None) -> dict[str, Any]:
     }
 
 
-def new_learner() -> OnlineLearner:
-    return OnlineLearner(load_spec("electricity"), SMALL_CONFIG, seed=0, device="cpu")
+def new_learner(label_recency: bool = True) -> OnlineLearner:
+    config = dataclasses.replace(SMALL_CONFIG, label_recency=label_recency)
+    return OnlineLearner(load_spec("electricity"), config, seed=0, device="cpu")
 
 
-def test_empty_vocabulary_escape_is_one() -> None:
-    learner = new_learner()
+def test_escape_without_recency_first_batch() -> None:
+    learner = new_learner(label_recency=False)
     assert learner.escape_probability == 1.0
     report = learner.learn([event(0, "UP"), event(1, "UP"), event(2, "DOWN")])
     assert [s.true_label_probability for s in report.scored] == [1.0, 1.0, 1.0]
+
+
+def test_escape_with_recency_per_event() -> None:
+    learner = new_learner()
+    report = learner.learn([event(0, "UP"), event(1, "UP"), event(2, "DOWN")])
+    # Event 1: 1 label among 1 earlier event, so escape 1 / 2, and all the
+    # rest goes to UP, the only label seen. Event 2: 1 / (2 * 2).
+    assert [s.true_label_probability for s in report.scored] == [1.0, 0.5, 0.25]
+    assert [s.ranked_labels for s in report.scored] == [(), ("UP",), ("UP",)]
 
 
 def test_escape_follows_method_d() -> None:
@@ -45,7 +56,8 @@ def test_escape_follows_method_d() -> None:
     assert learner.escape_probability == pytest.approx(1 / 3)
     report = learner.learn([event(3, "UP"), event(4, "FLAT")])
     up, flat = report.scored
-    assert flat.true_label_probability == pytest.approx(1 / 3)
+    # FLAT is the second event: 2 labels among 4 earlier events.
+    assert flat.true_label_probability == pytest.approx(2 / 8)
     assert 0.0 < up.true_label_probability < 2 / 3
     # 3 labels among 5 labelled events: 3 / (2 * 5).
     assert learner.escape_probability == pytest.approx(0.3)

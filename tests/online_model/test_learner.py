@@ -31,10 +31,15 @@ def test_first_batch_scored_before_learning(job_postings: list[dict[str, Any]]) 
     report = learner.learn(job_postings[:64])
     assert report.learned == 64
     assert len(report.scored) == 64
-    # Nothing was known when the batch was scored: every label was new, and
-    # "a new label" is then the only outcome, with probability 1.
-    assert all(s.true_label_probability == 1.0 for s in report.scored)
-    assert all(s.ranked_labels == () for s in report.scored)
+    # Nothing was known when the batch was scored, so the first event's only
+    # outcome is "a new label". Later events are ranked by label recency, over
+    # exactly the labels of the events before them.
+    assert report.scored[0].true_label_probability == 1.0
+    seen: list[str] = []
+    for scored, labelled in zip(report.scored, job_postings[:64], strict=True):
+        assert set(scored.ranked_labels) <= set(seen)
+        assert len(scored.ranked_labels) == min(5, len(set(seen)))
+        seen.append(labelled["job_role"])
     assert set(report.new_labels) == {e["job_role"] for e in job_postings[:64]}
     assert learner.examples_seen == 64
 
@@ -201,7 +206,10 @@ def test_failed_second_step_undone(
     monkeypatch.undo()
     # The rejected batch's events still count towards the escape probability.
     assert learner.labelled_scored == restored.labelled_scored + 256
+    # Label recency learns from the labels of a rejected batch too.
     restored.labelled_scored = learner.labelled_scored
+    restored._recency.frequencies = learner._recency.frequencies.clone()
+    restored._recency.log_weights = learner._recency.log_weights.clone()
     assert (
         learner.learn(job_postings[768:1024]).scored
         == restored.learn(job_postings[768:1024]).scored

@@ -1,0 +1,208 @@
+"""Label recency: event-by-event label frequencies mixed into micro-batch scores.
+
+The model's weights change once per micro-batch, so every event of a batch is
+scored with weights that have seen none of the batch. A learner that updates
+after every event also follows the labels of the last few events, which
+matters where labels come in runs (Electricity's price direction, a burst of
+postings for one role) and at a cold start, when the model has no label
+yet. This module gives the micro-batch learner that part back.
+
+It keeps exponentially weighted label frequencies at a few rates, updated in
+stream order after each labelled event, and mixes them into the model's
+probabilities. How much to trust them is learned online as well: a Bayesian
+mixture over a small grid of (rate, share) pairs, whose log-weights are the
+discounted log-likelihoods each pair gave the true labels so far. An event's
+prediction only uses the labels of events before it, so scoring stays
+test-then-train. The model's training is unchanged; this only changes scores.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Step sizes of the frequencies: memories of about 20 events, 2 events, and
+# mostly the last label.
+RATES = (0.05, 0.5, 0.9)
+# Share of the recency frequencies in each pair's mixture.
+SHARES = (0.02, 0.1, 0.3, 0.5, 0.7, 0.9)
+# Discount per event of the pairs' log-likelihoods: a memory of about 100
+# events. It beat 0.998 on Electricity and aijobs and tied elsewhere
+# (benchmarks/learner_only.py).
+DISCOUNT = 0.99
+# The lowest probability a pair's log-likelihood counts.
+FLOOR = 1e-15
+# Events per chunk of the sequential update; its matrices are CHUNK x CHUNK.
+CHUNK = 512
+
+_PAIRS = [(rate, share) for rate in RATES for share in SHARES]
+
+
+class LabelRecency:
+    """Recency frequencies and the learned weights of the (rate, share) pairs."""
+
+    def __init__(self) -> None:
+        self.frequencies = torch.zeros(len(RATES), 0, dtype=torch.float64)
+        self.log_weights = torch.zeros(len(_PAIRS), dtype=torch.float64)
+        self._model_share = torch.tensor(
+            [1.0 - share for _, share in _PAIRS], dtype=torch.float64
+        )
+        self._rate_shares = torch.tensor(
+            [
+                [share if pair_rate == rate else 0.0 for pair_rate, share in _PAIRS]
+                for rate in RATES
+            ],
+            dtype=torch.float64,
+        )
+        self._kernels: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def resize(self, labels: int) -> None:
+        """Give the frequencies one column per label, padding with zeros."""
+        missing = labels - self.frequencies.shape[1]
+        if missing > 0:
+            padding = self.frequencies.new_zeros(len(RATES), missing)
+            self.frequencies = torch.cat([self.frequencies, padding], dim=1)
+
+    def mix(self, model: torch.Tensor, escape: float) -> torch.Tensor:
+        """Mix the current frequencies into ``model`` (``[events, labels]``).
+
+        ``model`` sums to ``1 - escape`` per row; so does the result where a
+        label has been seen. Nothing is learned.
+        """
+        if model.shape[0] == 0 or model.shape[1] == 0:
+            return model
+        weights = torch.softmax(self.log_weights, dim=0)
+        model_share = weights @ self._model_share
+        rate_shares = self._rate_shares @ weights
+        probabilities = model.double()
+        recent = _normalized(self.frequencies[:, : model.shape[1]])
+        # A rate that has seen no label leaves its share to the model.
+        empty = recent.sum(dim=1) == 0
+        mixed = (model_share + rate_shares[empty].sum()) * probabilities + (
+            1.0 - escape
+        ) * (rate_shares[~empty] @ recent[~empty])
+        return mixed.to(model.dtype)
+
+    def mix_sequence(
+        self, model: torch.Tensor, targets: torch.Tensor, escape: torch.Tensor
+    ) -> torch.Tensor:
+        """Score labelled events in stream order and learn from their labels.
+
+        ``model`` contains the model's probabilities, ``[events, known labels]``,
+        each row summing to ``1 - escape`` of its event, and ``targets`` each
+        event's label index, where an index at or past the known labels is a
+        label that is new in this batch. Returns ``[events, labels]`` over
+        every label in ``targets``. An event's row uses only the labels of
+        the events before it. While the model has no label, the slower
+        frequencies stand in for it.
+        """
+        labels = max(model.shape[1], int(targets.max()) + 1 if len(targets) else 0)
+        self.resize(labels)
+        rows = []
+        for start in range(0, len(targets), CHUNK):
+            rows.append(
+                self._chunk(
+                    model[start : start + CHUNK],
+                    targets[start : start + CHUNK],
+                    labels,
+                    escape[start : start + CHUNK],
+                )
+            )
+        return torch.cat(rows) if rows else model.new_zeros(0, labels)
+
+    def _chunk(
+        self,
+        model: torch.Tensor,
+        targets: torch.Tensor,
+        labels: int,
+        escape: torch.Tensor,
+    ) -> torch.Tensor:
+        count = len(targets)
+        known = model.shape[1]
+        recent_kernel, discount_kernel = self._kernel(count)
+        observed = torch.nn.functional.one_hot(targets, labels).double()
+        positions = torch.arange(count, dtype=torch.float64)
+        # Frequencies before each event: the carried state decayed, plus the
+        # decayed labels of the earlier events of this chunk.
+        before = []
+        for index, rate in enumerate(RATES):
+            decay = (1.0 - rate) ** positions
+            before.append(
+                decay.unsqueeze(1) * self.frequencies[index].unsqueeze(0)
+                + recent_kernel[index] @ observed
+            )
+            last = before[-1][-1]
+            self.frequencies[index] = (1.0 - rate) * last + rate * observed[-1]
+        recent = [_normalized(frequencies) for frequencies in before]
+        remaining = (1.0 - escape.double()).unsqueeze(1)
+        if known == 0:
+            padded = remaining * recent[0]
+        else:
+            padded = model.double()
+            if known < labels:
+                padding = padded.new_zeros(count, labels - known)
+                padded = torch.cat([padded, padding], dim=1)
+            share_of = padded / remaining.clamp(min=FLOOR)
+            recent = [_or_model(rows, share_of) for rows in recent]
+
+        # Log-likelihood of each pair on each event whose label the model
+        # knew. Events of labels new in this batch are left out, since the
+        # model could not have predicted them and would be blamed unfairly.
+        truth = targets.unsqueeze(1)
+        model_truth = padded.gather(1, truth).squeeze(1)
+        recent_truth = torch.stack(
+            [remaining.squeeze(1) * r.gather(1, truth).squeeze(1) for r in recent], 1
+        )
+        pair_truth = torch.stack(
+            [
+                (1.0 - share) * model_truth + share * recent_truth[:, RATES.index(rate)]
+                for rate, share in _PAIRS
+            ],
+            1,
+        )
+        counted = (targets < known).double().unsqueeze(1)
+        scores = torch.log(pair_truth.clamp(min=FLOOR)) * counted
+        log_weights = (DISCOUNT**positions).unsqueeze(1) * self.log_weights.unsqueeze(
+            0
+        ) + discount_kernel @ scores
+        self.log_weights = DISCOUNT * log_weights[-1] + scores[-1]
+        # Keep the log-weights near zero; only their differences matter.
+        self.log_weights -= self.log_weights.max()
+
+        weights = torch.softmax(log_weights, dim=1)
+        mixed = (weights @ self._model_share).unsqueeze(1) * padded
+        rate_shares = weights @ self._rate_shares.T
+        for index in range(len(RATES)):
+            mixed += remaining * rate_shares[:, index : index + 1] * recent[index]
+        return mixed.to(model.dtype)
+
+    def _kernel(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the lower-triangular decay matrices for ``count`` events."""
+        cached = self._kernels.get(count)
+        if cached is not None:
+            return cached
+        positions = torch.arange(count, dtype=torch.float64)
+        lag = positions.unsqueeze(1) - positions.unsqueeze(0) - 1.0
+        earlier = lag >= 0
+        lag = lag.clamp(min=0)
+        recent = torch.stack(
+            [torch.where(earlier, rate * (1.0 - rate) ** lag, 0.0) for rate in RATES]
+        )
+        discounts = torch.where(earlier, DISCOUNT**lag, 0.0)
+        if len(self._kernels) >= 4:
+            self._kernels.clear()
+        self._kernels[count] = (recent, discounts)
+        return recent, discounts
+
+
+def _or_model(recent: torch.Tensor, model: torch.Tensor) -> torch.Tensor:
+    """Use the model's distribution where a rate has seen no label yet.
+
+    That happens only for a learner restored from a state saved before label
+    recency existed, whose model has labels that the frequencies lack.
+    """
+    return torch.where(recent.sum(dim=-1, keepdim=True) > 0, recent, model)
+
+
+def _normalized(frequencies: torch.Tensor) -> torch.Tensor:
+    totals = frequencies.sum(dim=-1, keepdim=True)
+    return torch.where(totals > 0, frequencies / totals.clamp(min=FLOOR), 0.0)
