@@ -105,6 +105,63 @@ class MostFrequentClasses(StreamLearner):
         return records
 
 
+class NoChange(StreamLearner):
+    """Predict the previous event's label first: the no-change baseline.
+
+    Its probability is the smoothed share of events so far whose label
+    repeated the one before, (repeats + 1) / (events + 2). The rest goes to the
+    other labels in proportion to their smoothed counts, as in
+    :class:`MostFrequentClasses`, which also ranks them.
+    """
+
+    name = "no-change"
+
+    def __init__(self) -> None:
+        self._counts: Counter[str] = Counter()
+        self._seen = 0
+        self._repeats = 0
+        self._previous: str | None = None
+
+    def featurize(self, events: Sequence[Event]) -> None:
+        return None
+
+    def test_then_train(self, features: Any, labels: Sequence[str]) -> list[Scored]:
+        records = []
+        for label in labels:
+            previous = self._previous
+            repeat_share = (self._repeats + 1) / (self._seen + 2)
+            if previous is None:
+                repeat_share = 0.0
+            others = self._seen - self._counts[previous] if previous else self._seen
+            # Smoothed counts of the labels other than the previous one, and
+            # one more share for a label never seen.
+            denominator = others + len(self._counts) - (previous is not None) + 1
+            ranked = [previous] if previous is not None else []
+            ranked += [
+                name
+                for name, _ in self._counts.most_common(RANKED_LABELS_KEPT + 1)
+                if name != previous
+            ]
+            if label == previous:
+                probability = repeat_share
+            else:
+                probability = (
+                    (1 - repeat_share) * (self._counts[label] + 1) / denominator
+                )
+            records.append(
+                Scored(
+                    true_label=label,
+                    ranked_labels=tuple(ranked[:RANKED_LABELS_KEPT]),
+                    true_label_probability=probability,
+                )
+            )
+            self._repeats += label == previous
+            self._counts[label] += 1
+            self._seen += 1
+            self._previous = label
+        return records
+
+
 class RiverLearner(StreamLearner):
     """A River classifier fed the sparse dicts of ``PeerFeaturizer``."""
 

@@ -261,8 +261,9 @@ def targets_section(by_stream: dict[str, list[dict[str, Any]]]) -> list[str]:
     lines = [
         "## streamlearn's targets",
         "",
-        "Quality against the best peer on each metric (the most-frequent baseline "
-        "counts as a peer), whole stream and common prefix; throughput against "
+        "Quality against the best peer on each metric (the most-frequent and "
+        "no-change baselines count as peers), whole stream and common prefix; "
+        "throughput against "
         "vw-cli over the whole stream.",
         "",
     ]

@@ -25,6 +25,7 @@ from typing import Any
 from peer_features import FieldKinds, PeerFeaturizer
 from peer_learners import (
     MostFrequentClasses,
+    NoChange,
     StreamLearner,
     StreamlearnLearner,
     VowpalWabbitBinding,
@@ -108,6 +109,8 @@ def build_learner(
         return StreamlearnLearner(spec, seed)
     if peer == "most-frequent":
         return MostFrequentClasses()
+    if peer == "no-change":
+        return NoChange()
     if peer.startswith("river-"):
         return build_river_learner(peer, kinds, featurizer, seed)
     label_ids = label_ids_in_order_of_appearance(events, kinds.label)

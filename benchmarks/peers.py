@@ -1,5 +1,6 @@
-"""Side-by-side benchmark: streamlearn's learner against River, Vowpal Wabbit
-and a most-frequent-classes baseline, test-then-train on real event streams.
+"""Side-by-side benchmark: streamlearn's learner against River, Vowpal Wabbit,
+a most-frequent-classes baseline and a no-change baseline (the previous
+event's label), test-then-train on real event streams.
 
 Every learner reads the same decoded events (``online_model.datasets``), in
 the same order, and scores each event before it learns from it. Each learner
@@ -49,6 +50,7 @@ PEERS = (
     "river-hat",
     "river-arf",
     "most-frequent",
+    "no-change",
 )
 # 40 micro-batches of 256. Every learner is compared on this prefix. A
 # learner whose rate over the prefix projects the whole stream past
@@ -69,6 +71,7 @@ WHOLE_STREAM_PEERS = (
     "vw-py-q",
     "river-softmax",
     "most-frequent",
+    "no-change",
 )
 RESULTS_DIR = Path(__file__).parent / "results"
 

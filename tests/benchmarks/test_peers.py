@@ -12,6 +12,7 @@ import pytest
 from peer_features import FieldKinds, PeerFeaturizer
 from peer_learners import (
     MostFrequentClasses,
+    NoChange,
     StreamlearnLearner,
     VowpalWabbitBinding,
     VowpalWabbitCommandLine,
@@ -91,6 +92,16 @@ def test_most_frequent_scores_before_learning() -> None:
     assert records[1].ranked_labels == ("a",)
     assert records[1].true_label_probability == pytest.approx(2 / 3)
     assert records[2].true_label_probability == pytest.approx(1 / 4)
+
+
+def test_no_change_ranks_previous_label_first() -> None:
+    learner = NoChange()
+    records = learner.test_then_train(None, ["a", "a", "b", "b"])
+    assert [r.ranked_labels for r in records] == [(), ("a",), ("a",), ("b", "a")]
+    # A new label first; then a repeat at (0 + 1) / (1 + 2); then "b", new,
+    # gets all of 1 - (1 + 1) / (2 + 2); then a repeat at (1 + 1) / (3 + 2).
+    probabilities = [r.true_label_probability for r in records]
+    assert probabilities == pytest.approx([1.0, 1 / 3, 1 / 2, 2 / 5])
 
 
 def test_chunk_bounds_cut_at_prefix() -> None:
