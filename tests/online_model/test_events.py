@@ -147,3 +147,40 @@ def test_screen_agrees_on_real_stream(job_postings: list[dict[str, Any]]) -> Non
         problems = check_event(event, SPEC)
         clean = all(p.reason == ev.EMPTY_LIST for p in problems)
         assert (SCREEN.screen(event) == ev.CLEAN) == clean
+
+
+def test_screen_batch_matches_screen() -> None:
+    clean = [posting(event_id=f"c{i}") for i in range(3)]
+    batch = [*clean, *BAD_OR_NOTED, posting(job_role=None), posting(skills=[])]
+    expected = [SCREEN.screen(event) for event in batch]
+    assert SCREEN.screen_batch(batch) == expected
+    assert SCREEN.screen_batch(batch[::-1]) == expected[::-1]
+    assert expected[:3] == [ev.CLEAN] * 3
+    assert expected[-2:] == [ev.UNLABELLED, ev.CLEAN]
+
+
+def test_screen_batch_one_bad_value() -> None:
+    for bad in BAD_OR_NOTED:
+        batch = [posting(event_id="a"), bad, posting(event_id="b")]
+        assert SCREEN.screen_batch(batch) == [ev.CLEAN, ev.NEEDS_CHECK, ev.CLEAN]
+
+
+def test_screen_batch_overflowing_sum() -> None:
+    # The column's sum overflows to infinity, but every value is finite.
+    batch = [posting(salary_year_avg=1.7e308), posting(salary_year_avg=1.7e308)]
+    batch.append(posting(salary_year_avg=10**400))
+    assert SCREEN.screen_batch(batch) == [ev.CLEAN] * 3
+    batch.append(posting(salary_year_avg=math.inf))
+    assert SCREEN.screen_batch(batch) == [*[ev.CLEAN] * 3, ev.NEEDS_CHECK]
+
+
+def test_screen_batch_empty_and_all_bad() -> None:
+    assert SCREEN.screen_batch([]) == []
+    assert SCREEN.screen_batch(["a", None, 3]) == [ev.NEEDS_CHECK] * 3
+
+
+def test_screen_batch_agrees_on_real_stream(
+    job_postings: list[dict[str, Any]],
+) -> None:
+    expected = [SCREEN.screen(event) for event in job_postings]
+    assert SCREEN.screen_batch(job_postings) == expected
