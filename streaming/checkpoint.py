@@ -1,76 +1,289 @@
-"""Checkpoints of the learner stage in a local folder, written atomically.
+"""Checkpoints of the learner stage, in a local folder or under a gs:// prefix.
 
-A checkpoint is a set of named files. It is written to a temporary folder,
-synced, renamed into place, and only then named by ``CURRENT`` (replaced with
-``os.replace``), so a process killed at any moment leaves the previous
-checkpoint readable.
+The store keeps its objects with the registry's storage backends
+(rollback/backends), whose single-object writes are atomic. A checkpoint
+is a set of named files::
+
+    CURRENT          JSON: the current checkpoint's number and slot, and the
+                     size and SHA-256 of each of its files
+    slot-0/<file>    the files of one of the two newest checkpoints
+    slot-1/<file>    the files of the other
+
+``save`` writes every file into the slot that CURRENT does not name, and only
+then replaces CURRENT, with a compare-and-swap on the generation that this
+store last read or wrote. So a process killed at any moment leaves the
+previous checkpoint readable. A second writer at the same location, such as
+a stale worker, gets CheckpointConflict before it writes anything. Two
+writers that read the same CURRENT can both write into the same slot, but
+only one of them replaces CURRENT. If the loser overwrote some of the
+winner's files, ``load`` rejects them because they no longer match their
+SHA-256.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-import os
 import re
-import shutil
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+
+from rollback.backends.base import Blob, Storage
+from rollback.errors import RegistryError
 
 logger = logging.getLogger(__name__)
 
 _CURRENT = "CURRENT"
-_NAME = re.compile(r"ckpt-(\d{9})")
-_KEPT = 2
+_FORMAT = "streamlearn-checkpoint/1"
+_SLOTS = ("slot-0", "slot-1")
+# The pointer of checkpoints written before slots: the name of a folder
+# ckpt-NNNNNNNNN, as plain text. Such a checkpoint is still loaded.
+_LEGACY_NAME = re.compile(r"ckpt-(\d{9})")
+_FILE_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be read or written; the message names it."""
+
+
+class CheckpointConflict(CheckpointError):
+    """Another writer replaced CURRENT since this store last read it."""
+
+
+@dataclass(frozen=True)
+class _Pointer:
+    """The parsed content of CURRENT."""
+
+    number: int
+    folder: str
+    # name -> (size in bytes, SHA-256); None for a legacy checkpoint, whose
+    # files are the folder's contents.
+    files: dict[str, tuple[int, str]] | None
 
 
 class CheckpointStore:
-    """Numbered checkpoints under one folder; the newest is the valid one."""
+    """Numbered checkpoints at one location; only the newest can be loaded.
 
-    def __init__(self, folder: str | Path) -> None:
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+    ``location`` is a local folder, created if missing, or a
+    ``gs://bucket/prefix`` URL in an existing bucket (Google Cloud Storage
+    with the application default credentials, or the emulator named by
+    ``STORAGE_EMULATOR_HOST``).
+    """
+
+    def __init__(self, location: str | Path) -> None:
+        self.url, self._storage = _open_storage(location)
+        # Once _pointer_seen is set, the generation of CURRENT when this store
+        # last read or wrote it, or None if there was no CURRENT then.
+        self._pointer_seen = False
+        self._generation: str | None = None
 
     def latest(self) -> int | None:
         """Return the number of the current checkpoint, or None."""
-        try:
-            text = (self.folder / _CURRENT).read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            return None
-        match = _NAME.fullmatch(text)
-        if match is None:
-            raise ValueError(
-                f"invalid checkpoint pointer {text!r} in {self.folder / _CURRENT}"
-            )
-        return int(match.group(1))
+        blob = self._read(_CURRENT, "read the checkpoint pointer")
+        self._pointer_seen = True
+        self._generation = None if blob is None else blob.generation
+        return None if blob is None else self._parse_pointer(blob).number
 
     def save(self, number: int, files: Mapping[str, bytes]) -> None:
-        """Write checkpoint ``number`` and make it current."""
-        name = f"ckpt-{number:09d}"
-        staging = self.folder / f".{name}.tmp"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
-        for file_name, data in files.items():
-            path = staging / file_name
-            with open(path, "wb") as stream:
-                stream.write(data)
-                stream.flush()
-                os.fsync(stream.fileno())
-        final = self.folder / name
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(staging, final)
-        pointer = self.folder / f".{_CURRENT}.tmp"
-        pointer.write_text(name, encoding="utf-8")
-        os.replace(pointer, self.folder / _CURRENT)
-        self._remove_old(number)
+        """Write checkpoint ``number`` and make it current.
+
+        Raises CheckpointConflict, before writing a file, when CURRENT
+        changed since this store last read or wrote it.
+        """
+        for name in files:
+            _check_file_name(name)
+        blob = self._read(_CURRENT, "read the checkpoint pointer")
+        generation = None if blob is None else blob.generation
+        if self._pointer_seen and generation != self._generation:
+            raise self._conflict(number)
+        current = None if blob is None else self._parse_pointer(blob)
+        in_use = None if current is None else current.folder
+        slot = _SLOTS[1] if in_use == _SLOTS[0] else _SLOTS[0]
+
+        entries = {}
+        for name, data in files.items():
+            content = bytes(data)
+            self._write(f"{slot}/{name}", content, number)
+            entries[name] = {"size_bytes": len(content), "sha256": _sha256(content)}
+
+        body = json.dumps(
+            {"format": _FORMAT, "number": number, "slot": slot, "files": entries},
+            sort_keys=True,
+        ).encode("utf-8")
+        if not self._swap_pointer(body, generation, number):
+            raise self._conflict(number)
+        # swap() returns no generation, so read it back; content other than
+        # ours means another writer replaced CURRENT right after us.
+        written = self._read(_CURRENT, "read the checkpoint pointer")
+        if written is None or written.data != body:
+            raise self._conflict(number)
+        self._pointer_seen = True
+        self._generation = written.generation
 
     def load(self, number: int) -> dict[str, bytes]:
-        """Return the files of checkpoint ``number``."""
-        folder = self.folder / f"ckpt-{number:09d}"
-        if not folder.is_dir():
-            raise FileNotFoundError(f"checkpoint {number} not found in {self.folder}")
-        return {path.name: path.read_bytes() for path in folder.iterdir()}
+        """Return the files of checkpoint ``number``, which must be the current one.
 
-    def _remove_old(self, newest: int) -> None:
-        for path in self.folder.iterdir():
-            match = _NAME.fullmatch(path.name)
-            if match is not None and int(match.group(1)) <= newest - _KEPT:
-                shutil.rmtree(path, ignore_errors=True)
+        Raises FileNotFoundError when another checkpoint is current, and
+        CheckpointError when a file is missing or does not match its SHA-256.
+        """
+        blob = self._read(_CURRENT, "read the checkpoint pointer")
+        pointer = None if blob is None else self._parse_pointer(blob)
+        if pointer is None or pointer.number != number:
+            current = "none" if pointer is None else str(pointer.number)
+            raise FileNotFoundError(
+                f"checkpoint {number} not found in {self.url}: the current "
+                f"checkpoint is {current}"
+            )
+        if pointer.files is None:
+            return self._load_legacy(pointer)
+        return {
+            name: self._load_file(pointer, name, size, sha256)
+            for name, (size, sha256) in pointer.files.items()
+        }
+
+    def _load_file(self, pointer: _Pointer, name: str, size: int, sha256: str) -> bytes:
+        key = f"{pointer.folder}/{name}"
+        blob = self._read(key, f"read checkpoint {pointer.number}")
+        where = f"checkpoint {pointer.number} in {self.url} is damaged: file {key}"
+        if blob is None:
+            raise CheckpointError(f"{where} is missing; {_RESTART_HINT}")
+        if len(blob.data) != size or _sha256(blob.data) != sha256:
+            raise CheckpointError(
+                f"{where} does not match the size and SHA-256 that {_CURRENT} "
+                "records, so it was overwritten after the checkpoint was made "
+                f"(by another writer or by hand); {_RESTART_HINT}"
+            )
+        return blob.data
+
+    def _load_legacy(self, pointer: _Pointer) -> dict[str, bytes]:
+        try:
+            # No trailing "/": LocalStorage.list_keys("x/") returns "x//name".
+            keys = self._storage.list_keys(pointer.folder)
+        except RegistryError as error:
+            raise CheckpointError(
+                f"failed to list checkpoint {pointer.number}: {error}"
+            ) from error
+        files = {}
+        for key in keys:
+            folder, _, name = key.partition("/")
+            if folder != pointer.folder or not _FILE_NAME.fullmatch(name):
+                continue
+            blob = self._read(key, f"read checkpoint {pointer.number}")
+            if blob is not None:
+                files[name] = blob.data
+        if not files:
+            raise FileNotFoundError(
+                f"checkpoint {pointer.number} not found in {self.url}: "
+                f"{pointer.folder} contains no files"
+            )
+        return files
+
+    def _parse_pointer(self, blob: Blob) -> _Pointer:
+        text = blob.data.decode("utf-8", errors="replace").strip()
+        legacy = _LEGACY_NAME.fullmatch(text)
+        if legacy is not None:
+            return _Pointer(int(legacy.group(1)), text, None)
+        try:
+            body = json.loads(text)
+            if body["format"] != _FORMAT or body["slot"] not in _SLOTS:
+                raise ValueError(f"format {body['format']!r}, slot {body['slot']!r}")
+            number = body["number"]
+            if isinstance(number, bool) or not isinstance(number, int):
+                raise TypeError(f"number {number!r} is not an int")
+            files = {
+                str(name): (int(entry["size_bytes"]), str(entry["sha256"]))
+                for name, entry in body["files"].items()
+            }
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise CheckpointError(
+                f"invalid checkpoint pointer {_CURRENT} in {self.url}: {error}; "
+                f"{_RESTART_HINT}"
+            ) from error
+        return _Pointer(number, body["slot"], files)
+
+    def _conflict(self, number: int) -> CheckpointConflict:
+        return CheckpointConflict(
+            f"checkpoint {number} was not made current: {_CURRENT} in {self.url} "
+            "was replaced by another writer since this job last read it; give "
+            "each job its own checkpoint location and restart this one"
+        )
+
+    # NOTE: the backends' messages, which these errors include, call the
+    # location a "registry" and may suggest --registry, the registry's option.
+
+    def _read(self, key: str, action: str) -> Blob | None:
+        try:
+            return self._storage.read(key)
+        except RegistryError as error:
+            raise CheckpointError(f"failed to {action}: {error}") from error
+
+    def _write(self, key: str, data: bytes, number: int) -> None:
+        try:
+            self._storage.put(key, data)
+        except RegistryError as error:
+            raise CheckpointError(
+                f"failed to write checkpoint {number}: {error}"
+            ) from error
+
+    def _swap_pointer(self, body: bytes, generation: str | None, number: int) -> bool:
+        try:
+            return self._storage.swap(_CURRENT, body, generation)
+        except RegistryError as error:
+            raise CheckpointError(
+                f"failed to make checkpoint {number} current: {error}"
+            ) from error
+
+
+_RESTART_HINT = (
+    f"move the location aside, or delete {_CURRENT}, to start without a checkpoint"
+)
+
+
+def check_location(location: str) -> str:
+    """Return ``location`` if it is a local path or a gs://bucket/prefix URL.
+
+    Raises ValueError, naming the value and the accepted forms, otherwise.
+    """
+    if location.startswith("gs://"):
+        from rollback.backends.gcs import parse_gcs_url
+
+        try:
+            parse_gcs_url(location)
+        except RegistryError as error:
+            raise ValueError(
+                f"invalid checkpoint location {location!r}: {error}"
+            ) from None
+    elif "://" in location or not location.strip():
+        raise ValueError(
+            f"invalid checkpoint location {location!r}: expected a local folder "
+            "or gs://BUCKET/PREFIX"
+        )
+    return location
+
+
+def _open_storage(location: str | Path) -> tuple[str, Storage]:
+    text = check_location(str(location))
+    if text.startswith("gs://"):
+        from rollback.backends.gcs import GcsStorage  # loads google-cloud-storage
+
+        return text, GcsStorage(text)
+    from rollback.backends.local import LocalStorage
+
+    folder = Path(text)
+    folder.mkdir(parents=True, exist_ok=True)
+    storage = LocalStorage(folder)
+    return storage.url, storage
+
+
+def _check_file_name(name: str) -> None:
+    if not _FILE_NAME.fullmatch(name) or name.startswith("."):
+        raise ValueError(
+            f"invalid checkpoint file name {name!r}: expected letters, digits, "
+            "'.', '_' or '-', not starting with '.'"
+        )
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -6,7 +6,9 @@ container image built from ``docker/worker.Dockerfile``) and submits the
 same pipeline the local job runs, with separate tick and model-versions
 sources. The transform names are stable, so ``--update`` replaces a running
 job in place. ``--dry-run`` builds and validates the job without contacting
-Google Cloud.
+Google Cloud. Checkpoints go to a gs:// folder, by default
+TEMP_LOCATION/checkpoints/JOB_NAME, because a worker's local disk is lost
+with the worker.
 """
 
 from __future__ import annotations
@@ -50,6 +52,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--region", required=True, help="Dataflow region")
     parser.add_argument("--temp-location", required=True, help="gs:// folder")
     parser.add_argument("--registry", required=True, help="gs://bucket/prefix")
+    parser.add_argument(
+        "--checkpoint-location",
+        metavar="GS_URL",
+        help="gs:// folder for the learner's checkpoints, which must outlive any "
+        "worker because a worker's local disk is lost with it (default: "
+        "TEMP_LOCATION/checkpoints/JOB_NAME)",
+    )
     parser.add_argument("--job-name", default="streamlearn", help="Dataflow job name")
     parser.add_argument("--spec", default="job_postings", help="feature spec name")
     parser.add_argument(
@@ -124,6 +133,14 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
+    if not _GCS_PATH.fullmatch(checkpoint_location(args)):
+        print(
+            f"streamlearn deploy: invalid --checkpoint-location "
+            f"{args.checkpoint_location!r}: a Dataflow worker's local disk is lost "
+            "with the worker, so use gs://BUCKET/PATH",
+            file=sys.stderr,
+        )
+        return 2
     if not _GCS_PATH.fullmatch(args.registry) and not args.dry_run:
         print(
             f"streamlearn deploy: invalid --registry {args.registry!r}: workers "
@@ -161,4 +178,12 @@ def job_settings(args: argparse.Namespace) -> JobSettings:
         config=JobConfig(decode_limits=decode_limits_from(args)),
         device="cuda" if args.worker_gpu else "cpu",
         metrics_file=False,
+        checkpoint_location=checkpoint_location(args),
     )
+
+
+def checkpoint_location(args: argparse.Namespace) -> str:
+    """Return ``--checkpoint-location``, by default a folder under the temp location."""
+    if args.checkpoint_location:
+        return str(args.checkpoint_location)
+    return f"{args.temp_location.rstrip('/')}/checkpoints/{args.job_name}"

@@ -71,6 +71,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="folder for checkpoints, decisions, metrics and the report",
     )
     parser.add_argument(
+        "--checkpoint-location",
+        metavar="LOCATION",
+        type=_checkpoint_location,
+        help="where checkpoints are written: a local folder, or gs://BUCKET/PREFIX "
+        "in an existing bucket, such as gs://my-bucket/checkpoints/j1 "
+        "(default: RUN_DIR/checkpoints)",
+    )
+    parser.add_argument(
         "--schema-folder",
         help="folder of *.avsc writer schemas accepted besides the reader schema",
     )
@@ -174,6 +182,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _checkpoint_location(text: str) -> str:
+    from streaming.checkpoint import check_location
+
+    try:
+        location = check_location(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if location.startswith("gs://"):
+        return location
+    return str(Path(location).resolve())
+
+
 def main(argv: list[str], epilogue: Callable[[], None] | None = None) -> int:
     """Run the job until it stops; return the exit code.
 
@@ -220,6 +240,7 @@ def main(argv: list[str], epilogue: Callable[[], None] | None = None) -> int:
         schema_folder=args.schema_folder,
         device=args.device,
         control_token=secrets.token_hex(8),
+        checkpoint_location=args.checkpoint_location or "",
     )
     Path(settings.run_dir).mkdir(parents=True, exist_ok=True)
     ensure_topics(settings.topics)

@@ -78,6 +78,8 @@ class JobSettings:
     # The value of CONTROL_TOKEN_ATTRIBUTE in this run's control messages. It
     # is empty when no control message may arrive on the events topic.
     control_token: str = ""
+    # A local folder or gs://bucket/prefix; empty means RUN_DIR/checkpoints.
+    checkpoint_location: str = ""
 
     @property
     def topics(self) -> JobTopics:
@@ -268,7 +270,7 @@ def build_runtime(settings: JobSettings) -> Any:
     registry = open_job_registry(settings.registry_url, announcer)
     run_dir = Path(settings.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    store = CheckpointStore(run_dir / "checkpoints")
+    store = CheckpointStore(settings.checkpoint_location or run_dir / "checkpoints")
     decisions = DecisionLog(run_dir / "decisions.jsonl")
     telemetry = mon.shared_telemetry(
         mon.TelemetryConfig(

