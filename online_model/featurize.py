@@ -14,11 +14,15 @@ never seen before simply lands in a bucket of its own.
 
 from __future__ import annotations
 
+import array
 import hashlib
+import itertools
 import logging
 import math
+import operator
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -36,6 +40,7 @@ Z_CLIP = 6.0
 
 _MISSING = "\x00missing"
 _EMPTY = "\x00empty"
+_EMPTY_BAG = (_EMPTY,)
 
 
 def stable_id(field: str, value: str) -> int:
@@ -104,6 +109,13 @@ class Featurizer:
             f.name for f in spec.fields if f.kind in ("multi_valued", "text")
         ]
         self.text_fields = {f.name for f in spec.fields if f.kind == "text"}
+        self._read_fields = list(
+            dict.fromkeys(
+                [*self.categorical_fields, *self.numeric_fields, *self.bag_fields]
+            )
+        )
+        # Reads every field the featurizer needs from an event as a tuple.
+        self._row_getter = _tuple_getter(self._read_fields)
         self._caches: dict[str, dict[Any, int]] = {}
         for name in (*self.categorical_fields, *self.bag_fields):
             self._caches[name] = {}
@@ -118,82 +130,97 @@ class Featurizer:
             *(f"{n}#value" for n in self.value_token_fields),
         ]
 
-    def encode(self, events: list[dict[str, Any]]) -> EncodedBatch:
-        """Encode events that passed :func:`online_model.events.check_event`."""
-        categorical: list[int] = []
-        numeric: list[float] = []
-        bag_ids: list[list[int]] = [[] for _ in self.bag_fields]
-        bag_events: list[list[int]] = [[] for _ in self.bag_fields]
-        new_values = 0
-        nan = math.nan
+    def encode(self, events: Sequence[Mapping[str, Any]]) -> EncodedBatch:
+        """Encode events that passed :func:`online_model.events.check_event`.
 
-        single_plan = [(name, self._caches[name]) for name in self.categorical_fields]
-        value_plan = [
-            (name, self._caches[f"{name}#value"]) for name in self.value_token_fields
-        ]
-        bag_plan = [
-            (name, self._caches[name], bag_ids[i], bag_events[i])
-            for i, name in enumerate(self.bag_fields)
-        ]
-        numeric_fields = self.numeric_fields
-
-        for index, event in enumerate(events):
-            for name, cache in single_plan:
-                value = event[name]
-                feature_id = cache.get(value)
-                if feature_id is None:
-                    feature_id = self._remember(name, cache, value)
-                    new_values += 1
-                categorical.append(feature_id)
-            for name, cache in value_plan:
-                value = event[name]
-                if value is not None:
-                    # An int and the equal float must get the same id whichever
-                    # arrives first, because the cache compares them as equal.
-                    value = float(value)
-                feature_id = cache.get(value)
-                if feature_id is None:
-                    feature_id = self._remember(f"{name}#value", cache, value)
-                    new_values += 1
-                categorical.append(feature_id)
-            for name in numeric_fields:
-                value = event[name]
-                numeric.append(nan if value is None else value)
-            for name, cache, ids, owners in bag_plan:
-                values = event[name]
-                if name in self.text_fields:
-                    values = _words(values)
-                if not values:
-                    values = (_EMPTY,)
-                try:
-                    found = list(map(cache.__getitem__, values))
-                except KeyError:
-                    found = []
-                    for value in values:
-                        feature_id = cache.get(value)
-                        if feature_id is None:
-                            feature_id = self._remember(name, cache, value)
-                            new_values += 1
-                        found.append(feature_id)
-                ids.extend(found)
-                owners.extend([index] * len(found))
-
+        The batch is encoded one field at a time, with the cached ids of a
+        whole column looked up at once.
+        """
         size = len(events)
-        single_count = len(single_plan) + len(value_plan)
+        columns = self._columns(events)
+        new_values = 0
+
+        single: list[list[int]] = []
+        for name in self.categorical_fields:
+            ids, new = self._feature_ids(name, columns[name])
+            single.append(ids)
+            new_values += new
+        for name in self.value_token_fields:
+            ids, new = self._feature_ids(f"{name}#value", columns[name], as_float=True)
+            single.append(ids)
+            new_values += new
+
+        nan = math.nan
+        numeric = [
+            [nan if value is None else value for value in columns[name]]
+            for name in self.numeric_fields
+        ]
+
+        bag_ids: list[torch.Tensor] = []
+        bag_events: list[torch.Tensor] = []
+        for name in self.bag_fields:
+            bags = columns[name]
+            if name in self.text_fields:
+                bags = list(map(_words, bags))
+            bags = [values if values else _EMPTY_BAG for values in bags]
+            ids, new = self._feature_ids(
+                name, list(itertools.chain.from_iterable(bags))
+            )
+            new_values += new
+            lengths = _tensor(array.array("q", map(len, bags)), torch.int64)
+            bag_ids.append(_tensor(array.array("q", ids), torch.int64))
+            bag_events.append(torch.arange(size).repeat_interleave(lengths))
+
         return EncodedBatch(
             size=size,
-            categorical=torch.tensor(categorical, dtype=torch.int64).view(
-                size, single_count
-            ),
-            numeric=torch.tensor(numeric, dtype=torch.float64).view(
-                size, len(numeric_fields)
-            ),
-            bag_ids=[torch.tensor(ids, dtype=torch.int64) for ids in bag_ids],
-            bag_events=[
-                torch.tensor(owners, dtype=torch.int64) for owners in bag_events
-            ],
+            categorical=_event_major(single, size, torch.int64),
+            numeric=_event_major(numeric, size, torch.float64),
+            bag_ids=bag_ids,
+            bag_events=bag_events,
             new_values=new_values,
         )
+
+    def _columns(self, events: Sequence[Mapping[str, Any]]) -> dict[str, Sequence[Any]]:
+        """Return the values of every field the featurizer reads, by field name."""
+        rows = list(map(self._row_getter, events))
+        if not rows:
+            return {name: () for name in self._read_fields}
+        return dict(zip(self._read_fields, zip(*rows, strict=True), strict=True))
+
+    def _feature_ids(
+        self, name: str, values: Sequence[Any], as_float: bool = False
+    ) -> tuple[list[int], int]:
+        """Return the feature ids of a cache's values and how many were new.
+
+        With ``as_float`` a number is looked up as a float, so that an int and
+        the equal float get the same id whichever arrives first. A cache hit
+        with the int itself finds that same entry, because equal numbers
+        have equal hashes.
+        """
+        cache = self._caches[name]
+        try:
+            return list(map(cache.__getitem__, values)), 0
+        except KeyError:
+            pass
+        found = list(map(cache.get, values))
+        if len(cache) + len(values) >= CACHE_LIMIT:
+            # The cache may be cleared within this batch, which turns later
+            # hits into misses, so every value is looked up in order, as when
+            # encoding event by event.
+            found = [None] * len(values)
+        new = 0
+        for position, feature_id in enumerate(found):
+            if feature_id is not None:
+                continue
+            value = values[position]
+            if as_float and value is not None:
+                value = float(value)
+            feature_id = cache.get(value)
+            if feature_id is None:
+                feature_id = self._remember(name, cache, value)
+                new += 1
+            found[position] = feature_id
+        return cast(list[int], found), new
 
     def _remember(self, name: str, cache: dict[Any, int], value: Any) -> int:
         if len(cache) >= CACHE_LIMIT:
@@ -407,6 +434,39 @@ def _cross_columns(cross: CrossSpec, spec: FeatureSpec) -> tuple[str, ...]:
         exact_number = cross.exact and spec.field(name).kind == "numeric"
         columns.append(f"{name}#value" if exact_number else name)
     return tuple(columns)
+
+
+def _event_major(
+    columns: list[list[Any]], size: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """Return field-major columns as one contiguous ``[events, fields]`` tensor."""
+    typecode = "q" if dtype == torch.int64 else "d"
+    flat = array.array(typecode, itertools.chain.from_iterable(columns))
+    return _tensor(flat, dtype).view(len(columns), size).T.contiguous()
+
+
+def _tensor(values: array.array[Any], dtype: torch.dtype) -> torch.Tensor:
+    """Return an array's numbers as a tensor that shares its memory.
+
+    Converting a list into an ``array.array`` and wrapping that measured
+    about 3x faster than ``torch.tensor`` on the list, for 256 to 1,000
+    numbers (torch 2.13, CPU). It gives the same float64 for every Python
+    int and float, ints beyond 2**53 and 2**63 included, and raises the same
+    OverflowError for an int too large for a float.
+    """
+    if not values:
+        return torch.zeros(0, dtype=dtype)
+    return torch.frombuffer(values, dtype=dtype)
+
+
+def _tuple_getter(
+    names: list[str],
+) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    """Return a function that reads the named keys of a mapping as a tuple."""
+    if len(names) == 1:
+        name = names[0]
+        return lambda record: (record[name],)
+    return operator.itemgetter(*names)
 
 
 def _words(text: str | None) -> list[str]:

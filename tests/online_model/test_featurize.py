@@ -4,8 +4,10 @@ import itertools
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
+from online_model import featurize
 from online_model.datasets import iter_events
 from online_model.featurize import (
     Featurizer,
@@ -95,3 +97,75 @@ def test_value_token_same_for_int_and_float() -> None:
     int_first = tokens_of("aijobs_salaries", [as_int, first])
     assert float_first[0] == float_first[1]
     assert int_first[0] == float_first[0]
+
+
+def test_encode_ids_are_stable_ids(job_postings: list[dict[str, Any]]) -> None:
+    # Saved models depend on these ids: the type name and value, hashed.
+    spec = load_spec("job_postings")
+    featurizer = Featurizer(spec)
+    encoded = featurizer.encode(job_postings[:3])
+    country = featurizer.single_columns.index("country")
+    skills = featurizer.bag_fields.index("skills")
+    for row, event in enumerate(job_postings[:3]):
+        expected = stable_id("country", f"str:{event['country']}")
+        assert int(encoded.categorical[row, country]) == expected
+    first_skills = [stable_id("skills", f"str:{s}") for s in job_postings[0]["skills"]]
+    count = len(first_skills)
+    assert encoded.bag_ids[skills][:count].tolist() == first_skills
+    assert encoded.bag_events[skills][:count].tolist() == [0] * count
+
+
+def test_encode_batch_equals_one_by_one(job_postings: list[dict[str, Any]]) -> None:
+    spec = load_spec("job_postings")
+    events = [*job_postings[:300], dict(job_postings[0], skills=[], event_id="e")]
+    events.append(dict(job_postings[1], salary_year_avg=None, event_id="n"))
+    batch = Featurizer(spec).encode(events)
+    single = Featurizer(spec)
+    parts = [single.encode([event]) for event in events]
+    assert batch.new_values == sum(part.new_values for part in parts)
+    assert batch.new_values > 0
+    assert torch.equal(batch.categorical, torch.cat([p.categorical for p in parts]))
+    numeric = torch.cat([p.numeric for p in parts])
+    assert torch.equal(batch.numeric.isnan(), numeric.isnan())
+    assert torch.equal(batch.numeric.nan_to_num(), numeric.nan_to_num())
+    for bag in range(len(batch.bag_ids)):
+        ids = torch.cat([p.bag_ids[bag] for p in parts])
+        assert torch.equal(batch.bag_ids[bag], ids)
+        owners = [
+            torch.full_like(p.bag_events[bag], position)
+            for position, p in enumerate(parts)
+        ]
+        assert torch.equal(batch.bag_events[bag], torch.cat(owners))
+
+
+def test_encode_cache_cleared_within_batch(
+    job_postings: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(featurize, "CACHE_LIMIT", 2)
+    featurizer = Featurizer(load_spec("job_postings"))
+    first = job_postings[0]
+    assert featurizer.encode([dict(first, country="A")]).new_values > 0
+    batch = [dict(first, country=country) for country in ("B", "C", "A")]
+    country = featurizer.single_columns.index("country")
+    encoded = featurizer.encode(batch)
+    # "B" fills the cache, "C" clears it, so "A" is hashed again as new.
+    assert featurizer._caches["country"] == {
+        "C": stable_id("country", "str:C"),
+        "A": stable_id("country", "str:A"),
+    }
+    assert encoded.categorical[:, country].tolist() == [
+        stable_id("country", f"str:{c}") for c in ("B", "C", "A")
+    ]
+
+
+def test_encode_large_ints_as_torch(job_postings: list[dict[str, Any]]) -> None:
+    featurizer = Featurizer(load_spec("job_postings"))
+    column = featurizer.numeric_fields.index("salary_year_avg")
+    values = [2**53 + 1, 2**63 + 7, 90_000]
+    events = [dict(job_postings[0], salary_year_avg=v) for v in values]
+    encoded = featurizer.encode(events)
+    expected = torch.tensor(values, dtype=torch.float64)
+    assert torch.equal(encoded.numeric[:, column], expected)
+    too_large = dict(job_postings[0], salary_year_avg=10**400)
+    with pytest.raises(OverflowError):
+        featurizer.encode([too_large])
