@@ -472,9 +472,9 @@ class JobRuntime:
             return None
 
         fields = self._manifest_fields(candidate, champion)
-        # Serialising the learner is the costliest step of a gate (a few
-        # hundred MB with the optimizer state), so it happens once: the same
-        # files become the version and the serving copy.
+        # The learner is serialised once, for the registry. The serving copy
+        # is a clone in memory with the same state, which is faster than
+        # parsing the files again.
         files = self.learner.to_files()
         try:
             version = self.registry.publish(
@@ -493,7 +493,7 @@ class JobRuntime:
 
         parent = self.serving_version
         self.account.versions_published += 1
-        self._set_serving(version, self._load(files))
+        self._set_serving(version, self._copy(self.learner))
 
         freshness = sorted(self.clock() - t for t in self._unserved_publish_s if t)
         self._unserved_publish_s = []
@@ -731,8 +731,7 @@ class JobRuntime:
             return self.load_learner(files)
 
     def _copy(self, learner: OnlineLearner) -> OnlineLearner:
-        with _quiet_learner_setup():
-            return learner.copy()
+        return learner.clone()
 
     # ------------------------------------------------------------ checkpoints
 
@@ -816,8 +815,8 @@ class _LearnerSetupFilter(logging.Filter):
     """Drop the learner's INFO lines while this thread loads a stored learner.
 
     Rebuilding a learner from files logs its device and every label of the
-    stored vocabulary as new, which repeats at every publish, rejection and
-    adoption. Warnings and errors still pass.
+    stored vocabulary as new, which would repeat at every adoption of a
+    version from the registry. Warnings and errors still pass.
     """
 
     def __init__(self) -> None:
