@@ -18,6 +18,8 @@ test-then-train. The model's training is unchanged; this only changes scores.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 # Step sizes of the frequencies: memories of about 20 events, 2 events, and
@@ -53,7 +55,10 @@ class LabelRecency:
             ],
             dtype=torch.float64,
         )
-        self._kernels: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._rates = torch.tensor(RATES, dtype=torch.float64).unsqueeze(1)
+        self._keep = 1.0 - self._rates
+        self._shares = torch.tensor(SHARES, dtype=torch.float64)
+        self._kernels: dict[int, _Kernel] = {}
 
     def resize(self, labels: int) -> None:
         """Give the frequencies one column per label, padding with zeros."""
@@ -118,21 +123,17 @@ class LabelRecency:
     ) -> torch.Tensor:
         count = len(targets)
         known = model.shape[1]
-        recent_kernel, discount_kernel = self._kernel(count)
+        kernel = self._kernel(count)
         observed = torch.nn.functional.one_hot(targets, labels).double()
-        positions = torch.arange(count, dtype=torch.float64)
-        # Frequencies before each event: the carried state decayed, plus the
-        # decayed labels of the earlier events of this chunk.
-        before = []
-        for index, rate in enumerate(RATES):
-            decay = (1.0 - rate) ** positions
-            before.append(
-                decay.unsqueeze(1) * self.frequencies[index].unsqueeze(0)
-                + recent_kernel[index] @ observed
-            )
-            last = before[-1][-1]
-            self.frequencies[index] = (1.0 - rate) * last + rate * observed[-1]
-        recent = [_normalized(frequencies) for frequencies in before]
+        # Frequencies before each event, [rates, events, labels]: the carried
+        # state decayed, plus the decayed labels of the chunk's earlier events.
+        before = kernel.state_decay.unsqueeze(2) * self.frequencies.unsqueeze(1)
+        rates = len(RATES)
+        before += (kernel.recent.view(rates * count, count) @ observed).view(
+            rates, count, labels
+        )
+        self.frequencies = self._keep * before[:, -1] + self._rates * observed[-1]
+        recent = _normalized(before)
         remaining = (1.0 - escape.double()).unsqueeze(1)
         if known == 0:
             padded = remaining * recent[0]
@@ -141,29 +142,21 @@ class LabelRecency:
             if known < labels:
                 padding = padded.new_zeros(count, labels - known)
                 padded = torch.cat([padded, padding], dim=1)
-            share_of = padded / remaining.clamp(min=FLOOR)
-            recent = [_or_model(rows, share_of) for rows in recent]
+            recent = _or_model(recent, padded / remaining.clamp(min=FLOOR))
 
         # Log-likelihood of each pair on each event whose label the model
         # knew. Events of labels new in this batch are left out, since the
         # model could not have predicted them and would be blamed unfairly.
-        truth = targets.unsqueeze(1)
-        model_truth = padded.gather(1, truth).squeeze(1)
-        recent_truth = torch.stack(
-            [remaining.squeeze(1) * r.gather(1, truth).squeeze(1) for r in recent], 1
-        )
-        pair_truth = torch.stack(
-            [
-                (1.0 - share) * model_truth + share * recent_truth[:, RATES.index(rate)]
-                for rate, share in _PAIRS
-            ],
-            1,
-        )
+        truth = targets.view(1, count, 1).expand(rates, count, 1)
+        recent_truth = remaining * recent.gather(2, truth).squeeze(2).T
+        model_truth = padded.gather(1, targets.unsqueeze(1))
+        pair_truth = (1.0 - self._shares) * model_truth.unsqueeze(2)
+        pair_truth = pair_truth + self._shares * recent_truth.unsqueeze(2)
+        pair_truth = pair_truth.reshape(count, len(_PAIRS))
         counted = (targets < known).double().unsqueeze(1)
         scores = torch.log(pair_truth.clamp(min=FLOOR)) * counted
-        log_weights = (DISCOUNT**positions).unsqueeze(1) * self.log_weights.unsqueeze(
-            0
-        ) + discount_kernel @ scores
+        log_weights = kernel.weight_decay.unsqueeze(1) * self.log_weights
+        log_weights += kernel.discounts @ scores
         self.log_weights = DISCOUNT * log_weights[-1] + scores[-1]
         # Keep the log-weights near zero; only their differences matter.
         self.log_weights -= self.log_weights.max()
@@ -171,12 +164,11 @@ class LabelRecency:
         weights = torch.softmax(log_weights, dim=1)
         mixed = (weights @ self._model_share).unsqueeze(1) * padded
         rate_shares = weights @ self._rate_shares.T
-        for index in range(len(RATES)):
-            mixed += remaining * rate_shares[:, index : index + 1] * recent[index]
+        mixed += remaining * (rate_shares.T.unsqueeze(2) * recent).sum(dim=0)
         return mixed.to(model.dtype)
 
-    def _kernel(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return the lower-triangular decay matrices for ``count`` events."""
+    def _kernel(self, count: int) -> _Kernel:
+        """Return the decay factors for a chunk of ``count`` events."""
         cached = self._kernels.get(count)
         if cached is not None:
             return cached
@@ -184,14 +176,36 @@ class LabelRecency:
         lag = positions.unsqueeze(1) - positions.unsqueeze(0) - 1.0
         earlier = lag >= 0
         lag = lag.clamp(min=0)
-        recent = torch.stack(
-            [torch.where(earlier, rate * (1.0 - rate) ** lag, 0.0) for rate in RATES]
+        kernel = _Kernel(
+            recent=torch.stack(
+                [
+                    torch.where(earlier, rate * (1.0 - rate) ** lag, 0.0)
+                    for rate in RATES
+                ]
+            ),
+            state_decay=torch.stack([(1.0 - rate) ** positions for rate in RATES]),
+            discounts=torch.where(earlier, DISCOUNT**lag, 0.0),
+            weight_decay=DISCOUNT**positions,
         )
-        discounts = torch.where(earlier, DISCOUNT**lag, 0.0)
         if len(self._kernels) >= 4:
             self._kernels.clear()
-        self._kernels[count] = (recent, discounts)
-        return recent, discounts
+        self._kernels[count] = kernel
+        return kernel
+
+
+@dataclass(frozen=True)
+class _Kernel:
+    """Decay factors for one chunk length.
+
+    ``recent[r, i, t]`` weighs event ``t``'s label in the frequencies at rate
+    ``r`` before event ``i``, and ``state_decay[r, i]`` the carried state.
+    ``discounts`` and ``weight_decay`` do the same for the log-weights.
+    """
+
+    recent: torch.Tensor
+    state_decay: torch.Tensor
+    discounts: torch.Tensor
+    weight_decay: torch.Tensor
 
 
 def _or_model(recent: torch.Tensor, model: torch.Tensor) -> torch.Tensor:
