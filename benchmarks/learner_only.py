@@ -155,16 +155,16 @@ def main() -> None:
         action="append",
         default=[],
         metavar="FIELD=VALUE",
-        help="override a LearnerConfig field, e.g. --set learning_rate=0.02",
+        help="override a LearnerConfig field, e.g. --set learning_rate=0.02 "
+        "or --set label_recency=false",
     )
     args = parser.parse_args()
     overrides: dict[str, Any] = {}
     types = {f.name: f.type for f in dataclasses.fields(LearnerConfig)}
+    parsers = {"int": int, "float": float, "str": str, "bool": _parse_bool}
     for item in args.set:
         key, value = item.split("=", 1)
-        overrides[key] = {"int": int, "float": float, "str": str}[str(types[key])](
-            value
-        )
+        overrides[key] = parsers[str(types[key])](value)
     config = LearnerConfig(**overrides)
     print(f"config: {config}")
     print(
@@ -185,6 +185,12 @@ def main() -> None:
     if args.profile:
         for name in args.datasets.split(","):
             profile_stream(name, config, args.micro_batch, args.limit)
+
+
+def _parse_bool(value: str) -> bool:
+    if value.lower() not in ("true", "false"):
+        raise SystemExit(f"invalid boolean {value!r}: expected true or false")
+    return value.lower() == "true"
 
 
 if __name__ == "__main__":
