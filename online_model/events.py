@@ -128,6 +128,8 @@ NEEDS_CHECK = 2
 
 _ABSENT = object()
 _NONE_TYPE = type(None)
+# Number of combinations of field types whose value tests EventScreen caches.
+MAX_TYPE_COMBINATIONS = 1024
 
 
 class EventScreen:
@@ -164,36 +166,58 @@ class EventScreen:
         self._label_position = (
             names.index(self._label_field) if self._label_field in names else None
         )
+        # The value tests that follow the type tests, by the types of an
+        # event's schema fields.
+        self._value_tests: dict[
+            tuple[type, ...], tuple[tuple[int, Callable[[Any], bool]], ...]
+        ] = {}
 
     def screen(self, event: Any) -> int:
         """Return CLEAN, UNLABELLED or NEEDS_CHECK for one event."""
         if type(event) is not dict:
             return NEEDS_CHECK
-        for name, exact_types, nullable, check, symbols in self._rules:
-            value = event.get(name, _ABSENT)
-            if value is None:
-                if nullable:
-                    continue
+        try:
+            row = self._row_getter(event)
+        except KeyError:  # a schema field is missing
+            return NEEDS_CHECK
+        types = tuple(map(type, row))
+        value_tests = self._value_tests.get(types)
+        if value_tests is None:
+            value_tests = self._plan_value_tests(types)
+            if value_tests is None:
                 return NEEDS_CHECK
-            if type(value) not in exact_types:
-                return NEEDS_CHECK
-            if check == 1:
-                if value - value != 0:  # NaN and infinities
-                    return NEEDS_CHECK
-            elif check == 2:
-                try:
-                    "".join(value)  # raises TypeError unless every item is a str
-                except TypeError:
-                    return NEEDS_CHECK
-            elif check == 3:
-                if value not in symbols:
-                    return NEEDS_CHECK
-            elif check == 4:
+        for position, passes in value_tests:
+            if not passes(row[position]):
                 return NEEDS_CHECK
         label = event[self._label_field]
         if label is None:
             return UNLABELLED
         return CLEAN if label != "" else NEEDS_CHECK
+
+    def _plan_value_tests(
+        self, types: tuple[type, ...]
+    ) -> tuple[tuple[int, Callable[[Any], bool]], ...] | None:
+        """Return the value tests left for events whose fields have these types.
+
+        Returns None when the types alone fail. The types settle every type
+        and null check, so :meth:`screen` caches the result per combination.
+        """
+        tests: list[tuple[int, Callable[[Any], bool]]] = []
+        for position, (rule, value_type) in enumerate(
+            zip(self._rules, types, strict=True)
+        ):
+            if value_type is _NONE_TYPE:
+                if not rule.nullable:
+                    return None
+            elif value_type not in rule.exact_types or rule.check == 4:
+                return None
+            elif rule.check != 0:
+                tests.append((position, rule.value_test()))
+        value_tests = tuple(tests)
+        # The limit bounds the memory that input with many odd types can take.
+        if len(self._value_tests) < MAX_TYPE_COMBINATIONS:
+            self._value_tests[types] = value_tests
+        return value_tests
 
     def screen_batch(self, events: Sequence[Any]) -> list[int]:
         """Return :meth:`screen` of every event, checking one field at a time.
@@ -271,19 +295,17 @@ class _FieldRule(NamedTuple):
         """Return whether one value passes, as :meth:`EventScreen.screen` decides."""
         if value is None:
             return self.nullable
-        if type(value) not in self.exact_types:
+        if type(value) not in self.exact_types or self.check == 4:
             return False
+        return self.check == 0 or self.value_test()(value)
+
+    def value_test(self) -> Callable[[Any], bool]:
+        """Return the test of a value whose type passed, for checks 1 to 3."""
         if self.check == 1:
-            return bool(value - value == 0)  # false for NaN and infinities
+            return _is_finite
         if self.check == 2:
-            try:
-                "".join(value)  # raises TypeError unless every item is a str
-            except TypeError:
-                return False
-            return True
-        if self.check == 3:
-            return value in self.symbols
-        return self.check != 4
+            return _is_string_list
+        return self.symbols.__contains__
 
     def column_passes(self, column: Sequence[Any]) -> bool:
         """Return whether every value of a column passes, checked in bulk.
@@ -320,6 +342,18 @@ class _FieldRule(NamedTuple):
         if self.check == 4:
             return not values
         return True
+
+
+def _is_finite(number: float) -> bool:
+    return bool(number - number == 0)  # false for NaN and infinities
+
+
+def _is_string_list(values: list[Any] | tuple[Any, ...]) -> bool:
+    try:
+        "".join(values)  # raises TypeError unless every item is a str
+    except TypeError:
+        return False
+    return True
 
 
 def _tuple_getter(names: list[str]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:

@@ -184,3 +184,20 @@ def test_screen_batch_agrees_on_real_stream(
 ) -> None:
     expected = [SCREEN.screen(event) for event in job_postings]
     assert SCREEN.screen_batch(job_postings) == expected
+
+
+def test_screen_type_cache_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ev, "MAX_TYPE_COMBINATIONS", 1)
+    screen = EventScreen(SPEC)
+    events = [
+        posting(),
+        posting(salary_year_avg=90000),
+        posting(job_role=None),
+        posting(salary_year_avg=math.nan),
+        posting(salary_year_avg=90000, salary_hour_avg=math.inf),
+    ]
+    for _ in range(2):
+        statuses = [screen.screen(event) for event in events]
+        assert statuses[:3] == [ev.CLEAN, ev.CLEAN, ev.UNLABELLED]
+        assert statuses[3:] == [ev.NEEDS_CHECK, ev.NEEDS_CHECK]
+    assert len(screen._value_tests) == 1
