@@ -1,10 +1,10 @@
 """Featurization: events to hashed feature ids and numbers, for training and serving.
 
 There is one code path. :meth:`Featurizer.encode` turns decoded events into
-an :class:`EncodedBatch` (a Python pass over the events, with the hash of
-every ``(field, value)`` pair cached), and :func:`hashed_tokens` turns that
-into model input with the model's running statistics (a few bulk tensor
-operations). The learner calls both for scoring and for training, and so
+an :class:`EncodedBatch` (a Python pass over each field of the batch, with
+the hash of every ``(field, value)`` pair cached), and :func:`hashed_tokens`
+turns that into model input with the model's running statistics (a few bulk
+tensor operations). The learner calls both for scoring and for training, and so
 does serving.
 
 Hashing is stable across processes (BLAKE2b, not Python's salted ``hash``),
@@ -52,10 +52,12 @@ def stable_id(field: str, value: str) -> int:
 def mix_ids(left: torch.Tensor, right: torch.Tensor | int) -> torch.Tensor:
     """Combine two tensors of 31-bit ids into one 31-bit id per element."""
     mixed = left * 16777619 + right
-    mixed = mixed ^ (mixed >> 29)
-    mixed = (mixed & ID_MASK) * 0x2545F491
-    mixed = mixed ^ (mixed >> 32)
-    return mixed & ID_MASK
+    mixed ^= mixed >> 29
+    mixed &= ID_MASK
+    mixed *= 0x2545F491
+    mixed ^= mixed >> 32
+    mixed &= ID_MASK
+    return mixed
 
 
 @dataclass
@@ -288,6 +290,65 @@ class TokenLayout:
                 self.dynamic_crosses.append(entry)
             else:
                 self.static_crosses.append(entry)
+        self.static_block = _CrossBlock.of(self.static_crosses, self)
+        self.dynamic_block = _CrossBlock.of(self.dynamic_crosses, self)
+
+
+class _CrossBlock:
+    """Crosses without a bag field, hashed together as one ``[events, crosses]`` matrix.
+
+    Each step of the polynomial hash of :func:`_cross` runs for all crosses
+    at once, the longest crosses first. The ids are those of :func:`_cross`,
+    for four tensor operations per step instead of about ten per cross.
+    """
+
+    def __init__(
+        self, crosses: list[tuple[int, tuple[str, ...]]], single_index: dict[str, int]
+    ) -> None:
+        longest_first = sorted(
+            range(len(crosses)), key=lambda position: -len(crosses[position][1])
+        )
+        self.salts = torch.tensor(
+            [crosses[position][0] for position in longest_first], dtype=torch.int64
+        )
+        # Per step: how many crosses have a field at that step (the first ones,
+        # being the longest), and the column of that field for each of them.
+        self.steps: list[tuple[int, torch.Tensor]] = []
+        for step in range(len(crosses[longest_first[0]][1])):
+            names = [
+                crosses[position][1][step]
+                for position in longest_first
+                if len(crosses[position][1]) > step
+            ]
+            columns = torch.tensor([single_index[n] for n in names], dtype=torch.int64)
+            self.steps.append((len(names), columns))
+        self.layout_order = torch.tensor(
+            [longest_first.index(position) for position in range(len(crosses))],
+            dtype=torch.int64,
+        )
+
+    @classmethod
+    def of(
+        cls, crosses: list[tuple[int, tuple[str, ...]]], layout: TokenLayout
+    ) -> _CrossBlock | None:
+        """Return the block of ``crosses``, or None if empty or one has a bag field."""
+        if not crosses:
+            return None
+        for _, fields in crosses:
+            if any(name in layout.bag_index for name in fields):
+                return None
+        return cls(crosses, layout.single_index)
+
+    def ids(self, single: torch.Tensor) -> torch.Tensor:
+        """Return the id of every cross, ``[events, crosses]`` in the layout's order."""
+        crossed = self.salts.repeat(single.shape[0], 1)
+        for count, columns in self.steps:
+            part = crossed[:, :count]
+            part &= ID_MASK
+            part *= 1000003
+            part += single.index_select(1, columns)
+        crossed &= ID_MASK
+        return mix_ids(crossed, 0).index_select(1, self.layout_order)
 
 
 def standardize(
@@ -335,29 +396,66 @@ def hashed_tokens(
         owners.append(torch.arange(size).repeat_interleave(buckets.shape[1]))
         weights.append(layout.bucket_weights.repeat(size))
         single = torch.cat([batch.categorical, buckets], dim=1)
-        for salt, fields in layout.dynamic_crosses:
-            crossed, crossed_owners = _cross(batch, layout, single, fields, salt, size)
-            tokens.append(crossed)
-            owners.append(crossed_owners)
-            weights.append(torch.ones(crossed.shape[0]))
+        crossed = _crossed_tokens(
+            batch, layout, single, layout.dynamic_crosses, layout.dynamic_block
+        )
+        tokens.extend(crossed[0])
+        owners.extend(crossed[1])
+        weights.extend(crossed[2])
 
-    # Group the tokens by event (a stable sort keeps the order within an
-    # event), so that the model can sum them with one embedding_bag call.
-    all_owners = torch.cat(owners)
-    order = torch.argsort(all_owners, stable=True)
-    counts = torch.bincount(all_owners, minlength=size)
-    offsets = torch.zeros(size, dtype=torch.int64)
-    offsets[1:] = torch.cumsum(counts, dim=0)[:-1]
+    # Group the tokens by event, so that the model can sum them with one
+    # embedding_bag call.
+    if batch.bag_ids or size == 0:
+        all_owners = torch.cat(owners)
+        # A stable sort keeps the order within an event.
+        order = torch.argsort(all_owners, stable=True)
+        counts = torch.bincount(all_owners, minlength=size)
+        offsets = torch.zeros(size, dtype=torch.int64)
+        offsets[1:] = torch.cumsum(counts, dim=0)[:-1]
+        token_ids = torch.cat(tokens)[order]
+        token_weights = torch.cat(weights)[order]
+    else:
+        single_count = batch.categorical.shape[1]
+        token_ids = _rows_by_event(tokens, layout, size, single_count)
+        token_weights = _rows_by_event(weights, layout, size, single_count)
+        offsets = torch.arange(size) * (token_ids.shape[0] // size)
 
     dense = torch.nan_to_num(z, nan=0.0).to(torch.float32)
     missing = torch.isnan(z).to(torch.float32)
     return ModelInput(
         size=size,
-        tokens=(torch.cat(tokens)[order] & layout.hash_mask).to(device),
+        tokens=(token_ids & layout.hash_mask).to(device),
         token_offsets=offsets.to(device),
-        token_weights=torch.cat(weights)[order].to(device),
+        token_weights=token_weights.to(device),
         dense=torch.cat([dense, missing], dim=1).to(device),
     )
+
+
+def _rows_by_event(
+    groups: list[torch.Tensor], layout: TokenLayout, size: int, single_count: int
+) -> torch.Tensor:
+    """Concatenate the per-group values of :func:`hashed_tokens` event by event.
+
+    Only for a spec without bag fields, where every event has the same
+    number of tokens. ``groups`` is the static part (categorical columns
+    event-major, then the static crosses, one token per event each), then,
+    with buckets, the bucket columns event-major and the dynamic crosses'
+    tokens, cross by cross. The result is the order of the stable sort by
+    event.
+    """
+    static, *dynamic = groups
+    categorical_end = size * single_count
+    static_crosses = len(layout.static_crosses)
+    columns = [
+        static[:categorical_end].view(size, single_count),
+        static[categorical_end:].view(static_crosses, size).T,
+    ]
+    if dynamic:
+        buckets, *crosses = dynamic
+        columns.append(buckets.view(size, len(layout.bucket_columns)))
+        dynamic_crosses = len(layout.dynamic_crosses)
+        columns.append(torch.cat(crosses).view(dynamic_crosses, size).T)
+    return torch.cat(columns, dim=1).reshape(-1)
 
 
 def _static_tokens(
@@ -375,12 +473,39 @@ def _static_tokens(
         tokens.append(ids)
         owners.append(bag_owners)
         weights.append(torch.full((ids.shape[0],), layout.bag_weights[position]))
-    for salt, fields in layout.static_crosses:
-        crossed, crossed_owners = _cross(batch, layout, single, fields, salt, size)
-        tokens.append(crossed)
-        owners.append(crossed_owners)
-        weights.append(torch.ones(crossed.shape[0]))
+    crossed = _crossed_tokens(
+        batch, layout, single, layout.static_crosses, layout.static_block
+    )
+    tokens.extend(crossed[0])
+    owners.extend(crossed[1])
+    weights.extend(crossed[2])
     return torch.cat(tokens), torch.cat(owners), torch.cat(weights)
+
+
+def _crossed_tokens(
+    batch: EncodedBatch,
+    layout: TokenLayout,
+    single: torch.Tensor,
+    crosses: list[tuple[int, tuple[str, ...]]],
+    block: _CrossBlock | None,
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """Return the tokens, owning events and weights of ``crosses``, cross by cross."""
+    size = batch.size
+    if block is not None:
+        crossed = block.ids(single)
+        count = crossed.shape[1]
+        return (
+            [crossed.T.reshape(-1)],
+            [torch.arange(size).repeat(count)],
+            [torch.ones(size * count)],
+        )
+    tokens, owners, weights = [], [], []
+    for salt, fields in crosses:
+        ids, ids_owners = _cross(batch, layout, single, fields, salt, size)
+        tokens.append(ids)
+        owners.append(ids_owners)
+        weights.append(torch.ones(ids.shape[0]))
+    return tokens, owners, weights
 
 
 def _bucket_ids(z: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
@@ -421,10 +546,11 @@ def _cross(
         if name in layout.bag_index:
             continue
         column = single[:, layout.single_index[name]]
-        crossed = (crossed & ID_MASK) * 1000003 + (
-            column[owners] if bag_fields else column
-        )
-    return mix_ids(crossed & ID_MASK, 0), owners
+        crossed &= ID_MASK
+        crossed *= 1000003
+        crossed += column[owners] if bag_fields else column
+    crossed &= ID_MASK
+    return mix_ids(crossed, 0), owners
 
 
 def _cross_columns(cross: CrossSpec, spec: FeatureSpec) -> tuple[str, ...]:

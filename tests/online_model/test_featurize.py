@@ -169,3 +169,54 @@ def test_encode_large_ints_as_torch(job_postings: list[dict[str, Any]]) -> None:
     too_large = dict(job_postings[0], salary_year_avg=10**400)
     with pytest.raises(OverflowError):
         featurizer.encode([too_large])
+
+
+def per_event_reference(
+    spec_name: str, events: list[dict[str, Any]]
+) -> list[list[int]]:
+    """Return each event's tokens built one cross at a time, for specs without bags."""
+    spec = load_spec(spec_name)
+    featurizer = Featurizer(spec)
+    layout = TokenLayout(spec, featurizer, hash_bits=20)
+    encoded = featurizer.encode(events)
+    columns = len(featurizer.numeric_fields)
+    zeros = torch.zeros(columns, dtype=torch.float64)
+    z = standardize(encoded.numeric, layout, zeros, zeros, zeros)
+    buckets = featurize._bucket_ids(z, layout)
+    single = torch.cat([encoded.categorical, buckets], dim=1)
+    size = len(events)
+    static = [
+        featurize._cross(encoded, layout, single, fields, salt, size)[0]
+        for salt, fields in layout.static_crosses
+    ]
+    dynamic = [
+        featurize._cross(encoded, layout, single, fields, salt, size)[0]
+        for salt, fields in layout.dynamic_crosses
+    ]
+    rows = []
+    for i in range(size):
+        row = [
+            *encoded.categorical[i].tolist(),
+            *(int(crossed[i]) for crossed in static),
+            *buckets[i].tolist(),
+            *(int(crossed[i]) for crossed in dynamic),
+        ]
+        rows.append([token & ((1 << 20) - 1) for token in row])
+    return rows
+
+
+def test_crosses_without_bags_match_reference() -> None:
+    for name in ("aijobs_salaries", "electricity"):
+        events = list(itertools.islice(iter_events(name), 40))
+        spec = load_spec(name)
+        featurizer = Featurizer(spec)
+        layout = TokenLayout(spec, featurizer, hash_bits=20)
+        assert layout.dynamic_block is not None
+        encoded = featurizer.encode(events)
+        zeros = torch.zeros(len(featurizer.numeric_fields), dtype=torch.float64)
+        z = standardize(encoded.numeric, layout, zeros, zeros, zeros)
+        batch = hashed_tokens(encoded, layout, z, torch.device("cpu"))
+        width = batch.tokens.shape[0] // len(events)
+        assert batch.token_offsets.tolist() == [i * width for i in range(40)]
+        rows = batch.tokens.view(len(events), width).tolist()
+        assert rows == per_event_reference(name, events)
