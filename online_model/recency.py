@@ -72,6 +72,10 @@ class LabelRecency:
 
         ``model`` sums to ``1 - escape`` per row; so does the result where a
         label has been seen. Nothing is learned.
+
+        NOTE: a saved version keeps the frequencies it had when it was saved,
+        so a version serving long after that mixes in labels that are no
+        longer the latest. Its weight on them was learned for fresh ones.
         """
         if model.shape[0] == 0 or model.shape[1] == 0:
             return model
