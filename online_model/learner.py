@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from online_model.events import (
+    CLEAN,
     DUPLICATE_EVENT_ID,
     NEEDS_CHECK,
     NO_LABEL,
@@ -399,8 +400,9 @@ class OnlineLearner:
         """
         results: list[list[tuple[str, float]]] = [[] for _ in events]
         usable: list[int] = []
-        for index, event in enumerate(events):
-            if self._screen.screen(event) != NEEDS_CHECK:
+        statuses = self._screen.screen_batch(events)
+        for index, (event, status) in enumerate(zip(events, statuses, strict=True)):
+            if status != NEEDS_CHECK:
                 usable.append(index)
                 continue
             if rejecting(check_event(event, self.spec)) is None:
@@ -715,13 +717,19 @@ class OnlineLearner:
     # --- learning -------------------------------------------------------------
 
     def _check(self, events: Iterable[Any], report: MicroBatchReport) -> _Checked:
+        events = list(events)
+        statuses = self._screen.screen_batch(events)
+        id_field = self.spec.event_id_field
+        if statuses.count(CLEAN) == len(events):
+            # The common case: every event valid and labelled. Only duplicate
+            # ids are left to find.
+            ids = [event[id_field] for event in events]
+            if len(set(ids)) == len(ids):
+                return _Checked(events, [])
         labelled: list[dict[str, Any]] = []
         unlabelled: list[dict[str, Any]] = []
         seen_ids: set[Any] = set()
-        id_field = self.spec.event_id_field
-        screen = self._screen.screen
-        for event in events:
-            status = screen(event)
+        for event, status in zip(events, statuses, strict=True):
             problem = None
             if status == NEEDS_CHECK:
                 problems = check_event(event, self.spec)
