@@ -28,6 +28,7 @@ with ``--update``.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import threading
@@ -248,7 +249,22 @@ def runtime_slot(settings: JobSettings) -> _RuntimeSlot:
         if slot is None:
             slot = _RuntimeSlot(build_runtime(settings))
             _SLOTS[settings.job_name] = slot
+            freeze_long_lived_objects()
         return slot
+
+
+def freeze_long_lived_objects() -> None:
+    """Collect garbage, then hide every object alive now from the collector.
+
+    After start-up the process holds about 460,000 long-lived objects (Beam,
+    gRPC, torch, the runtime), and every full collection walked all of them.
+    It took 0.26 to 0.35 s in benchmarks/streaming_throughput.py on a 2-core
+    machine, while the learner stage waited. Frozen objects are still freed
+    by reference counting, but a reference cycle among them is never
+    collected, hence the collection first.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def build_runtime(settings: JobSettings) -> Any:
@@ -342,6 +358,7 @@ class Learn(beam.DoFn):
                 # learner is behind: rebuild it from the newest checkpoint.
                 logger.info("reloading: checkpoint %d is newer than ours", stored)
                 slot.runtime = build_runtime(self.settings)
+                freeze_long_lived_objects()
             runtime = slot.runtime
             predictions = []
             if isinstance(item, EventBatch):
