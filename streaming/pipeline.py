@@ -256,7 +256,7 @@ def runtime_slot(settings: JobSettings) -> _RuntimeSlot:
 def freeze_long_lived_objects() -> None:
     """Collect garbage, then hide every object alive now from the collector.
 
-    After start-up the process holds about 460,000 long-lived objects (Beam,
+    After start-up the process contains about 460,000 long-lived objects (Beam,
     gRPC, torch, the runtime), and every full collection walked all of them.
     It took 0.26 to 0.35 s in benchmarks/streaming_throughput.py on a 2-core
     machine, while the learner stage waited. Frozen objects are still freed
