@@ -58,8 +58,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--demo-bad-labels",
         action="store_true",
-        help=f"give {BURST_SHARE:.0%} of the events, from {BURST_START_SHARE:.0%} "
-        "of the stream on, a wrong label",
+        # argparse %-formats help text, so the percent signs are doubled.
+        help=f"give {BURST_SHARE:.0%}% of the events, from "
+        f"{BURST_START_SHARE:.0%}% of the stream on, a wrong label",
     )
     parser.add_argument(
         "--unlabelled-fraction",

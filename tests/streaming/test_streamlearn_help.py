@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from rollback.cli import main as rollback_main
 from streaming.cli import SUBCOMMANDS, main
 
 
@@ -17,6 +18,35 @@ def test_help_examples_use_real_subcommands(
     assert len(commands) >= 2
     for command in commands:
         assert command in SUBCOMMANDS, command
+
+
+# Every parser behind the two entry points, as argument lists of --help.
+HELP_COMMANDS = [
+    *([name, "--help"] for name in sorted(SUBCOMMANDS)),
+    ["versions", "list", "--help"],
+    ["versions", "describe", "--help"],
+    ["alerts", "apply", "--help"],
+]
+
+
+@pytest.mark.parametrize("argv", HELP_COMMANDS, ids=" ".join)
+def test_subcommand_help_renders(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # argparse %-formats each option's help, so a bare % raises TypeError.
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: ")
+
+
+def test_rollback_help_renders(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        rollback_main(["--help"])
+
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: rollback")
 
 
 def test_unknown_subcommand_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
