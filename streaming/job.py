@@ -313,7 +313,13 @@ def run_job(
     stop.set()
     relay.cancel()
     # The DirectRunner's streaming executor has no clean shutdown: cancel()
-    # leaves its threads running, so the process ends below.
+    # leaves its threads running, so the process ends below. Before that,
+    # cancel() waits for the running task, and with no input that task is a
+    # Pub/Sub pull with a 30 s timeout (apache-beam 2.77, DirectRunner).
+    if args.format == "json":
+        _print(args, {"event": "stopping", "max_wait_s": 30})
+    else:
+        print("stopping the DirectRunner, which takes up to 30 s", flush=True)
     result.cancel()
     if epilogue is not None:
         try:

@@ -98,7 +98,10 @@ def test_stream_with_bad_messages(tmp_path: Path) -> None:
     )
     publish_raw(topics, b"", origin="forged-pointer", **{CONTROL_ATTRIBUTE: "pointer"})
     summary = finish(process, run_dir)
+    log = (run_dir / "job.log").read_text(encoding="utf-8")
 
+    # The DirectRunner's shutdown is silent for up to 30 s, so the job prints a line first.
+    assert "stopping the DirectRunner, which takes up to 30 s" in log
     assert summary["events_read"] == 2400 + 300 + 2
     assert summary["duplicates"] == 300
     assert summary["predictions"] == requests
