@@ -16,14 +16,17 @@ from rollback.state import ROLLBACK_KINDS, ServingState
 
 EXAMPLES = """examples:
   streamlearn versions list --limit 5
-  streamlearn versions list --filter "metrics.holdout.accuracy>=0.9 AND version>=v10"
+  streamlearn versions list --filter "metrics.holdout.top1_accuracy>0.9 AND version>v9"
   streamlearn versions list --filter "status=serving OR status='rolled back'"
   streamlearn versions list --format json
   streamlearn versions describe v12
 
 Filter keys are the dotted fields of --format json: version, status, parent,
 created_at, events.count, metrics.holdout.NAME, metrics.champion.NAME,
-fingerprint, code_version. Operators: = != < <= > >= : (contains) ~ (regex).
+fingerprint, code_version. The streaming job's metric NAMEs are n_events,
+top1_accuracy, top_k, top_k_hit_rate, log_loss, macro_precision,
+macro_recall, macro_f1 and n_labels. Operators: = != < <= > >= : (contains)
+~ (regex).
 """
 
 # Status of a version in the listing, from the pointer history.

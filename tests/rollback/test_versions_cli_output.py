@@ -1,0 +1,72 @@
+"""``streamlearn versions``: help examples and JSON output on a registry whose
+manifests carry the metrics the streaming job writes."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+from registry_helpers import FixedClock, make_fields, make_files
+
+from online_model.evaluation import Metrics
+from rollback.cli import versions_main
+from rollback.listing import EXAMPLES
+from rollback.registry import Registry, open_registry
+
+
+def job_metrics(top1_accuracy: float) -> dict[str, float]:
+    """Return holdout metrics as the job stores them: every value a float."""
+    metrics = Metrics(
+        n_events=2000,
+        top1_accuracy=top1_accuracy,
+        top_k=5,
+        top_k_hit_rate=0.97,
+        log_loss=0.4,
+        macro_precision=0.8,
+        macro_recall=0.7,
+        macro_f1=0.75,
+        n_labels=10,
+    )
+    return {key: float(value) for key, value in dataclasses.asdict(metrics).items()}
+
+
+@pytest.fixture
+def job_registry(tmp_path: Path) -> Registry:
+    """A local registry with v1..v11, v11 serving, and the job's metric names."""
+    registry = open_registry(tmp_path / "registry", create=True, clock=FixedClock())
+    for seed in range(11):
+        metrics = job_metrics(top1_accuracy=0.85 + seed / 100)
+        fields = make_fields(holdout_metrics=metrics, champion_metrics=metrics)
+        registry.publish(make_files(seed), fields, "job", "ok")
+    return registry
+
+
+def example_filters() -> list[str]:
+    """Return the --filter expressions of the help's examples."""
+    filters = []
+    for line in EXAMPLES.splitlines():
+        if "--filter" not in line:
+            continue
+        words = shlex.split(line)
+        filters.append(words[words.index("--filter") + 1])
+    return filters
+
+
+def test_help_has_filter_examples() -> None:
+    assert len(example_filters()) >= 2
+
+
+@pytest.mark.parametrize("expression", example_filters())
+def test_help_filter_example_runs(
+    job_registry: Registry, expression: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = versions_main(
+        ["list", "--registry", job_registry.url, "--filter", expression]
+    )
+
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert re.search(r"^v\d+ ", captured.out, re.MULTILINE), captured.out
