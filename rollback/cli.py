@@ -20,7 +20,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rollback.config import ENV_REGISTRY, OperatorConfig, load_config
-from rollback.errors import InvalidInput, InvalidVersionName, RegistryError
+from rollback.errors import (
+    AlreadyServing,
+    InvalidInput,
+    InvalidVersionName,
+    RegistryError,
+)
 from rollback.names import format_version, parse_version
 from rollback.registry import Registry, open_registry
 
@@ -207,7 +212,13 @@ def _run_rollback(args: argparse.Namespace) -> int:
     if args.pause or args.resume:
         return _run_pause(registry, args, actor)
 
-    current, target = registry.plan_rollback(args.to)
+    try:
+        current, target = registry.plan_rollback(args.to)
+    except AlreadyServing as already:
+        # Success, because the requested version serves: repeating a command
+        # is safe, as 'kubectl apply' of an unchanged object is.
+        print(already)
+        return 0
     verb = "roll back" if current is None or target < current else "move"
     moved = f"serving from {_name(current)} to {format_version(target)}"
     if args.dry_run:

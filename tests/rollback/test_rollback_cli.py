@@ -104,7 +104,6 @@ def test_dry_run_changes_nothing(registry: Registry) -> None:
             1,
             "rollback: unknown version 'v99': the registry holds v1..v3 (3 versions)",
         ),
-        ("v3", 1, "rollback: version v3 serves already; nothing to do"),
         ("v-1", 2, "rollback: invalid version 'v-1': expected N, vN or VN"),
         ("v12; rm", 2, "rollback: invalid version 'v12; rm': expected N, vN or VN"),
         ("../x", 2, "rollback: invalid version '../x': expected N, vN or VN"),
@@ -122,6 +121,19 @@ def test_refusal_is_one_line(
     assert result.stderr.startswith(message)
     assert result.stderr.count("\n") == 1
     assert registry.serving() == 3
+
+
+@pytest.mark.parametrize("option", ["--reason", "--dry-run"])
+def test_rollback_to_serving_succeeds(registry: Registry, option: str) -> None:
+    arguments = ["--reason", "again"] if option == "--reason" else [option]
+
+    result = run("rollback", "--to", "v3", *arguments, "--registry", registry.url)
+
+    assert result.returncode == 0
+    assert result.stdout == "version v3 serves already; nothing to do\n"
+    assert result.stderr == ""
+    assert registry.serving() == 3
+    assert len(registry.history()) == 3
 
 
 def test_invalid_name_checked_before_store(tmp_path: Path) -> None:
