@@ -165,7 +165,32 @@ def _apply_filter(text: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]
 
 
 def _json_row(row: dict[str, Any]) -> dict[str, Any]:
-    return {"name": format_version(row["version"]), **row}
+    named = {"name": format_version(row["version"]), **row}
+    if "metrics" in row:
+        named["metrics"] = _json_metric_tables(row["metrics"])
+    return named
+
+
+def _json_metric_tables(
+    tables: dict[str, dict[str, float] | None],
+) -> dict[str, dict[str, float | int] | None]:
+    """Return the metric tables with integral values written as integers.
+
+    The job stores every metric as a float, so counts such as ``n_events``
+    would print as ``2000.0``. JSON has one number type, so the value is the
+    same either way.
+    """
+    return {
+        name: None if table is None else _integral_as_int(table)
+        for name, table in tables.items()
+    }
+
+
+def _integral_as_int(metrics: dict[str, float]) -> dict[str, float | int]:
+    return {
+        key: int(value) if isinstance(value, float) and value.is_integer() else value
+        for key, value in metrics.items()
+    }
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
@@ -206,9 +231,11 @@ def _describe(registry: Registry, args: argparse.Namespace) -> int:
     lineage = _lineage(registry, manifest)
     intervals = state.served_intervals(manifest.version)
     if args.format == "json":
+        body = manifest.to_dict()
         document = {
             "name": manifest.name,
-            **manifest.to_dict(),
+            **body,
+            "metrics": _json_metric_tables(body["metrics"]),
             "status": version_status(state, manifest.version),
             "integrity": integrity,
             "lineage": [format_version(number) for number in lineage],

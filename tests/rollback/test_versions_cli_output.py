@@ -4,6 +4,7 @@ manifests carry the metrics the streaming job writes."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import shlex
 from pathlib import Path
@@ -70,3 +71,28 @@ def test_help_filter_example_runs(
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert re.search(r"^v\d+ ", captured.out, re.MULTILINE), captured.out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["list", "--format", "json"], ["describe", "v11", "--format", "json"]],
+    ids=["list", "describe"],
+)
+def test_json_counts_stay_integers(
+    job_registry: Registry, argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = versions_main([*argv, "--registry", job_registry.url])
+
+    out = capsys.readouterr().out
+    assert code == 0
+    document = json.loads(out)
+    newest = document[0] if isinstance(document, list) else document
+    for table in ("holdout", "champion"):
+        metrics = newest["metrics"][table]
+        assert metrics["n_events"] == 2000
+        assert isinstance(metrics["n_events"], int)
+        assert isinstance(metrics["top_k"], int)
+        assert isinstance(metrics["n_labels"], int)
+        assert metrics["top1_accuracy"] == pytest.approx(0.95)
+        assert isinstance(metrics["log_loss"], float)
+    assert '"n_events": 2000.0' not in out
