@@ -67,9 +67,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     listing.add_argument("--filter", metavar="EXPR", help="keep matching versions")
     listing.add_argument(
-        "--limit", type=_positive_int, metavar="N", help="print at most N versions"
+        "--limit",
+        type=_positive_int,
+        metavar="N",
+        help="print at most N versions, the newest (default: all)",
     )
-    listing.add_argument("--format", choices=("table", "json"), default="table")
+    listing.add_argument(
+        "--format",
+        choices=("table", "json"),
+        default="table",
+        help="table: one line per version; json: a list of the manifests with "
+        "name and status (default: %(default)s)",
+    )
     add_common_options(listing)
     describe = commands.add_parser(
         "describe",
@@ -78,7 +87,13 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     describe.add_argument("version", help="12, v12 or V012")
-    describe.add_argument("--format", choices=("text", "json"), default="text")
+    describe.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="text: one field per line; json: the manifest with status, "
+        "integrity, lineage and served intervals (default: %(default)s)",
+    )
     add_common_options(describe)
     return parser
 

@@ -47,17 +47,37 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "the [registry] url of streamlearn.toml, else ./runs/registry)",
     )
     parser.add_argument("--version", help="version to score with (default: serving)")
-    parser.add_argument("--spec", default="job_postings", help="feature spec name")
+    parser.add_argument(
+        "--spec",
+        default="job_postings",
+        metavar="SPEC",
+        help=f"feature spec: a shipped name ({', '.join(_shipped_spec_names())}) "
+        "or the path of a .toml file (default: %(default)s)",
+    )
     parser.add_argument("--dataset", help="converter for CSV files, e.g. job_postings")
     parser.add_argument("--output", required=True, help="JSON-lines file to write")
     parser.add_argument(
-        "--top-k", type=_positive_int, default=5, help="roles per event"
+        "--top-k",
+        type=_positive_int,
+        default=5,
+        help="roles written per event, most probable first (default: %(default)s)",
     )
     parser.add_argument(
-        "--batch-size", type=_positive_int, default=512, help="events scored per call"
+        "--batch-size",
+        type=_positive_int,
+        default=512,
+        help="events scored per call of the learner (default: %(default)s)",
     )
-    parser.add_argument("--runner", default="DirectRunner", help="Beam runner")
+    parser.add_argument(
+        "--runner", default="DirectRunner", help="Beam runner (default: %(default)s)"
+    )
     return parser.parse_args(argv)
+
+
+def _shipped_spec_names() -> list[str]:
+    from online_model.spec import SPEC_DIR
+
+    return sorted(path.stem for path in SPEC_DIR.glob("*.toml"))
 
 
 def _positive_int(text: str) -> int:

@@ -96,3 +96,20 @@ def test_json_counts_stay_integers(
         assert metrics["top1_accuracy"] == pytest.approx(0.95)
         assert isinstance(metrics["log_loss"], float)
     assert '"n_events": 2000.0' not in out
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        ("list", "--limit N print at most N versions, the newest (default: all)"),
+        ("list", "--format {table,json} table: one line per version;"),
+        ("describe", "--format {text,json} text: one field per line;"),
+    ],
+)
+def test_versions_option_help(
+    command: str, expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        versions_main([command, "--help"])
+
+    assert expected in " ".join(capsys.readouterr().out.split())

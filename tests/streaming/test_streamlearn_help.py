@@ -52,3 +52,20 @@ def test_rollback_help_renders(capsys: pytest.CaptureFixture[str]) -> None:
 def test_unknown_subcommand_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["nosuch"]) == 2
     assert "unknown subcommand 'nosuch'" in capsys.readouterr().err
+
+
+def test_predict_help_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+
+    out = " ".join(capsys.readouterr().out.split())
+    assert (
+        "--top-k TOP_K roles written per event, most probable first (default: 5)" in out
+    )
+    assert (
+        "--batch-size BATCH_SIZE events scored per call of the learner (default: 512)"
+        in out
+    )
+    assert "--runner RUNNER Beam runner (default: DirectRunner)" in out
+    assert "(aijobs_salaries, electricity, job_postings, so_survey_2016)" in out
+    assert "a .toml file (default: job_postings)" in out
