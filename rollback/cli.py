@@ -297,9 +297,9 @@ def _status_line(registry: Registry) -> str:
         # Escaped: entries written through the Python API are not checked
         # for control characters as the command-line options are.
         parts.append(
-            f"automatic promotion paused by {_printable(last_pause.actor)} at "
+            f"automatic promotion paused by {printable(last_pause.actor)} at "
             f"{last_pause.time:%Y-%m-%d %H:%M:%S %Z} "
-            f"({_printable(last_pause.reason)})"
+            f"({printable(last_pause.reason)})"
         )
     else:
         parts.append("automatic promotion on")
@@ -338,7 +338,7 @@ def _user() -> str:
         return "unknown"
 
 
-def _printable(text: str) -> str:
+def printable(text: str) -> str:
     """Return ``text`` with non-printable characters written as escapes."""
     if text.isprintable():
         return text

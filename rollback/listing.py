@@ -1,4 +1,4 @@
-"""``streamlearn versions list`` and ``streamlearn versions describe``."""
+"""``streamlearn versions list``, ``describe`` and ``history``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,12 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from rollback.cli import add_common_options, open_from_options, run_command
+from rollback.cli import (
+    add_common_options,
+    open_from_options,
+    printable,
+    run_command,
+)
 from rollback.errors import CorruptVersion, InvalidInput, RegistryError
 from rollback.manifest import Manifest
 from rollback.names import format_version
@@ -20,6 +25,7 @@ EXAMPLES = """examples:
   streamlearn versions list --filter "status=serving OR status='rolled back'"
   streamlearn versions list --format json
   streamlearn versions describe v12
+  streamlearn versions history --limit 10
 
 Filter keys are the dotted fields of --format json: version, status, parent,
 created_at, events.count, metrics.holdout.NAME, metrics.champion.NAME,
@@ -48,6 +54,8 @@ def _run(args: argparse.Namespace) -> int:
     registry, _ = open_from_options(args.registry)
     if args.command == "list":
         return _list(registry, args)
+    if args.command == "history":
+        return _history(registry, args)
     return _describe(registry, args)
 
 
@@ -95,6 +103,27 @@ def _parser() -> argparse.ArgumentParser:
         "integrity, lineage and served intervals (default: %(default)s)",
     )
     add_common_options(describe)
+    history = commands.add_parser(
+        "history",
+        help="show the serving pointer's moves and pauses, newest first",
+        epilog="examples:\n  streamlearn versions history --limit 10\n"
+        "  streamlearn versions history --format json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    history.add_argument(
+        "--limit",
+        type=_positive_int,
+        metavar="N",
+        help="print at most N entries, the newest (default: all)",
+    )
+    history.add_argument(
+        "--format",
+        choices=("table", "json"),
+        default="table",
+        help="table: one line per entry; json: a list of the stored entries "
+        "(default: %(default)s)",
+    )
+    add_common_options(history)
     return parser
 
 
@@ -237,6 +266,41 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 def _metrics_text(metrics: dict[str, float]) -> str:
     return " ".join(f"{name}={value:.4g}" for name, value in sorted(metrics.items()))
+
+
+def _history(registry: Registry, args: argparse.Namespace) -> int:
+    changes = list(reversed(registry.history()))
+    if args.limit is not None:
+        changes = changes[: args.limit]
+    if args.format == "json":
+        print(json.dumps([change.to_dict() for change in changes], indent=1))
+        return 0
+    header = ("TIME", "FROM", "TO", "KIND", "ACTOR", "REASON")
+    lines = [header]
+    for change in changes:
+        lines.append(
+            (
+                f"{change.time:%Y-%m-%d %H:%M:%S %Z}".rstrip(),
+                _version_cell(change.from_version, change.moves_pointer),
+                _version_cell(change.to_version, change.moves_pointer),
+                change.kind,
+                # Escaped: entries written through the Python API are not
+                # checked for control characters as the options are.
+                printable(change.actor),
+                printable(change.reason),
+            )
+        )
+    widths = [max(len(line[column]) for line in lines) for column in range(5)]
+    for line in lines:
+        padded = [cell.ljust(width) for cell, width in zip(line, widths, strict=False)]
+        print("  ".join([*padded, line[5]]).rstrip())
+    return 0
+
+
+def _version_cell(version: int | None, moves_pointer: bool) -> str:
+    if not moves_pointer:
+        return "-"  # a pause or resume leaves the pointer where it is
+    return "none" if version is None else format_version(version)
 
 
 def _describe(registry: Registry, args: argparse.Namespace) -> int:

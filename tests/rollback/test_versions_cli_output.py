@@ -113,3 +113,71 @@ def test_versions_option_help(
         versions_main([command, "--help"])
 
     assert expected in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.fixture
+def moved_registry(tmp_path: Path) -> Registry:
+    """v1..v3 published, then a rollback to v1, a pause and a move to v2."""
+    registry = open_registry(tmp_path / "registry", create=True, clock=FixedClock())
+    for seed in range(3):
+        registry.publish(make_files(seed), make_fields(), "job", f"gate {seed + 1}")
+    registry.rollback("v1", "ops:ana", "v3 mislabels")
+    registry.pause("ops:ana", "incident\x1b7")
+    registry.rollback("v2", "ops:bo", "v2 is fine")
+    return registry
+
+
+def test_history_table_newest_first(
+    moved_registry: Registry, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = versions_main(["history", "--registry", moved_registry.url])
+
+    lines = capsys.readouterr().out.splitlines()
+    rows = [re.split(r"\s{2,}", line) for line in lines]
+    assert code == 0
+    assert rows[0] == ["TIME", "FROM", "TO", "KIND", "ACTOR", "REASON"]
+    assert rows[1][1:] == ["v1", "v2", "rollback", "ops:bo", "v2 is fine"]
+    assert rows[2][1:] == ["-", "-", "pause", "ops:ana", "incident\\x1b7"]
+    assert rows[3][1:] == ["v3", "v1", "rollback", "ops:ana", "v3 mislabels"]
+    assert rows[4][1:] == ["v2", "v3", "publish", "job", "gate 3"]
+    assert rows[6][1:] == ["none", "v1", "publish", "job", "gate 1"]
+    assert len(rows) == 7
+    assert rows[1][0] > rows[6][0]
+
+
+def test_history_limit_json(
+    moved_registry: Registry, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = versions_main(
+        [
+            "history",
+            "--limit",
+            "2",
+            "--format",
+            "json",
+            "--registry",
+            moved_registry.url,
+        ]
+    )
+
+    entries = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert [entry["seq"] for entry in entries] == [6, 5]
+    assert entries[0]["from_version"] == 1
+    assert entries[0]["to_version"] == 2
+    assert entries[0]["actor"] == "ops:bo"
+    assert entries[0]["reason"] == "v2 is fine"
+    assert entries[0]["kind"] == "rollback"
+    assert entries[1]["kind"] == "pause"
+    assert entries[0]["time"] > entries[1]["time"]
+
+
+def test_history_empty_registry(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry = open_registry(tmp_path / "registry", create=True)
+
+    code = versions_main(["history", "--registry", registry.url])
+
+    assert code == 0
+    assert capsys.readouterr().out == "TIME  FROM  TO  KIND  ACTOR  REASON\n"
