@@ -21,6 +21,7 @@ from registry_helpers import (
     run,
 )
 
+from rollback.cli import main as rollback_main
 from rollback.config import load_config
 from rollback.layout import index_key
 from rollback.registry import Registry, open_registry, version_key
@@ -83,6 +84,24 @@ def test_rollback_without_target_uses_history(registry: Registry) -> None:
 
     assert result.stdout == "moved serving from v1 to v2\n"
     assert registry.serving() == 2
+
+
+def test_status_names_default_target(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry = open_registry(tmp_path / "registry", create=True, clock=FixedClock())
+    for seed in range(9):
+        registry.publish(make_files(seed), make_fields(), "job", "ok")
+
+    assert rollback_main(["--status", "--registry", registry.url]) == 0
+    before = capsys.readouterr().out
+    registry.rollback("v5", "ops:ana", "v6 to v9 bad")
+    assert rollback_main(["--status", "--registry", registry.url]) == 0
+    after = capsys.readouterr().out
+
+    assert before.endswith("; 'rollback' would return to v8\n")
+    # v9 was left by a rollback, v8 was not: the default target is newer.
+    assert after.endswith("; 'rollback' would move forward to v8\n")
 
 
 def test_dry_run_changes_nothing(registry: Registry) -> None:
