@@ -49,11 +49,10 @@ ROLLBACK_EXAMPLES = """examples:
   rollback --resume                          let the job promote again
   rollback --status                          show what serves and what is next
 
-Without --to, the target is the version that served most recently, other
-than the serving one, whose last move away was not a rollback. It can be
-newer than the serving version: after 'rollback --to v5' from v9, where
-v1..v9 served in order, a plain 'rollback' moves forward to v8. Check the
-target with --status or --dry-run first.
+Without --to, the target is the version older than the serving one that
+served most recently and whose last move away was not a rollback: after
+'rollback --to v5' from v9, where v1..v9 served in order, a plain
+'rollback' goes to v4. Check the target with --status or --dry-run first.
 
 The registry is --registry, else $STREAMLEARN_REGISTRY, else 'url' in the
 [registry] table of ./streamlearn.toml (or $STREAMLEARN_CONFIG), else
@@ -311,11 +310,7 @@ def _status_line(registry: Registry) -> str:
         parts.append("automatic promotion on")
     previous = state.previous_version()
     if previous is not None:
-        # The default target can be newer than the serving version (see
-        # ROLLBACK_EXAMPLES), so the line names the direction.
-        newer = state.serving is not None and previous > state.serving
-        verb = "move forward" if newer else "return"
-        parts.append(f"'rollback' would {verb} to {format_version(previous)}")
+        parts.append(f"'rollback' would return to {format_version(previous)}")
     return "; ".join(parts)
 
 

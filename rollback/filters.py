@@ -172,7 +172,7 @@ class _Parser:
     def _error(self, problem: str) -> InvalidInput:
         return InvalidInput(
             f"invalid filter {self.expression!r}: {problem}; write terms as KEY OP "
-            "VALUE, such as 'metrics.holdout.accuracy>=0.9 AND status=serving'"
+            "VALUE, such as 'metrics.holdout.top1_accuracy>=0.9 AND status=serving'"
         )
 
 

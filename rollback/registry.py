@@ -808,7 +808,7 @@ def _previous_or_raise(url: str, state: ServingState) -> int:
     if previous is None:
         raise NoPreviousVersion(
             f"no earlier version to return to in registry {url}: the history "
-            f"contains no served version besides {_name(state.serving)} that was "
+            f"contains no served version older than {_name(state.serving)} that was "
             "not rolled back; pass --to vN"
         )
     return previous

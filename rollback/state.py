@@ -135,8 +135,10 @@ class ServingState:
         """Return the version to go back to from the current one.
 
         Walks the served versions from the newest back and takes the first
-        that is not the current one and was not left by a rollback (the last
-        change away from it was not a rollback). None if there is none.
+        that is older than the current one and was not left by a rollback
+        (the last change away from it was not a rollback). None if there is
+        none. A version newer than the current one is never the target: an
+        operator who rolled back from v9 to v5 skipped v6 to v8 on purpose.
         """
         changes = self.pointer_changes()
         left_by_rollback: dict[int, bool] = {}
@@ -148,6 +150,8 @@ class ServingState:
             served.insert(0, changes[0].from_version)
         for version in reversed(served):
             if version is None or version == self.serving:
+                continue
+            if self.serving is not None and version > self.serving:
                 continue
             if not left_by_rollback.get(version, False):
                 return version

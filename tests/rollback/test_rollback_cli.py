@@ -77,13 +77,24 @@ def test_rollback_to_prints_one_line(registry: Registry) -> None:
 
 
 def test_rollback_without_target_uses_history(registry: Registry) -> None:
-    registry.set_serving(1, "job", "v3 failed", kind="auto_rollback")
+    registry.set_serving(2, "job", "v3 failed", kind="auto_rollback")
 
-    # Timeline v1, v2, v3, v1: v3 was rolled back, so the target is v2.
+    # Timeline v1, v2, v3, v2: the target is the version before v2.
     result = run("rollback", "--registry", registry.url)
 
-    assert result.stdout == "moved serving from v1 to v2\n"
-    assert registry.serving() == 2
+    assert result.stdout == "rolled back serving from v2 to v1\n"
+    assert registry.serving() == 1
+
+
+def test_rollback_without_target_never_moves_forward(registry: Registry) -> None:
+    registry.set_serving(1, "job", "v3 failed", kind="auto_rollback")
+
+    # Timeline v1, v2, v3, v1: v2 is newer than v1, so there is no target.
+    result = run("rollback", "--registry", registry.url)
+
+    assert result.returncode == 1
+    assert "no served version older than v1" in result.stderr
+    assert registry.serving() == 1
 
 
 def test_status_names_default_target(
@@ -100,8 +111,8 @@ def test_status_names_default_target(
     after = capsys.readouterr().out
 
     assert before.endswith("; 'rollback' would return to v8\n")
-    # v9 was left by a rollback, v8 was not: the default target is newer.
-    assert after.endswith("; 'rollback' would move forward to v8\n")
+    # v6 to v8 were skipped by the operator, so the target is older than v5.
+    assert after.endswith("; 'rollback' would return to v4\n")
 
 
 def test_dry_run_changes_nothing(registry: Registry) -> None:
