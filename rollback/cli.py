@@ -21,6 +21,7 @@ from pathlib import Path
 
 from rollback.config import ENV_REGISTRY, OperatorConfig, load_config
 from rollback.errors import (
+    AlreadyInPauseState,
     AlreadyServing,
     InvalidInput,
     InvalidVersionName,
@@ -284,10 +285,15 @@ def _run_pause(registry: Registry, args: argparse.Namespace, actor: str) -> int:
         state = "no change: it is already" if already else "would"
         print(f"{state} {word}{'d' if already else ''} automatic promotion (dry run)")
         return 0
-    if paused:
-        registry.pause(actor, args.reason)
-    else:
-        registry.resume(actor, args.reason)
+    try:
+        if paused:
+            registry.pause(actor, args.reason)
+        else:
+            registry.resume(actor, args.reason)
+    except AlreadyInPauseState as already:
+        # Success, like --to a version that serves already.
+        print(already)
+        return 0
     serving = registry.serving()
     print(f"{word}d automatic promotion; {_name(serving)} serves")
     _warn_if_not_announced(registry)

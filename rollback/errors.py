@@ -49,6 +49,10 @@ class AlreadyServing(RegistryError):
     """The requested version serves already, so nothing would change."""
 
 
+class AlreadyInPauseState(RegistryError):
+    """Automatic promotion is already paused (or running), so nothing would change."""
+
+
 class NoPreviousVersion(RegistryError):
     """The pointer history contains no earlier version to return to."""
 

@@ -80,6 +80,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from rollback.backends.base import Blob, Storage
 from rollback.errors import (
+    AlreadyInPauseState,
     AlreadyServing,
     AnnounceError,
     ContentionError,
@@ -567,7 +568,7 @@ class Registry:
                     else f" by {last.actor} at {last.time:%Y-%m-%d %H:%M:%S%z}"
                 )
                 word = "paused" if paused else "running"
-                raise RegistryError(
+                raise AlreadyInPauseState(
                     f"automatic promotion is already {word}{since}; nothing to do"
                 )
             return self._change(
