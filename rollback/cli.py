@@ -231,7 +231,12 @@ def _run_rollback(args: argparse.Namespace) -> int:
         print(f"would {verb} {moved} (dry run, nothing changed)")
         return 0
     reason = args.reason or "manual rollback, no reason given"
-    registry.rollback(target, actor, reason)
+    try:
+        registry.rollback(target, actor, reason)
+    except AlreadyServing as already:
+        # Another operator's identical request won the race.
+        print(already)
+        return 0
     past = "rolled back" if verb == "roll back" else "moved"
     print(f"{past} {moved}")
     _warn_if_not_announced(registry)
@@ -291,8 +296,9 @@ def _run_pause(registry: Registry, args: argparse.Namespace, actor: str) -> int:
         else:
             registry.resume(actor, args.reason)
     except AlreadyInPauseState as already:
-        # Success, like --to a version that serves already.
-        print(already)
+        # Success, like --to a version that serves already. The message names
+        # the actor of the earlier pause, as stored, so it is escaped.
+        print(printable(str(already)))
         return 0
     serving = registry.serving()
     print(f"{word}d automatic promotion; {_name(serving)} serves")

@@ -532,15 +532,17 @@ class Registry:
 
         def build(state: ServingState, change_id: str) -> PointerChange:
             current = state.serving
+            # Checked first: a racing request for the same version has
+            # already done what this one asks.
+            if current == number:
+                raise AlreadyServing(
+                    f"version {format_version(number)} serves already; nothing to do"
+                )
             if expected_number is not ANY and expected_number != current:
                 raise PointerConflict(
                     f"the pointer moved: {_name(current)} serves, not "
                     f"{_name(expected_number)} as expected; check "
                     "'rollback --dry-run' and retry"
-                )
-            if current == number:
-                raise AlreadyServing(
-                    f"version {format_version(number)} serves already; nothing to do"
                 )
             if state.paused and kind in PROMOTION_KINDS:
                 raise PromotionPaused(

@@ -161,6 +161,17 @@ def test_set_serving_expected_mismatch(registry: Registry) -> None:
     assert len(registry.history()) == 3
 
 
+def test_set_serving_already_there_despite_stale_expected(registry: Registry) -> None:
+    publish_many(registry, 3)
+
+    # A racing operator moved the pointer to the same version first.
+    with pytest.raises(AlreadyServing):
+        registry.set_serving(3, "ops:ana", "same request", expected="v1")
+
+    assert registry.serving() == 3
+    assert len(registry.history()) == 3
+
+
 def test_set_serving_expected_match(registry: Registry) -> None:
     publish_many(registry, 3)
 

@@ -237,6 +237,16 @@ def test_pause_and_resume(registry: Registry) -> None:
     assert not registry.is_paused()
 
 
+def test_repeated_pause_escapes_stored_actor(registry: Registry) -> None:
+    registry.pause("job:\x1b[31mred", "through the API")
+
+    again = run("rollback", "--pause", "--reason", "twice", "--registry", registry.url)
+
+    assert again.returncode == 0
+    assert "paused by job:\\x1b[31mred" in again.stdout
+    assert "\x1b" not in again.stdout
+
+
 def test_registry_from_environment(registry: Registry, tmp_path: Path) -> None:
     result = run(
         "rollback",
