@@ -31,6 +31,7 @@ import itertools
 import logging
 import math
 import operator
+import sys
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -66,6 +67,9 @@ REJECTING_REASONS: frozenset[str] = frozenset(
 )
 
 # Python types fastavro decodes each Avro type to (and accepts when writing).
+# The values Avro's int and long can carry.
+_INTEGER_RANGES = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
+_FLOAT_MAX = sys.float_info.max
 _PYTHON_TYPES: dict[str, tuple[type, ...]] = {
     "string": (str,),
     "enum": (str,),
@@ -151,6 +155,8 @@ class EventScreen:
             if base == "boolean":
                 exact_types = frozenset({bool})
             check = {"float": 1, "double": 1, "array": 2, "enum": 3}.get(base, 0)
+            if base in _INTEGER_RANGES:
+                check = 5 if base == "long" else 6
             if base not in _PYTHON_TYPES or (
                 base == "array" and avro_field.items != "string"
             ):
@@ -282,7 +288,8 @@ class _FieldRule(NamedTuple):
 
     ``check`` selects the test after the type test: 0 none, 1 a finite
     number, 2 a list of strings, 3 an enum symbol, 4 always fail (a type the
-    screen does not handle, left to :func:`check_event`).
+    screen does not handle, left to :func:`check_event`), 5 and 6 an
+    integer in the range of Avro's long and int.
     """
 
     name: str
@@ -300,11 +307,15 @@ class _FieldRule(NamedTuple):
         return self.check == 0 or self.value_test()(value)
 
     def value_test(self) -> Callable[[Any], bool]:
-        """Return the test of a value whose type passed, for checks 1 to 3."""
+        """Return the test of a value whose type passed, for checks 1 to 3, 5, 6."""
         if self.check == 1:
             return _is_finite
         if self.check == 2:
             return _is_string_list
+        if self.check == 5:
+            return _in_long_range
+        if self.check == 6:
+            return _in_int_range
         return self.symbols.__contains__
 
     def column_passes(self, column: Sequence[Any]) -> bool:
@@ -328,6 +339,10 @@ class _FieldRule(NamedTuple):
             # alarm, and so is an int too large for a float beside a float.
             try:
                 total = sum(values)
+                if int in types:
+                    # An int too large for a float has no float value.
+                    float(max(values))
+                    float(min(values))
             except OverflowError:
                 return False
             return bool(total - total == 0)
@@ -341,11 +356,27 @@ class _FieldRule(NamedTuple):
             return set(values) <= self.symbols
         if self.check == 4:
             return not values
+        if self.check in (5, 6):
+            integers = [value for value in values if type(value) is int]
+            low, high = _INTEGER_RANGES["long" if self.check == 5 else "int"]
+            return not integers or (low <= min(integers) and max(integers) <= high)
         return True
 
 
 def _is_finite(number: float) -> bool:
+    if type(number) is int:
+        return -_FLOAT_MAX <= number <= _FLOAT_MAX
     return bool(number - number == 0)  # false for NaN and infinities
+
+
+def _in_long_range(number: Any) -> bool:
+    low, high = _INTEGER_RANGES["long"]
+    return type(number) is not int or low <= number <= high
+
+
+def _in_int_range(number: Any) -> bool:
+    low, high = _INTEGER_RANGES["int"]
+    return type(number) is not int or low <= number <= high
 
 
 def _is_string_list(values: list[Any] | tuple[Any, ...]) -> bool:
@@ -415,12 +446,36 @@ def _check_field(
         )
     if isinstance(value, float) and not math.isfinite(value):
         return EventProblem(NON_FINITE_NUMBER, name, f"field {name!r} is {value!r}")
+    if isinstance(value, int) and not isinstance(value, bool):
+        problem = _check_integer_range(name, value, avro_field.base_type)
+        if problem is not None:
+            return problem
     if avro_field.base_type == "enum":
         return _check_enum(name, value, spec)
     if avro_field.base_type == "array":
         return _check_array(name, value, avro_field)
     if name == spec.label_field and value == "":
         return EventProblem(INVALID_LABEL, name, "the label is an empty string")
+    return None
+
+
+def _check_integer_range(name: str, value: int, base_type: str) -> EventProblem | None:
+    if base_type in _INTEGER_RANGES:
+        low, high = _INTEGER_RANGES[base_type]
+        if not low <= value <= high:
+            return EventProblem(
+                WRONG_TYPE,
+                name,
+                f"field {name!r} is int {_short(value)}, outside the range of "
+                f"Avro type {base_type!r} ({low} to {high})",
+            )
+    elif not -_FLOAT_MAX <= value <= _FLOAT_MAX:
+        return EventProblem(
+            NON_FINITE_NUMBER,
+            name,
+            f"field {name!r} is int {_short(value)}, too large for Avro type "
+            f"{base_type!r}",
+        )
     return None
 
 

@@ -168,10 +168,11 @@ def test_screen_batch_one_bad_value() -> None:
 def test_screen_batch_overflowing_sum() -> None:
     # The column's sum overflows to infinity, but every value is finite.
     batch = [posting(salary_year_avg=1.7e308), posting(salary_year_avg=1.7e308)]
+    assert SCREEN.screen_batch(batch) == [ev.CLEAN] * 2
+    # An int too large for a double is not a finite double.
     batch.append(posting(salary_year_avg=10**400))
-    assert SCREEN.screen_batch(batch) == [ev.CLEAN] * 3
     batch.append(posting(salary_year_avg=math.inf))
-    assert SCREEN.screen_batch(batch) == [*[ev.CLEAN] * 3, ev.NEEDS_CHECK]
+    assert SCREEN.screen_batch(batch) == [*[ev.CLEAN] * 2, *[ev.NEEDS_CHECK] * 2]
 
 
 def test_screen_batch_empty_and_all_bad() -> None:
@@ -201,3 +202,29 @@ def test_screen_type_cache_limit(monkeypatch: pytest.MonkeyPatch) -> None:
         assert statuses[:3] == [ev.CLEAN, ev.CLEAN, ev.UNLABELLED]
         assert statuses[3:] == [ev.NEEDS_CHECK, ev.NEEDS_CHECK]
     assert len(screen._value_tests) == 1
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"salary_year_avg": 10**400}, ev.NON_FINITE_NUMBER),
+        ({"salary_year_avg": -(10**400)}, ev.NON_FINITE_NUMBER),
+        ({"event_time": 2**63}, ev.WRONG_TYPE),
+        ({"event_time": -(2**63) - 1}, ev.WRONG_TYPE),
+    ],
+)
+def test_integers_outside_avro_range(changes: dict[str, Any], reason: str) -> None:
+    event = posting(**changes)
+    screen = EventScreen(SPEC)
+
+    assert reasons(event) == [reason]
+    assert screen.screen(event) == ev.NEEDS_CHECK
+    assert screen.screen_batch([posting(), event]) == [ev.CLEAN, ev.NEEDS_CHECK]
+
+
+def test_integers_at_avro_range_edges_pass() -> None:
+    events = [posting(event_time=2**63 - 1), posting(salary_year_avg=2**1000)]
+    screen = EventScreen(SPEC)
+
+    assert [reasons(event) for event in events] == [[], []]
+    assert screen.screen_batch(events) == [ev.CLEAN, ev.CLEAN]
