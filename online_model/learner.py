@@ -958,6 +958,10 @@ class OnlineLearner:
         if "recency.frequencies" in tensors:
             frequencies = tensors["recency.frequencies"]
             log_weights = tensors["recency.log_weights"]
+            if not bool((frequencies >= 0).all()) or not bool(
+                torch.isfinite(frequencies).all()
+            ):
+                raise ValueError("recency frequencies must be finite and >= 0")
             if (
                 frequencies.shape != self._recency.frequencies.shape
                 or log_weights.shape != self._recency.log_weights.shape
@@ -977,6 +981,16 @@ class OnlineLearner:
             # A state saved before this counter existed: the learned events
             # are the closest count it has.
             self.labelled_scored = max(self.examples_seen, len(labels))
+        negative = [name for name, value in self.counters().items() if value < 0]
+        if negative:
+            raise ValueError(f"negative counters: {', '.join(negative)}")
+        if self.labelled_scored < len(labels):
+            # Each label arrived with a scored event, and the escape
+            # probability divides by this count.
+            raise ValueError(
+                f"labelled_scored is {self.labelled_scored}, fewer than the "
+                f"{len(labels)} labels"
+            )
 
 
 def _cloned(value: Any) -> Any:

@@ -35,6 +35,9 @@ DISCOUNT = 0.99
 FLOOR = 1e-15
 # Events per chunk of the sequential update; its matrices are CHUNK x CHUNK.
 CHUNK = 512
+# At most this many cells in a chunk's [rates, events, labels] tensors, so
+# that a stream with many labels takes smaller chunks (about 8 MB each).
+CHUNK_CELLS = 1 << 20
 
 _PAIRS = [(rate, share) for rate in RATES for share in SHARES]
 
@@ -107,13 +110,14 @@ class LabelRecency:
         labels = max(model.shape[1], int(targets.max()) + 1 if len(targets) else 0)
         self.resize(labels)
         rows = []
-        for start in range(0, len(targets), CHUNK):
+        size = max(1, min(CHUNK, CHUNK_CELLS // (len(RATES) * max(labels, 1))))
+        for start in range(0, len(targets), size):
             rows.append(
                 self._chunk(
-                    model[start : start + CHUNK],
-                    targets[start : start + CHUNK],
+                    model[start : start + size],
+                    targets[start : start + size],
                     labels,
-                    escape[start : start + CHUNK],
+                    escape[start : start + size],
                 )
             )
         return torch.cat(rows) if rows else model.new_zeros(0, labels)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from typing import Any
 
@@ -12,6 +13,7 @@ import torch
 
 from online_model import recency
 from online_model.learner import (
+    STATE_FILE,
     TENSORS_FILE,
     LearnerConfig,
     LearnerStateError,
@@ -188,4 +190,51 @@ def test_restore_wrong_recency_shape() -> None:
     tensors["recency.frequencies"] = torch.zeros(3, 7, dtype=torch.float64)
     damaged = {**files, TENSORS_FILE: safetensors.torch.save(tensors)}
     with pytest.raises(LearnerStateError, match="recency tensors have shapes"):
+        OnlineLearner.from_files(damaged)
+
+
+def test_small_chunks_for_many_labels_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    generator = torch.Generator().manual_seed(7)
+    targets = torch.randint(0, 6, (300,), generator=generator)
+    model = random_model(300, 5, 0.1, seed=8)
+    escapes = torch.full((300,), 0.1, dtype=torch.float64)
+    whole = LabelRecency().mix_sequence(model, targets, escapes)
+
+    # 60 cells over 3 rates and 6 labels: chunks of 3 events.
+    monkeypatch.setattr(recency, "CHUNK_CELLS", 60)
+    chunked = LabelRecency().mix_sequence(model, targets, escapes)
+
+    assert torch.allclose(chunked, whole, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("counter", "value", "message"),
+    [
+        ("labelled_scored", 1, "fewer than the 2 labels"),
+        ("examples_seen", -3, "negative counters: examples_seen"),
+    ],
+)
+def test_restore_rejects_impossible_counters(
+    counter: str, value: int, message: str
+) -> None:
+    learner = OnlineLearner(load_spec("electricity"), SMALL_CONFIG, seed=0)
+    learner.learn([run_event(0, "UP"), run_event(1, "DOWN"), run_event(2, "UP")])
+    files = learner.to_files()
+    state = json.loads(files[STATE_FILE])
+    state["counters"][counter] = value
+    damaged = {**files, STATE_FILE: json.dumps(state).encode("utf-8")}
+
+    with pytest.raises(LearnerStateError, match=message):
+        OnlineLearner.from_files(damaged)
+
+
+def test_restore_rejects_negative_frequencies() -> None:
+    learner = OnlineLearner(load_spec("electricity"), SMALL_CONFIG, seed=0)
+    learner.learn([run_event(0, "UP"), run_event(1, "DOWN")])
+    files = learner.to_files()
+    tensors = safetensors.torch.load(files[TENSORS_FILE])
+    tensors["recency.frequencies"] = -tensors["recency.frequencies"]
+    damaged = {**files, TENSORS_FILE: safetensors.torch.save(tensors)}
+
+    with pytest.raises(LearnerStateError, match="finite and >= 0"):
         OnlineLearner.from_files(damaged)
