@@ -244,7 +244,13 @@ class CheckpointStore:
             return _Current(pointer, None, {"format": _FORMAT, "legacy": text})
         try:
             return _parse_json(text)
-        except (ValueError, KeyError, TypeError, AttributeError) as error:
+        except (
+            ValueError,
+            KeyError,
+            TypeError,
+            AttributeError,
+            RecursionError,  # from json.loads, on deeply nested brackets
+        ) as error:
             raise CheckpointError(
                 f"invalid checkpoint pointer {_CURRENT} in {self.url}: {error}; "
                 f"{_RESTART_HINT}"
@@ -347,6 +353,10 @@ def _parse_json(text: str) -> _Current:
     number = body["number"]
     if isinstance(number, bool) or not isinstance(number, int):
         raise TypeError(f"number {number!r} is not an int")
+    if number < 0:
+        raise ValueError(f"number {number} is negative")
+    for name in body["files"]:
+        _check_file_name(name)  # so that a file key cannot leave the location
     files = {
         str(name): (int(entry["size_bytes"]), str(entry["sha256"]))
         for name, entry in body["files"].items()

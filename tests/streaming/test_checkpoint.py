@@ -10,7 +10,9 @@ compare-and-swap of the checkpoint pointer is really exercised.
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import re
 import socket
 import subprocess
 import time
@@ -333,6 +335,43 @@ def test_damaged_pointer_rejected(tmp_path: Path) -> None:
 
     with pytest.raises(CheckpointError, match="invalid checkpoint pointer CURRENT"):
         CheckpointStore(folder).latest()
+
+
+def _pointer_with(**fields: object) -> str:
+    body = {
+        "format": "streamlearn-checkpoint/1",
+        "number": 1,
+        "slot": "slot-0",
+        "files": {"state.json": {"size_bytes": 2, "sha256": "0" * 64}},
+    }
+    return json.dumps({**body, **fields})
+
+
+@pytest.mark.parametrize(
+    ("pointer", "message"),
+    [
+        (
+            _pointer_with(files={"../../secret": {"size_bytes": 6, "sha256": "0"}}),
+            "invalid checkpoint file name '../../secret'",
+        ),
+        (
+            _pointer_with(files={".hidden": {"size_bytes": 6, "sha256": "0"}}),
+            "invalid checkpoint file name '.hidden'",
+        ),
+        (_pointer_with(number=-1), "number -1 is negative"),
+        ("[" * 100_000 + "]" * 100_000, "invalid checkpoint pointer CURRENT"),
+    ],
+)
+def test_unsafe_pointer_rejected(tmp_path: Path, pointer: str, message: str) -> None:
+    folder = tmp_path / "location" / "checkpoints"
+    folder.mkdir(parents=True)
+    (tmp_path / "secret").write_bytes(b"secret")
+    (folder / "CURRENT").write_text(pointer, encoding="utf-8")
+
+    with pytest.raises(CheckpointError, match=re.escape(message)):
+        CheckpointStore(folder).latest()
+    with pytest.raises(CheckpointError, match=re.escape(message)):
+        CheckpointStore(folder).load(1)
 
 
 @pytest.mark.parametrize(
