@@ -53,6 +53,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "locally, and print what it did.",
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        # scripts/demo spots -h and --help before it starts the emulator, so
+        # abbreviations such as --he must not mean --help here.
+        allow_abbrev=False,
     )
     parser.add_argument("--limit", type=int, help="publish only the first N events")
     parser.add_argument(

@@ -79,3 +79,12 @@ def test_demo_script_help_skips_emulator(
     assert finished.returncode == 0, finished.stderr
     assert finished.stdout.startswith("usage: scripts/demo")
     assert paths == []
+
+
+def test_demo_rejects_abbreviated_help(capsys: pytest.CaptureFixture[str]) -> None:
+    # scripts/demo only skips the emulator for -h and --help exactly.
+    with pytest.raises(SystemExit) as raised:
+        parse_args(["--he"])
+
+    assert raised.value.code == 2
+    assert "unrecognized arguments: --he" in capsys.readouterr().err
