@@ -54,6 +54,10 @@ _SLOTS = ("slot-0", "slot-1", "slot-2")
 # ckpt-NNNNNNNNN, as plain text. Such a checkpoint is still loaded.
 _LEGACY_NAME = re.compile(r"ckpt-(\d{9})")
 _FILE_NAME = re.compile(r"[A-Za-z0-9._-]+")
+# A Cloud Storage bucket name as Beam's option validator accepts it (and
+# streamlearn deploy checks its gs:// options), so run and deploy accept the
+# same checkpoint locations.
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]")
 
 
 class CheckpointError(Exception):
@@ -299,21 +303,34 @@ def check_location(location: str) -> str:
 
     Raises ValueError, naming the value and the accepted forms, otherwise.
     """
-    if location.startswith("gs://"):
-        from rollback.backends.gcs import parse_gcs_url
-
-        try:
-            parse_gcs_url(location)
-        except RegistryError as error:
-            raise ValueError(
-                f"invalid checkpoint location {location!r}: {error}"
-            ) from None
-    elif "://" in location or not location.strip():
-        raise ValueError(
-            f"invalid checkpoint location {location!r}: expected a local folder "
-            "or gs://BUCKET/PREFIX"
-        )
+    problem = location_problem(location)
+    if problem is not None:
+        raise ValueError(f"invalid checkpoint location {location!r}: {problem}")
     return location
+
+
+def location_problem(location: str) -> str | None:
+    """Return why ``location`` cannot hold checkpoints, or None if it can."""
+    if location.startswith("gs://"):
+        bucket = location[len("gs://") :].partition("/")[0]
+        if not bucket:
+            return "the bucket name is missing; expected gs://BUCKET/PREFIX"
+        if not _BUCKET_NAME.fullmatch(bucket):
+            return (
+                f"invalid bucket name {bucket!r}: expected 3-63 lowercase letters, "
+                "digits, '-', '_' or '.', starting and ending with a letter or digit"
+            )
+        return None
+    if "://" in location or not location.strip():
+        return "expected a local folder or gs://BUCKET/PREFIX"
+    path = Path(location).expanduser()
+    for folder in (path, *path.parents):
+        try:
+            if folder.exists() and not folder.is_dir():
+                return f"{folder} is a file, not a folder; pass a folder"
+        except OSError:
+            return None  # the store's own error then names the cause
+    return None
 
 
 def _open_storage(location: str | Path) -> tuple[str, Storage]:

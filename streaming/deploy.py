@@ -133,11 +133,11 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
-    if not _GCS_PATH.fullmatch(checkpoint_location(args)):
+    problem = _checkpoint_location_problem(checkpoint_location(args))
+    if problem is not None:
         print(
             f"streamlearn deploy: invalid --checkpoint-location "
-            f"{args.checkpoint_location!r}: a Dataflow worker's local disk is lost "
-            "with the worker, so use gs://BUCKET/PATH",
+            f"{args.checkpoint_location!r}: {problem}",
             file=sys.stderr,
         )
         return 2
@@ -184,6 +184,19 @@ def job_settings(args: argparse.Namespace) -> JobSettings:
 
 def checkpoint_location(args: argparse.Namespace) -> str:
     """Return ``--checkpoint-location``, by default a folder under the temp location."""
-    if args.checkpoint_location:
+    if args.checkpoint_location is not None:
         return str(args.checkpoint_location)
     return f"{args.temp_location.rstrip('/')}/checkpoints/{args.job_name}"
+
+
+def _checkpoint_location_problem(location: str) -> str | None:
+    from streaming.checkpoint import location_problem
+
+    if not location.strip():
+        return "expected gs://BUCKET/PATH"
+    if not location.startswith("gs://"):
+        return (
+            "a Dataflow worker's local disk is lost with the worker, "
+            "so use gs://BUCKET/PATH"
+        )
+    return location_problem(location)

@@ -474,3 +474,48 @@ def test_deploy_help_names_default(capsys: pytest.CaptureFixture[str]) -> None:
         deploy.parse_args(["--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "(default: TEMP_LOCATION/checkpoints/JOB_NAME)" in out
+
+
+@pytest.mark.parametrize(
+    ("location", "message"),
+    [
+        ("afile", "afile is a file, not a folder"),
+        ("afile/ckpt", "afile is a file, not a folder"),
+        ("gs://ab/x", "invalid bucket name 'ab'"),
+        ("gs://Bad_Bucket/x", "invalid bucket name 'Bad_Bucket'"),
+    ],
+)
+def test_run_rejects_unusable_location(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], location: str, message: str
+) -> None:
+    (tmp_path / "afile").write_bytes(b"x")
+    if not location.startswith("gs://"):
+        location = str(tmp_path / location)
+
+    with pytest.raises(SystemExit) as exit_:
+        job.parse_args([*RUN_ARGS, "--checkpoint-location", location])
+
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err
+    assert "argument --checkpoint-location: invalid checkpoint location" in error
+    assert message in error
+    assert "Traceback" not in error
+
+
+@pytest.mark.parametrize(
+    ("location", "message"),
+    [
+        ("", "invalid --checkpoint-location '': expected gs://BUCKET/PATH"),
+        ("gs://", "invalid --checkpoint-location 'gs://': the bucket name is missing"),
+        ("gs://ab/x", "invalid --checkpoint-location 'gs://ab/x': invalid bucket"),
+        ("gs://Bad_Bucket/x", "'gs://Bad_Bucket/x': invalid bucket name"),
+    ],
+)
+def test_deploy_rejects_invalid_location(
+    capsys: pytest.CaptureFixture[str], location: str, message: str
+) -> None:
+    argv = [*DEPLOY_ARGS, "--checkpoint-location", location, "--dry-run"]
+    assert deploy.main(argv) == 2
+    error = capsys.readouterr().err
+    assert message in error
+    assert "local disk" not in error
