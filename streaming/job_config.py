@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 
 from online_model.gate import METRIC_FIELDS, GateMetric
-from streaming.wire import DecodeLimits
+from streaming.wire import MAX_DECODED_BYTES, DecodeLimits
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,7 @@ def _at_least(name: str, value: int, minimum: int) -> None:
 # IEC binary prefixes: 1 KiB is 1024 bytes.
 _BYTE_UNITS = {"": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
 _BYTE_SIZE = re.compile(r"([0-9]+) ?(KiB|MiB|GiB)?")
+_DIGITS = re.compile(r"[0-9]+")
 
 
 def parse_byte_size(text: str) -> int:
@@ -102,13 +103,36 @@ def parse_byte_size(text: str) -> int:
     else or for a size of 0.
     """
     match = _BYTE_SIZE.fullmatch(text.strip())
-    size = 0 if match is None else int(match.group(1)) * _BYTE_UNITS[match[2] or ""]
+    if match is None:
+        size = 0
+    else:
+        number = _parse_digits(match.group(1))
+        unit = _BYTE_UNITS[match.group(2) or ""]
+        # Only digits match, so None means too many of them.
+        size = MAX_DECODED_BYTES + 1 if number is None else number * unit
     if size < 1:
         raise ValueError(
             f"invalid size {text!r}: expected a whole number of bytes >= 1, "
             "optionally followed by KiB, MiB or GiB, such as 4MiB"
         )
+    if size > MAX_DECODED_BYTES:
+        raise ValueError(
+            f"invalid size {text!r}: the maximum is "
+            f"{format_byte_size(MAX_DECODED_BYTES)} ({MAX_DECODED_BYTES} bytes)"
+        )
     return size
+
+
+def _parse_digits(text: str) -> int | None:
+    """Parse plain ASCII digits, with no sign or '_', of at most 30 digits.
+
+    Returns None for anything else, so int() never meets Python's limit on
+    the number of digits it converts.
+    """
+    if not _DIGITS.fullmatch(text):
+        return None
+    digits = text.lstrip("0") or "0"
+    return None if len(digits) > 30 else int(digits)
 
 
 def format_byte_size(size: int) -> str:
@@ -157,11 +181,8 @@ def _byte_size_option(text: str) -> int:
 
 
 def _count_option(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
+    value = _parse_digits(text.strip())
+    if value is None or value < 1:
         raise argparse.ArgumentTypeError(
             f"invalid count {text!r}: expected a whole number >= 1, such as 1000"
         )

@@ -61,6 +61,11 @@ DETAIL_ATTRIBUTE = "dead-letter-detail"
 RECORD_INDEX_ATTRIBUTE = "dead-letter-record-index"
 _SYNC_MARKER_BYTES = 16
 _MAX_DETAIL_CHARS = 500
+# The largest DecodeLimits.max_decoded_bytes: 1 TiB. The decompressors take
+# budget + 1 as max_length, a C ssize_t, and raise OverflowError above
+# 2**63 - 1 (CPython 3.11 zlib, bz2 and lzma), so any cap far below that
+# works. 1 TiB is far above a worker's memory, so no useful setting is lost.
+MAX_DECODED_BYTES = 1024**4
 # The header of an Avro object container file (Avro specification 1.11,
 # "Object Container Files").
 _CONTAINER_HEADER_SCHEMA = parse_schema(
@@ -127,6 +132,11 @@ class DecodeLimits:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"invalid {name} {value!r}: expected an int >= 1")
+        if self.max_decoded_bytes > MAX_DECODED_BYTES:
+            raise ValueError(
+                f"invalid max_decoded_bytes {self.max_decoded_bytes}: the maximum "
+                f"is {MAX_DECODED_BYTES} (1 TiB)"
+            )
 
 
 @dataclass(frozen=True)

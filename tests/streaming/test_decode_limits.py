@@ -25,6 +25,7 @@ from streaming.wire import REASON_ATTRIBUTE, DecodeLimits, encode_container
 SCHEMA = load_schema("job_postings")
 EVENTS = list(itertools.islice(iter_events("job_postings"), 4))
 RUN_ARGS = ["--registry", "registry", "--run-dir", "run"]
+OVER_MAX = "the maximum is 1024GiB (1099511627776 bytes)"
 DEPLOY_ARGS = [
     "--project",
     "demo-project",
@@ -105,6 +106,21 @@ def test_run_options_set_limits() -> None:
         ("--max-decoded-bytes", "0", "invalid size '0'"),
         ("--max-events-per-message", "0", "invalid count '0'"),
         ("--max-events-per-message", "ten", "invalid count 'ten'"),
+        ("--max-decoded-bytes", "1_000", "invalid size '1_000': expected"),
+        ("--max-events-per-message", "1_000", "invalid count '1_000': expected"),
+        ("--max-events-per-message", "9" * 5000, f"invalid count '{'9' * 5000}'"),
+        ("--max-decoded-bytes", "1025GiB", f"invalid size '1025GiB': {OVER_MAX}"),
+        (
+            "--max-decoded-bytes",
+            "8589934592GiB",
+            f"invalid size '8589934592GiB': {OVER_MAX}",
+        ),
+        (
+            "--max-decoded-bytes",
+            "9223372036854775807",
+            f"invalid size '9223372036854775807': {OVER_MAX}",
+        ),
+        ("--max-decoded-bytes", "9" * 5000, f"invalid size '{'9' * 5000}': {OVER_MAX}"),
     ],
 )
 def test_run_options_reject_invalid_limit(
@@ -168,3 +184,14 @@ def test_size_limit_dead_letters_message() -> None:
     assert letters[0].attributes[REASON_ATTRIBUTE] == "too-large"
     assert "200 bytes" in letters[0].attributes["dead-letter-detail"]
     assert batches[0].events == []
+
+
+def test_run_accepts_max_decoded_bytes() -> None:
+    args = job.parse_args([*RUN_ARGS, "--max-decoded-bytes", "1024GiB"])
+    assert args.max_decoded_bytes == 1024**4
+
+
+def test_limits_reject_over_max_bytes() -> None:
+    assert DecodeLimits(max_decoded_bytes=1024**4).max_decoded_bytes == 1024**4
+    with pytest.raises(ValueError, match="the maximum is 1099511627776"):
+        DecodeLimits(max_decoded_bytes=1024**4 + 1)
