@@ -68,6 +68,9 @@ from online_model.spec import FeatureSpec, fingerprint, spec_from_dict
 logger = logging.getLogger(__name__)
 
 STATE_FORMAT = 1
+# The state format as registry manifests declare it (``state_format``), so
+# that a rollback refuses weights the running job cannot load.
+STATE_FORMAT_NAME = f"online-learner/{STATE_FORMAT}"
 TENSORS_FILE = "model.safetensors"
 STATE_FILE = "learner.json"
 OPTIMIZERS = ("adam", "adagrad")

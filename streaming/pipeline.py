@@ -269,12 +269,12 @@ def freeze_long_lived_objects() -> None:
 
 def build_runtime(settings: JobSettings) -> Any:
     """Build the job's JobRuntime and restore its newest checkpoint, if any."""
-    from online_model.learner import OnlineLearner
+    from online_model.learner import STATE_FORMAT_NAME, OnlineLearner
     from online_model.spec import load_spec
     from rollback.announce import PubSubAnnouncer
+    from rollback.registry import open_registry
     from streaming import monitoring as mon
     from streaming.checkpoint import CheckpointStore
-    from streaming.job_registry import open_job_registry
     from streaming.runtime import JobRuntime
 
     spec = load_spec(settings.spec_name)
@@ -283,7 +283,7 @@ def build_runtime(settings: JobSettings) -> Any:
         if settings.announce
         else None
     )
-    registry = open_job_registry(settings.registry_url, announcer)
+    registry = open_registry(settings.registry_url, create=True, announcer=announcer)
     run_dir = Path(settings.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     store = CheckpointStore(settings.checkpoint_location or run_dir / "checkpoints")
@@ -311,7 +311,7 @@ def build_runtime(settings: JobSettings) -> Any:
         telemetry=telemetry,
     )
     registry.set_running_fingerprint(
-        runtime.learner.fingerprint, actor="job", state_format=registry.state_format
+        runtime.learner.fingerprint, actor="job", state_format=STATE_FORMAT_NAME
     )
     latest = store.latest()
     if latest is not None:

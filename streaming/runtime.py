@@ -37,7 +37,7 @@ import fastavro
 from online_model.drift import DriftMonitor
 from online_model.evaluation import ConfusionMatrix, Metrics
 from online_model.gate import LOWER_IS_BETTER, METRIC_FIELDS, GateConfig, ValidationGate
-from online_model.learner import LearnerStateError, OnlineLearner
+from online_model.learner import STATE_FORMAT_NAME, LearnerStateError, OnlineLearner
 from online_model.spec import FeatureSpec
 from rollback.errors import PointerConflict, RegistryError
 from rollback.manifest import ManifestFields
@@ -538,6 +538,7 @@ class JobRuntime:
         low_high = self._event_time_range
         return ManifestFields(
             fingerprint=self.learner.fingerprint,
+            state_format=STATE_FORMAT_NAME,
             events_count=self.account.learned,
             event_time_min=None if low_high is None else _utc(low_high[0]),
             event_time_max=None if low_high is None else _utc(low_high[1]),
