@@ -18,6 +18,7 @@ test-then-train. The model's training is unchanged; this only changes scores.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -33,8 +34,10 @@ SHARES = (0.02, 0.1, 0.3, 0.5, 0.7, 0.9)
 DISCOUNT = 0.99
 # The lowest probability a pair's log-likelihood counts.
 FLOOR = 1e-15
-# Events per chunk of the sequential update; its matrices are CHUNK x CHUNK.
-CHUNK = 512
+# Events per chunk of the sequential update. The running sums scale a label
+# by (1 - rate) ** -t, which must stay below float64's 1.8e308: at most
+# 10 ** 256 at rate 0.9.
+CHUNK = min(256, int(300 / -math.log10(1.0 - max(RATES))))
 # At most this many cells in a chunk's [rates, events, labels] tensors, so
 # that a stream with many labels takes smaller chunks (about 8 MB each).
 CHUNK_CELLS = 1 << 20
@@ -135,11 +138,12 @@ class LabelRecency:
         observed = torch.nn.functional.one_hot(targets, labels).double()
         # Frequencies before each event, [rates, events, labels]: the carried
         # state decayed, plus the decayed labels of the chunk's earlier events.
+        # The labels' part is a running sum of the labels scaled by
+        # (1 - rate) ** -t, shifted by one event and scaled back.
         before = kernel.state_decay.unsqueeze(2) * self.frequencies.unsqueeze(1)
         rates = len(RATES)
-        before += (kernel.recent.view(rates * count, count) @ observed).view(
-            rates, count, labels
-        )
+        sums = torch.cumsum(kernel.growth.unsqueeze(2) * observed, dim=1)
+        before[:, 1:] += kernel.shrink[:, 1:].unsqueeze(2) * sums[:, :-1]
         self.frequencies = self._keep * before[:, -1] + self._rates * observed[-1]
         recent = _normalized(before)
         remaining = (1.0 - escape.double()).unsqueeze(1)
@@ -150,7 +154,8 @@ class LabelRecency:
             if known < labels:
                 padding = padded.new_zeros(count, labels - known)
                 padded = torch.cat([padded, padding], dim=1)
-            recent = _or_model(recent, padded / remaining.clamp(min=FLOOR))
+            if bool((before.sum(dim=2) == 0).any()):
+                recent = _or_model(recent, padded / remaining.clamp(min=FLOOR))
 
         # Log-likelihood of each pair on each event whose label the model
         # knew. Events of labels new in this batch are left out, since the
@@ -164,7 +169,8 @@ class LabelRecency:
         counted = (targets < known).double().unsqueeze(1)
         scores = torch.log(pair_truth.clamp(min=FLOOR)) * counted
         log_weights = kernel.weight_decay.unsqueeze(1) * self.log_weights
-        log_weights += kernel.discounts @ scores
+        score_sums = torch.cumsum(kernel.score_growth.unsqueeze(1) * scores, dim=0)
+        log_weights[1:] += kernel.score_shrink[1:].unsqueeze(1) * score_sums[:-1]
         self.log_weights = DISCOUNT * log_weights[-1] + scores[-1]
         # Keep the log-weights near zero; only their differences matter.
         self.log_weights -= self.log_weights.max()
@@ -181,18 +187,14 @@ class LabelRecency:
         if cached is not None:
             return cached
         positions = torch.arange(count, dtype=torch.float64)
-        lag = positions.unsqueeze(1) - positions.unsqueeze(0) - 1.0
-        earlier = lag >= 0
-        lag = lag.clamp(min=0)
+        keep = torch.tensor([1.0 - rate for rate in RATES], dtype=torch.float64)
+        rates = 1.0 - keep
         kernel = _Kernel(
-            recent=torch.stack(
-                [
-                    torch.where(earlier, rate * (1.0 - rate) ** lag, 0.0)
-                    for rate in RATES
-                ]
-            ),
-            state_decay=torch.stack([(1.0 - rate) ** positions for rate in RATES]),
-            discounts=torch.where(earlier, DISCOUNT**lag, 0.0),
+            growth=keep.unsqueeze(1) ** -positions,
+            shrink=rates.unsqueeze(1) * keep.unsqueeze(1) ** (positions - 1.0),
+            state_decay=keep.unsqueeze(1) ** positions,
+            score_growth=DISCOUNT**-positions,
+            score_shrink=DISCOUNT ** (positions - 1.0),
             weight_decay=DISCOUNT**positions,
         )
         if len(self._kernels) >= 4:
@@ -203,16 +205,21 @@ class LabelRecency:
 
 @dataclass(frozen=True)
 class _Kernel:
-    """Decay factors for one chunk length.
+    """Decay factors for one chunk length, ``[rates, events]`` or ``[events]``.
 
-    ``recent[r, i, t]`` weighs event ``t``'s label in the frequencies at rate
-    ``r`` before event ``i``, and ``state_decay[r, i]`` the carried state.
-    ``discounts`` and ``weight_decay`` do the same for the log-weights.
+    At rate r, the label of event t weighs r * (1 - r) ** (i - 1 - t) in the
+    frequencies before event i, computed as ``growth[r, t]`` = (1 - r) ** -t
+    inside a running sum times ``shrink[r, i]`` = r * (1 - r) ** (i - 1).
+    ``state_decay[r, i]`` weighs the carried state. ``score_growth``,
+    ``score_shrink`` and ``weight_decay`` do the same for the log-weights
+    with DISCOUNT.
     """
 
-    recent: torch.Tensor
+    growth: torch.Tensor
+    shrink: torch.Tensor
     state_decay: torch.Tensor
-    discounts: torch.Tensor
+    score_growth: torch.Tensor
+    score_shrink: torch.Tensor
     weight_decay: torch.Tensor
 
 
@@ -226,5 +233,5 @@ def _or_model(recent: torch.Tensor, model: torch.Tensor) -> torch.Tensor:
 
 
 def _normalized(frequencies: torch.Tensor) -> torch.Tensor:
-    totals = frequencies.sum(dim=-1, keepdim=True)
-    return torch.where(totals > 0, frequencies / totals.clamp(min=FLOOR), 0.0)
+    # Rows with no label are all zeros, and stay zeros.
+    return frequencies / frequencies.sum(dim=-1, keepdim=True).clamp(min=FLOOR)

@@ -80,8 +80,8 @@ def random_model(events: int, labels: int, escape: float, seed: int) -> torch.Te
 
 
 def test_sequence_matches_the_event_by_event_reference() -> None:
-    # 700 events cross the 512-event chunk boundary; labels 4 and 5 are new
-    # in the batch, unknown to the model.
+    # 700 events cross two chunk boundaries; labels 4 and 5 are new in the
+    # batch, unknown to the model.
     generator = torch.Generator().manual_seed(1)
     targets = torch.randint(0, 6, (700,), generator=generator).tolist()
     model = random_model(700, 4, 0.1, seed=2)
