@@ -2,9 +2,9 @@
 
 The model's weights change once per micro-batch, so every event of a batch is
 scored with weights that have seen none of the batch. A learner that updates
-after every event also follows the labels of the last few events, which
+after every event also follows the labels of the last few events. That
 matters where labels come in runs (Electricity's price direction, a burst of
-postings for one role) and at a cold start, when the model has no label
+postings for one role), and at a cold start, when the model has no label
 yet. This module gives the micro-batch learner that part back.
 
 It keeps exponentially weighted label frequencies at a few rates, updated in
