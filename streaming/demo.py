@@ -240,3 +240,11 @@ def publish_stream(
         f"label) and {len(bad_messages)} broken messages in {stats.elapsed_s:.1f} s",
         flush=True,
     )
+    if burst:
+        start, count = (int(part) for part in burst.split(":"))
+        print(
+            f"the wrong labels are on labelled events among events {start} to "
+            f"{start + count - 1} of {len(events)}, in event-time order "
+            "(the holdout share of them too)",
+            flush=True,
+        )
