@@ -287,8 +287,8 @@ class _FieldRule(NamedTuple):
     """The requirements :class:`EventScreen` places on one field's value.
 
     ``check`` selects the test after the type test: 0 none, 1 a finite
-    number, 2 a list of strings, 3 an enum symbol, 4 always fail (a type the
-    screen does not handle, left to :func:`check_event`), 5 and 6 an
+    number, 2 a list of strings, 3 an enum symbol. 4 always fails (a type the
+    screen does not handle, left to :func:`check_event`). 5 and 6 test for an
     integer in the range of Avro's long and int.
     """
 

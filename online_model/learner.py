@@ -629,8 +629,8 @@ class OnlineLearner:
 
         ``probabilities`` are the model's, over the labels known before the
         batch. With label recency on, each event's scores also take in the
-        labels of the events before it, including labels new in this batch;
-        a label is never ranked or scored for an event before it occurred.
+        labels of the events before it, including labels new in this batch.
+        A label is never ranked or scored for an event before it occurred.
         """
         if not events:
             return []

@@ -532,8 +532,8 @@ class Registry:
 
         def build(state: ServingState, change_id: str) -> PointerChange:
             current = state.serving
-            # Checked first: a racing request for the same version has
-            # already done what this one asks.
+            # Checked first, because a racing request for the same version
+            # has already made the change this one requests.
             if current == number:
                 raise AlreadyServing(
                     f"version {format_version(number)} serves already; nothing to do"

@@ -98,8 +98,8 @@ def test_no_change_ranks_previous_label_first() -> None:
     learner = NoChange()
     records = learner.test_then_train(None, ["a", "a", "b", "b"])
     assert [r.ranked_labels for r in records] == [(), ("a",), ("a",), ("b", "a")]
-    # A new label first; then a repeat at (0 + 1) / (1 + 2); then "b", new,
-    # gets all of 1 - (1 + 1) / (2 + 2); then a repeat at (1 + 1) / (3 + 2).
+    # A new label first, then a repeat at (0 + 1) / (1 + 2). Then "b", new,
+    # gets all of 1 - (1 + 1) / (2 + 2), and a repeat (1 + 1) / (3 + 2).
     probabilities = [r.true_label_probability for r in records]
     assert probabilities == pytest.approx([1.0, 1 / 3, 1 / 2, 2 / 5])
 
