@@ -351,27 +351,30 @@ def _parse_json(text: str) -> _Current:
     """Parse a JSON CURRENT: a checkpoint, a claim, or both."""
     body = json.loads(text)
     if body["format"] != _FORMAT:
-        raise ValueError(f"format {body['format']!r}")
+        raise ValueError(f"unknown format {body['format']!r}, expected {_FORMAT!r}")
+
     writing = body.pop("writing", None)
     body.pop("writer", None)
     if writing is not None and writing not in _SLOTS:
-        raise ValueError(f"writing {writing!r}")
+        raise ValueError(f"invalid claimed slot {writing!r}, expected one of {_SLOTS}")
     if "legacy" in body:
         # A claim made over a pointer of the earlier layout.
         legacy = _LEGACY_NAME.fullmatch(body["legacy"])
         if legacy is None:
-            raise ValueError(f"legacy {body['legacy']!r}")
+            raise ValueError(f"invalid legacy folder name {body['legacy']!r}")
         pointer = _Pointer(int(legacy.group(1)), body["legacy"], None)
         return _Current(pointer, writing, body)
     if "number" not in body and writing is not None:
         return _Current(None, writing, body)  # a claim at an empty location
+
     if body["slot"] not in _SLOTS:
-        raise ValueError(f"slot {body['slot']!r}")
+        raise ValueError(f"invalid slot {body['slot']!r}, expected one of {_SLOTS}")
     number = body["number"]
     if isinstance(number, bool) or not isinstance(number, int):
         raise TypeError(f"number {number!r} is not an int")
     if number < 0:
         raise ValueError(f"number {number} is negative")
+
     for name in body["files"]:
         _check_file_name(name)  # so that a file key cannot leave the location
     files = {

@@ -63,9 +63,9 @@ class HoldoutWindow:
         again, and its result is kept until the window changes.
         """
         if fixed:
-            kept = self._evaluations.get(id(learner))
-            if kept is not None and kept[0] is learner:
-                return kept[1]
+            cached = self._evaluations.get(id(learner))
+            if cached is not None and cached[0] is learner:
+                return cached[1]
         labelled, encoded = self._encoding_for(learner)
         accumulator = MetricsAccumulator()
         accumulator.update(learner.score_encoded(labelled, encoded))
