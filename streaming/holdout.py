@@ -3,41 +3,84 @@
 Every gate scores the same window with several models: the candidate, the
 serving version and the earlier versions kept for rollback. Checking and
 featurizing the events does not depend on the weights, only on the feature
-spec and the learner config. So the window is encoded once per state, and
-every model with the same spec and config scores that encoded batch. A kept
-version never learns again, so its metrics stay valid until an event enters
-the window.
+spec and the learner config. So each event is encoded once, in the chunk of
+events that arrived between two evaluations, and every model with the same
+spec and config scores those chunks. A kept version never learns again, so
+its scores of a chunk stay valid for as long as the chunk is in the window:
+between gates only the new chunk is scored with it.
+
+A chunk is scored as one batch. The score of an event can differ in the last
+float bit with the size of its batch (seen with batches of one event), so
+the metrics equal those of :meth:`OnlineLearner.score` on the whole window
+up to that rounding.
 """
 
 from __future__ import annotations
 
-from collections import deque
+import bisect
+import itertools
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from online_model.evaluation import ConfusionMatrix, Metrics, MetricsAccumulator
 from online_model.featurize import EncodedBatch
 from online_model.learner import OnlineLearner
+from online_model.scored import Scored
 
 Event = dict[str, Any]
 Evaluation = tuple[Metrics, ConfusionMatrix]
+
+# More chunks than this are encoded again as one, so that a window filled
+# between many small evaluations is not scored in many small batches.
+MAX_CHUNKS = 8
+
+
+@dataclass
+class _Chunk:
+    """Events that entered the window together, encoded once.
+
+    ``positions`` are the window positions (counted since the window was
+    last replaced) of the events that passed the checks, in order, one per
+    entry of ``labelled``.
+    """
+
+    start: int
+    end: int
+    labelled: list[Event]
+    positions: list[int]
+    encoded: EncodedBatch
+
+
+@dataclass
+class _KeptScores:
+    """The scores of one model that does not learn, by chunk start and end."""
+
+    learner: OnlineLearner
+    by_chunk: dict[tuple[int, int], list[Scored]] = field(default_factory=dict)
+    evaluation: Evaluation | None = None
 
 
 class HoldoutWindow:
     """The most recent held-out events, up to ``size``, oldest first.
 
-    Change the events only through :meth:`append` and :meth:`replace`,
-    because they discard the encoded batch and the kept metrics.
+    Change the events only through :meth:`append` and :meth:`replace`.
+    Scores of models evaluated with ``fixed=True`` are kept for up to
+    ``kept_models`` models, the least recently evaluated forgotten first.
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, kept_models: int = 8) -> None:
         self.size = size
+        self.kept_models = kept_models
         self._events: deque[Event] = deque(maxlen=size)
+        # Window position of the next event appended; the oldest event in the
+        # window is at _next - len(_events).
+        self._next = 0
         self._encoding_key: tuple[Any, Any] | None = None
-        self._encoded: tuple[list[Event], EncodedBatch] | None = None
-        # Metrics of models that do not change, by id(), with the model itself
-        # so that an id reused by a new object cannot match.
-        self._evaluations: dict[int, tuple[OnlineLearner, Evaluation]] = {}
+        self._chunks: list[_Chunk] = []
+        # By id(), with the model itself so that a reused id cannot match.
+        self._kept: OrderedDict[int, _KeptScores] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._events)
@@ -48,40 +91,85 @@ class HoldoutWindow:
     def append(self, event: Event) -> None:
         """Add an event, dropping the oldest when the window is full."""
         self._events.append(event)
-        self._forget()
+        self._next += 1
+        for kept in self._kept.values():
+            kept.evaluation = None
 
     def replace(self, events: Iterable[Event]) -> None:
         """Replace every event, as when a checkpoint is restored."""
         self._events.clear()
         self._events.extend(events)
-        self._forget()
+        self._next = len(self._events)
+        self._chunks = []
+        self._kept.clear()
 
     def evaluate(self, learner: OnlineLearner, fixed: bool = False) -> Evaluation:
         """Return the metrics and confusion matrix of ``learner`` on the window.
 
         With ``fixed`` the caller promises that ``learner`` does not learn
-        again, and its result is kept until the window changes.
+        again, and its scores are kept for the events still in the window.
         """
-        if fixed:
-            cached = self._evaluations.get(id(learner))
-            if cached is not None and cached[0] is learner:
-                return cached[1]
-        labelled, encoded = self._encoding_for(learner)
+        cached = self._kept_scores(learner) if fixed else None
+        if cached is not None and cached.evaluation is not None:
+            return cached.evaluation
+        first = self._next - len(self._events)
         accumulator = MetricsAccumulator()
-        accumulator.update(learner.score_encoded(labelled, encoded))
+        for chunk in self._chunks_for(learner):
+            span = (chunk.start, chunk.end)
+            scored = None if cached is None else cached.by_chunk.get(span)
+            if scored is None:
+                scored = learner.score_encoded(chunk.labelled, chunk.encoded)
+                if cached is not None:
+                    cached.by_chunk[span] = scored
+            # Events of the chunk that have left the window are not counted.
+            accumulator.update(scored[bisect.bisect_left(chunk.positions, first) :])
         evaluation = (accumulator.result(), accumulator.confusion_matrix())
-        if fixed:
-            self._evaluations[id(learner)] = (learner, evaluation)
+        if cached is not None:
+            cached.evaluation = evaluation
         return evaluation
 
-    def _encoding_for(self, learner: OnlineLearner) -> tuple[list[Event], EncodedBatch]:
-        key = (learner.spec, learner.config)
-        if self._encoded is None or key != self._encoding_key:
-            self._encoded = learner.encode_for_scoring(list(self._events))
-            self._encoding_key = key
-        return self._encoded
+    def _kept_scores(self, learner: OnlineLearner) -> _KeptScores:
+        kept = self._kept.get(id(learner))
+        if kept is None or kept.learner is not learner:
+            kept = _KeptScores(learner)
+            self._kept[id(learner)] = kept
+        self._kept.move_to_end(id(learner))
+        while len(self._kept) > self.kept_models:
+            self._kept.popitem(last=False)
+        return kept
 
-    def _forget(self) -> None:
-        self._encoded = None
-        self._encoding_key = None
-        self._evaluations.clear()
+    def _chunks_for(self, learner: OnlineLearner) -> list[_Chunk]:
+        """Return the chunks that cover the window, encoded for ``learner``."""
+        first = self._next - len(self._events)
+        key = (learner.spec, learner.config)
+        if key != self._encoding_key:
+            self._encoding_key = key
+            self._chunks = []
+        self._chunks = [c for c in self._chunks if c.end > first]
+        encoded_to = self._chunks[-1].end if self._chunks else first
+        if encoded_to < self._next and len(self._chunks) >= MAX_CHUNKS:
+            self._chunks = []
+            encoded_to = first
+        if encoded_to < self._next:
+            self._chunks.append(self._encode(learner, encoded_to))
+        live = {(c.start, c.end) for c in self._chunks}
+        for kept in self._kept.values():
+            for span in [s for s in kept.by_chunk if s not in live]:
+                del kept.by_chunk[span]
+        return self._chunks
+
+    def _encode(self, learner: OnlineLearner, start: int) -> _Chunk:
+        """Encode the events from window position ``start`` to the newest."""
+        first = self._next - len(self._events)
+        events = list(itertools.islice(self._events, start - first, None))
+        labelled, encoded = learner.encode_for_scoring(events)
+        # The checks keep the order and drop some events, so the events that
+        # passed are matched to their positions by identity.
+        positions: list[int] = []
+        remaining = iter(enumerate(events, start))
+        for event in labelled:
+            for position, candidate in remaining:
+                if candidate is event:
+                    positions.append(position)
+                    break
+        return _Chunk(start, self._next, labelled, positions, encoded)

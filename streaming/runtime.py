@@ -186,7 +186,10 @@ class JobRuntime:
         self.serving_version: int | None = None
         self.serving_learner: OnlineLearner | None = None
         self.recent_versions: OrderedDict[int, OnlineLearner] = OrderedDict()
-        self.holdout = HoldoutWindow(config.holdout_window_size)
+        # Scores are kept for the serving version and every kept version.
+        self.holdout = HoldoutWindow(
+            config.holdout_window_size, kept_models=config.rollback_versions_kept + 2
+        )
         self.pending: list[Event] = []
         self.pending_publish_s: list[float] = []
         self.seen_ids: OrderedDict[str, None] = OrderedDict()

@@ -1,14 +1,16 @@
-"""The holdout window: shared encoding and kept metrics, checked against score()."""
+"""The holdout window: shared encoding and kept scores, checked against score()."""
 
 from __future__ import annotations
 
 import itertools
 
+import pytest
+
 from online_model.datasets import iter_events
 from online_model.evaluation import MetricsAccumulator
 from online_model.learner import LearnerConfig, OnlineLearner
 from online_model.spec import load_spec
-from streaming.holdout import HoldoutWindow
+from streaming.holdout import MAX_CHUNKS, HoldoutWindow
 
 SPEC = load_spec("job_postings")
 EVENTS = list(itertools.islice(iter_events("job_postings"), 1800))
@@ -95,3 +97,90 @@ def test_replace_discards_results() -> None:
     window.replace(LATER)
     assert list(window) == LATER
     assert window.evaluate(learner, fixed=True) == expected(learner, LATER)
+
+
+def counting_scores(learner: OnlineLearner) -> list[int]:
+    """Make ``learner`` record the size of every batch it scores."""
+    sizes: list[int] = []
+    score_encoded = learner.score_encoded
+
+    def recorded(labelled: list[dict], encoded: object) -> list:
+        sizes.append(len(labelled))
+        return score_encoded(labelled, encoded)  # type: ignore[arg-type]
+
+    learner.score_encoded = recorded  # type: ignore[method-assign]
+    return sizes
+
+
+def assert_close(got: tuple, want: tuple) -> None:
+    # Batches of other sizes may round the last float bit differently.
+    metrics, confusion = got
+    want_metrics, want_confusion = want
+    assert confusion == want_confusion
+    assert metrics.n_events == want_metrics.n_events
+    assert metrics.top1_accuracy == want_metrics.top1_accuracy
+    assert metrics.top_k_hit_rate == want_metrics.top_k_hit_rate
+    assert metrics.log_loss == pytest.approx(want_metrics.log_loss, rel=1e-6)
+
+
+def test_kept_version_scores_only_new_events() -> None:
+    learner = trained()
+    sizes = counting_scores(learner)
+    window = window_of(HELD_OUT[:300])
+    window.evaluate(learner, fixed=True)
+    for event in HELD_OUT[300:]:
+        window.append(event)
+    got = window.evaluate(learner, fixed=True)
+    assert sizes == [300, 200]
+    assert_close(got, expected(learner, HELD_OUT))
+
+
+def test_candidate_rescores_every_chunk() -> None:
+    learner = trained()
+    sizes = counting_scores(learner)
+    window = window_of(HELD_OUT[:300])
+    window.evaluate(learner)
+    for event in HELD_OUT[300:]:
+        window.append(event)
+    got = window.evaluate(learner)
+    assert sizes == [300, 300, 200]
+    assert_close(got, expected(learner, HELD_OUT))
+
+
+def test_oldest_chunk_partly_dropped() -> None:
+    # Chunks of 100 events in a window of 250: the oldest chunk in the window
+    # is half out of it after every second evaluation.
+    learner = trained()
+    window = window_of(HELD_OUT[:150], size=250)
+    for start in (150, 250, 350):
+        window.evaluate(learner, fixed=True)
+        for event in HELD_OUT[start : start + 100]:
+            window.append(event)
+        got = window.evaluate(learner, fixed=True)
+        assert list(window) == HELD_OUT[start - 150 : start + 100]
+        assert_close(got, expected(learner, list(window)))
+
+
+def test_many_small_chunks_encoded_again_as_one() -> None:
+    learner = trained()
+    sizes = counting_scores(learner)
+    window = window_of(HELD_OUT[:100])
+    for event in HELD_OUT[100 : 100 + MAX_CHUNKS]:
+        window.evaluate(learner, fixed=True)
+        window.append(event)
+    got = window.evaluate(learner, fixed=True)
+    # 100 events, then one per evaluation until MAX_CHUNKS chunks, then all.
+    assert sizes == [100, *([1] * (MAX_CHUNKS - 1)), 100 + MAX_CHUNKS]
+    assert_close(got, expected(learner, HELD_OUT[: 100 + MAX_CHUNKS]))
+
+
+def test_least_recent_kept_model_forgotten() -> None:
+    first, second, third = trained(), trained(), trained()
+    sizes = {id(m): counting_scores(m) for m in (first, second, third)}
+    window = window_of(HELD_OUT)
+    window.kept_models = 2
+    for model in (first, second, third, second, first):
+        window.evaluate(model, fixed=True)
+    assert sizes[id(first)] == [500, 500]
+    assert sizes[id(second)] == [500]
+    assert sizes[id(third)] == [500]
