@@ -168,6 +168,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "the last gate (or --gate-every-micro-batches, whichever first)",
     )
     parser.add_argument(
+        "--gate-min-interval-s",
+        type=float,
+        default=2.0,
+        help="least seconds between two gates, however fast micro-batches fill",
+    )
+    parser.add_argument(
         "--checkpoint-every-s",
         type=float,
         default=5.0,
@@ -227,6 +233,7 @@ def main(argv: list[str], epilogue: Callable[[], None] | None = None) -> int:
         gate_tolerance=args.gate_tolerance,
         gate_every_micro_batches=args.gate_every_micro_batches,
         gate_every_s=args.gate_every_s,
+        gate_min_interval_s=args.gate_min_interval_s,
         checkpoint_every_s=args.checkpoint_every_s,
         decode_limits=decode_limits_from(args),
     )

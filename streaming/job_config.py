@@ -20,7 +20,8 @@ class JobConfig:
     A micro-batch closes at ``micro_batch_size`` events or when its oldest
     event has waited ``micro_batch_max_wait_s``. A candidate meets the gate
     every ``gate_every_micro_batches`` micro-batches or ``gate_every_s``
-    seconds, whichever comes first, once the holdout window contains
+    seconds, whichever comes first, but no sooner than ``gate_min_interval_s``
+    after the previous gate, once the holdout window contains
     ``holdout_min_events``. It is promoted when its ``gate_metric`` on the
     holdout window (``log_loss``, ``top1``, ``top5`` or ``macro_f1``, see
     online_model/gate.py) is no worse than the serving version's by more than
@@ -36,6 +37,10 @@ class JobConfig:
     holdout_min_events: int = 200
     gate_every_micro_batches: int = 20
     gate_every_s: float = 30.0
+    # Under heavy traffic, 20 micro-batches take a fraction of a second. A
+    # gate scores the holdout window several times and may publish a version
+    # of about 16 MiB (default learner), so gates are spaced this far apart.
+    gate_min_interval_s: float = 2.0
     gate_metric: GateMetric = "log_loss"
     gate_tolerance: float = 0.0
     rollback_margin: float = 0.02
@@ -67,6 +72,7 @@ class JobConfig:
         for name in (
             "micro_batch_max_wait_s",
             "gate_every_s",
+            "gate_min_interval_s",
             "checkpoint_every_s",
             "gate_tolerance",
             "rollback_margin",

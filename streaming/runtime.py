@@ -209,6 +209,7 @@ class JobRuntime:
         now = clock()
         self._pending_since = now
         self._last_gate = now
+        self._last_validation = -math.inf
         self._last_checkpoint = now
         self._batches_since_gate = 0
         self._learned_since_gate = 0
@@ -319,10 +320,13 @@ class JobRuntime:
         waited_s = now - self._pending_since
         if self.pending and waited_s >= self.config.micro_batch_max_wait_s:
             self._learn_micro_batch(len(self.pending))
+        since_gate_s = now - self._last_gate
         gate_due = self._batches_since_gate >= self.config.gate_every_micro_batches
         if not gate_due and self._learned_since_gate > 0:
-            gate_due = now - self._last_gate >= self.config.gate_every_s
-        if gate_due:
+            gate_due = since_gate_s >= self.config.gate_every_s
+        # The spacing counts from the last gate that validated a candidate.
+        since_validation_s = now - self._last_validation
+        if gate_due and since_validation_s >= self.config.gate_min_interval_s:
             self._run_gate()
         if now - self._last_checkpoint >= self.config.checkpoint_every_s:
             self.save_checkpoint()
@@ -404,6 +408,7 @@ class JobRuntime:
         if self._learned_since_gate == 0:
             return
         self._learned_since_gate = 0
+        self._last_validation = self._last_gate
         self.follow_registry()
         if len(self.recent_versions) > 1:
             self.confirm_drop(alert=False)

@@ -93,6 +93,8 @@ def start_job(
         "128",
         "--gate-every-micro-batches",
         "4",
+        "--gate-min-interval-s",
+        "0",
         "--checkpoint-every-s",
         "1",
         "--holdout-min-events",

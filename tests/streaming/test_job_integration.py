@@ -305,6 +305,7 @@ def test_run_help_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:
         ("--holdout-min-events", "200"),
         ("--gate-every-micro-batches", "20"),
         ("--gate-every-s", "30.0"),
+        ("--gate-min-interval-s", "2.0"),
         ("--checkpoint-every-s", "5.0"),
         ("--format", "text"),
     ]:

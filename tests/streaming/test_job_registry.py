@@ -31,6 +31,7 @@ def settings(tmp_path: Path) -> Iterator[JobSettings]:
         micro_batch_size=128,
         gate_every_micro_batches=4,
         gate_every_s=10_000.0,
+        gate_min_interval_s=0.0,
         holdout_min_events=100,
         checkpoint_every_s=10_000.0,
     )

@@ -44,6 +44,7 @@ def make_runtime(
         "micro_batch_size": 128,
         "gate_every_micro_batches": 4,
         "gate_every_s": 10_000.0,
+        "gate_min_interval_s": 0.0,
         "holdout_min_events": 100,
         "checkpoint_every_s": 10_000.0,
     }
@@ -139,6 +140,24 @@ def test_micro_batch_closes_on_time(tmp_path: Path) -> None:
     runtime.handle_tick()
     assert runtime.account.learned == 10
     assert runtime.account.pending == 0
+
+
+def test_gates_spaced_by_min_interval(tmp_path: Path) -> None:
+    # 4,500 events make 16 micro-batches of 128 and so 4 gates without the
+    # spacing. With it, the clock allows one gate per 10 s.
+    clock = FakeClock()
+    runtime, _ = make_runtime(tmp_path, clock, gate_min_interval_s=10.0)
+    clock.now += 10.0
+    feed(runtime, EVENTS[:4500])
+    assert runtime.account.micro_batches >= 16
+    assert runtime.account.candidates_validated == 1
+
+    clock.now += 9.0
+    feed(runtime, EVENTS[4500:5000])
+    assert runtime.account.candidates_validated == 1
+    clock.now += 1.0
+    runtime.handle_tick()
+    assert runtime.account.candidates_validated == 2
 
 
 def test_first_version_then_predictions(tmp_path: Path) -> None:
@@ -331,6 +350,7 @@ def test_checkpoint_restore_continues(tmp_path: Path) -> None:
         ("holdout_fraction", 1.0),
         ("gate_metric", "accuracy"),
         ("checkpoint_every_s", -1.0),
+        ("gate_min_interval_s", -1.0),
     ],
 )
 def test_config_rejects_invalid(name: str, value: Any) -> None:
