@@ -17,6 +17,7 @@ from streaming.schema_registry import (
 from streaming.wire import (
     DETAIL_ATTRIBUTE,
     FINGERPRINT_ATTRIBUTE,
+    MAX_KEPT_SCHEMAS,
     REASON_ATTRIBUTE,
     RECORD_INDEX_ATTRIBUTE,
     DeadLetterReason,
@@ -95,6 +96,50 @@ def test_container_older_writer_resolved(decoder: MessageDecoder) -> None:
     result = decoder.decode(encode_container([posting(1)], OLDER_WRITER))
     assert result.dead_letters == []
     assert result.events[0]["country"] == "unknown"
+
+
+def reader_schemas_used(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Record the reader schema of every fastavro container read."""
+    used: list[Any] = []
+    read = fastavro.reader
+
+    def recording(stream: Any, reader_schema: Any = None, **options: Any) -> Any:
+        used.append(reader_schema)
+        return read(stream, reader_schema, **options)
+
+    monkeypatch.setattr(fastavro, "reader", recording)
+    return used
+
+
+def test_container_reader_schema_not_resolved(
+    decoder: MessageDecoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    used = reader_schemas_used(monkeypatch)
+    events = [posting(i, country="DE") for i in range(3)]
+    same = decoder.decode(encode_container(events, READER))
+    older = decoder.decode(encode_container([posting(1)], OLDER_WRITER))
+    assert same.events == events
+    assert older.events[0]["country"] == "unknown"
+    assert used[0] is None
+    assert used[1] is decoder.reader_schema
+
+
+def test_container_schema_other_doc_resolved(
+    decoder: MessageDecoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    used = reader_schemas_used(monkeypatch)
+    documented = {**READER, "doc": "the same fields"}
+    result = decoder.decode(encode_container([posting(1, country="DE")], documented))
+    assert result.events == [posting(1, country="DE")]
+    assert used == [decoder.reader_schema]
+
+
+def test_container_schema_results_bounded(decoder: MessageDecoder) -> None:
+    for number in range(MAX_KEPT_SCHEMAS + 10):
+        schema = {**READER, "doc": f"version {number}"}
+        result = decoder.decode(encode_container([posting(number)], schema))
+        assert result.events[0]["event_id"] == f"e{number}"
+    assert len(decoder._container_schemas) <= MAX_KEPT_SCHEMAS
 
 
 def test_single_object_newer_writer(decoder: MessageDecoder) -> None:
