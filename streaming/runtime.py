@@ -229,16 +229,14 @@ class JobRuntime:
             self.account.dead_lettered[reason] = (
                 self.account.dead_lettered.get(reason, 0) + count
             )
-        before = (self.account.duplicates, self.account.held_out)
         requests: list[Event] = []
-        for event in batch.events:
-            self._route(event, batch.publish_time_s, requests)
+        duplicates, held_out = self._route(batch, requests)
         predictions = self._answer(requests)
         self.metrics.routed(
             len(batch.events),
             batch.dead_letters,
-            duplicates=self.account.duplicates - before[0],
-            held_out=self.account.held_out - before[1],
+            duplicates=duplicates,
+            held_out=held_out,
             requests=len(requests),
         )
         while len(self.pending) >= self.config.micro_batch_size:
@@ -278,29 +276,40 @@ class JobRuntime:
 
     # ------------------------------------------------------------ routing
 
-    def _route(
-        self, event: Event, publish_time_s: float, requests: list[Event]
-    ) -> None:
-        self.account.events_read += 1
-        event_id = str(event[self.spec.event_id_field])
-        if event_id in self.seen_ids:
-            self.account.duplicates += 1
-            return
-        self.seen_ids[event_id] = None
-        if len(self.seen_ids) > self.config.dedup_window_size:
-            self.seen_ids.popitem(last=False)
+    def _route(self, batch: EventBatch, requests: list[Event]) -> tuple[int, int]:
+        """Route each event of ``batch`` to its destination; return the numbers of
+        duplicates and of held-out events."""
+        id_field = self.spec.event_id_field
+        label_field = self.spec.label_field
+        fraction = self.config.holdout_fraction
+        window = self.config.dedup_window_size
+        seen_ids = self.seen_ids
+        pending = self.pending
+        duplicates = held_out = 0
+        for event in batch.events:
+            event_id = str(event[id_field])
+            if event_id in seen_ids:
+                duplicates += 1
+                continue
+            seen_ids[event_id] = None
+            if len(seen_ids) > window:
+                seen_ids.popitem(last=False)
 
-        if event.get(self.spec.label_field) is None:
-            requests.append(event)
-        elif holdout_share(event_id) < self.config.holdout_fraction:
-            self.holdout.append(event)
-            self.account.held_out += 1
-        else:
-            if not self.pending:
-                self._pending_since = self.clock()
-            self.pending.append(event)
-            self.pending_publish_s.append(publish_time_s)
-        self.account.pending = len(self.pending)
+            if event.get(label_field) is None:
+                requests.append(event)
+            elif holdout_share(event_id) < fraction:
+                self.holdout.append(event)
+                held_out += 1
+            else:
+                if not pending:
+                    self._pending_since = self.clock()
+                pending.append(event)
+                self.pending_publish_s.append(batch.publish_time_s)
+        self.account.events_read += len(batch.events)
+        self.account.duplicates += duplicates
+        self.account.held_out += held_out
+        self.account.pending = len(pending)
+        return duplicates, held_out
 
     def _answer(self, requests: list[Event]) -> list[Prediction]:
         if not requests:
@@ -378,15 +387,16 @@ class JobRuntime:
             self.confirm_drop()
 
     def _note_event_times(self, batch: Sequence[Event]) -> None:
-        for event in batch:
-            millis = _event_time_ms(event.get(self.spec.event_time_field))
-            if millis is None:
-                continue
-            if self._event_time_range is None:
-                self._event_time_range = (millis, millis)
-            else:
-                low, high = self._event_time_range
-                self._event_time_range = (min(low, millis), max(high, millis))
+        field = self.spec.event_time_field
+        times = [_event_time_ms(event.get(field)) for event in batch]
+        known = [millis for millis in times if millis is not None]
+        if not known:
+            return
+        low, high = min(known), max(known)
+        if self._event_time_range is not None:
+            low = min(low, self._event_time_range[0])
+            high = max(high, self._event_time_range[1])
+        self._event_time_range = (low, high)
 
     # ------------------------------------------------------------ the gate
 
