@@ -206,7 +206,7 @@ def shared_decoder(settings: JobSettings) -> Any:
 
 def build_decoder(settings: JobSettings) -> Any:
     """Return the MessageDecoder for the job's spec, with its validator."""
-    from online_model.events import check_event, rejecting
+    from online_model.events import NEEDS_CHECK, EventScreen, check_event, rejecting
     from online_model.spec import load_spec
     from streaming.schema_registry import SchemaRegistry
     from streaming.wire import MessageDecoder
@@ -222,8 +222,19 @@ def build_decoder(settings: JobSettings) -> Any:
         problem = rejecting(check_event(event, spec))
         return [] if problem is None else [f"{problem.field}: {problem.detail}"]
 
+    # The screen passes, column by column, the events that nothing rejects,
+    # the same test the learner applies before it learns.
+    screen = EventScreen(spec)
+
+    def prescreen(events: list[dict[str, Any]]) -> list[bool]:
+        return [status != NEEDS_CHECK for status in screen.screen_batch(events)]
+
     return MessageDecoder(
-        spec.schema, registry, validate, limits=settings.config.decode_limits
+        spec.schema,
+        registry,
+        validate,
+        limits=settings.config.decode_limits,
+        prescreen=prescreen,
     )
 
 

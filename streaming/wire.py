@@ -89,6 +89,7 @@ MAX_KEPT_SCHEMAS = 64
 
 Event = dict[str, Any]
 EventValidator = Callable[[Event], list[str]]
+EventPrescreen = Callable[[list[Event]], list[bool]]
 
 
 class Encoding(StrEnum):
@@ -229,7 +230,10 @@ class MessageDecoder:
 
     ``validate`` returns a list of problems for a decoded event (empty when
     the event is valid); events with problems become ``invalid-fields`` dead
-    letters. ``limits`` bounds the size of one message's events.
+    letters. ``prescreen``, when given, marks the events of a message that
+    ``validate`` would pass, as a list of booleans, so that only the others
+    are validated one by one. ``limits`` bounds the size of one message's
+    events.
     """
 
     def __init__(
@@ -238,10 +242,12 @@ class MessageDecoder:
         registry: SchemaRegistry,
         validate: EventValidator | None = None,
         limits: DecodeLimits | None = None,
+        prescreen: EventPrescreen | None = None,
     ) -> None:
         self.reader_schema: Schema = parse_schema(reader_schema)
         self.registry = registry
         self.validate = validate
+        self.prescreen = prescreen
         self.limits = limits if limits is not None else DecodeLimits()
         # The reader schema is always a known writer schema.
         self.registry.add(self.reader_schema)
@@ -333,10 +339,16 @@ class MessageDecoder:
     ) -> DecodedMessage:
         if self.validate is None:
             return DecodedMessage(events, [], encoding)
+        if self.prescreen is None:
+            passed = [False] * len(events)
+        else:
+            passed = self.prescreen(events)
+            if all(passed):
+                return DecodedMessage(events, [], encoding)
         valid: list[Event] = []
         letters: list[DeadLetter] = []
         for index, event in enumerate(events):
-            problems = self.validate(event)
+            problems = [] if passed[index] else self.validate(event)
             if problems:
                 letters.append(
                     DeadLetter(

@@ -30,7 +30,8 @@ from streaming_jobs import (
     wait_for,
 )
 
-from online_model.spec import load_schema
+from online_model.events import check_event, rejecting
+from online_model.spec import load_schema, load_spec
 from rollback.announce import PubSubAnnouncer
 from rollback.registry import open_registry
 from streaming import demo, job, report
@@ -38,6 +39,7 @@ from streaming.pipeline import (
     CONTROL_ATTRIBUTE,
     INVALID_CONTROL_REASON,
     JobSettings,
+    build_decoder,
     shared_decoder,
 )
 from streaming.wire import (
@@ -321,6 +323,29 @@ def test_report_missing_names_run_dir(
     error = capsys.readouterr().err
     assert "streamlearn run --run-dir" in error
     assert "TelemetryConfig" not in error
+
+
+def test_job_decoder_rejects_as_check_event(tmp_path: Path) -> None:
+    # The decoder screens whole messages and validates only the events the
+    # screen does not pass, so it must reject exactly what check_event does.
+    decoder = build_decoder(
+        JobSettings("screen", "p", "job_postings", "unused", str(tmp_path))
+    )
+    events = job_postings(300)
+    events[5]["salary_year_avg"] = math.nan
+    events[9]["job_role"] = ""
+    events[20]["skills"] = []
+    events[31]["salary_hour_avg"] = -math.inf
+    spec = load_spec("job_postings")
+    rejected = [
+        index
+        for index, event in enumerate(events)
+        if rejecting(check_event(event, spec)) is not None
+    ]
+    result = decoder.decode(encode_container(events, SCHEMA))
+    assert rejected == [5, 9, 31]
+    assert [letter.record_index for letter in result.dead_letters] == rejected
+    assert len(result.events) == 297
 
 
 def test_decoder_built_once_per_process(

@@ -246,6 +246,25 @@ def test_invalid_event_in_container(decoder: MessageDecoder) -> None:
     assert count_reasons(result.dead_letters) == {"invalid-fields": 2}
 
 
+def test_prescreen_skips_passed_events() -> None:
+    validated: list[str] = []
+
+    def validate(event: dict[str, Any]) -> list[str]:
+        validated.append(event["event_id"])
+        return no_empty_skills(event)
+
+    def prescreen(events: list[dict[str, Any]]) -> list[bool]:
+        return [int(event["event_id"][1:]) % 2 == 0 for event in events]
+
+    decoder = MessageDecoder(READER, SchemaRegistry(), validate, prescreen=prescreen)
+    events = [posting(i, country="US") for i in range(6)]
+    events[3]["skills"] = []
+    result = decoder.decode(encode_container(events, READER))
+    assert validated == ["e1", "e3", "e5"]
+    assert [e["event_id"] for e in result.events] == ["e0", "e1", "e2", "e4", "e5"]
+    assert [letter.record_index for letter in result.dead_letters] == [3]
+
+
 def test_dead_letter_attributes(decoder: MessageDecoder) -> None:
     events = [posting(0, country="US")]
     events[0]["skills"] = []
