@@ -38,6 +38,7 @@ from online_model.drift import DriftMonitor
 from online_model.evaluation import ConfusionMatrix, Metrics
 from online_model.gate import LOWER_IS_BETTER, METRIC_FIELDS, GateConfig, ValidationGate
 from online_model.learner import STATE_FORMAT_NAME, LearnerStateError, OnlineLearner
+from online_model.scored import Scored
 from online_model.spec import FeatureSpec
 from rollback.errors import PointerConflict, RegistryError
 from rollback.manifest import ManifestFields
@@ -362,7 +363,7 @@ class JobRuntime:
         self._batches_since_gate += 1
         self._learned_since_gate += len(batch)
         self._unserved_publish_s.extend(publish_times)
-        self._note_event_times(batch)
+        self._note_event_times(report.scored)
         if self._adopted_at is not None:
             version, adopted_s = self._adopted_at
             self._record(
@@ -386,13 +387,13 @@ class JobRuntime:
         if alarms:
             self.confirm_drop()
 
-    def _note_event_times(self, batch: Sequence[Event]) -> None:
-        field = self.spec.event_time_field
-        times = [_event_time_ms(event.get(field)) for event in batch]
-        known = [millis for millis in times if millis is not None]
-        if not known:
+    def _note_event_times(self, scored: Sequence[Scored]) -> None:
+        """Widen the range of event times learned with the valid, labelled
+        events of a micro-batch, which the learner scored."""
+        if not scored:
             return
-        low, high = min(known), max(known)
+        times = [record.event_time_ms for record in scored]
+        low, high = min(times), max(times)
         if self._event_time_range is not None:
             low = min(low, self._event_time_range[0])
             high = max(high, self._event_time_range[1])

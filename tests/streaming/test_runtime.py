@@ -174,6 +174,20 @@ def test_first_version_then_predictions(tmp_path: Path) -> None:
     assert answer.ranked == runtime.serving_learner.predict([request], k=5)[0]
 
 
+def test_version_names_learned_time_range(tmp_path: Path) -> None:
+    runtime, _ = make_runtime(tmp_path, FakeClock())
+    feed(runtime, EVENTS[:2500])
+    assert runtime.serving_version is not None
+    manifest = runtime.registry.describe(runtime.serving_version).fields
+    # Every event here is labelled and valid, so the version learned the
+    # first events_count of those not held out.
+    learned = [e for e in EVENTS[:2500] if holdout_share(e["event_id"]) >= 0.1]
+    times = [e["event_time"] for e in learned[: manifest.events_count]]
+    assert manifest.events_count > 1000
+    assert manifest.event_time_min == min(times)
+    assert manifest.event_time_max == max(times)
+
+
 def test_wrong_labels_rejected_and_reset(tmp_path: Path) -> None:
     runtime, records = make_runtime(tmp_path, FakeClock())
     feed(runtime, EVENTS[:2500])
