@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -80,17 +81,24 @@ class DriftDetector(abc.ABC):
 
         Raises ValueError for a value that is not a finite number.
         """
-        is_number = isinstance(value, int | float) and not isinstance(value, bool)
-        if not (is_number and math.isfinite(value)):
-            raise ValueError(
-                f"detector {self.name!r} needs a finite number, got {value!r}"
-            )
+        self._check_value(value)
         position = self._n_updates
         self._n_updates += 1
 
         statistic = self._detect(float(value))
         if statistic is None:
             return None
+        return self._alarm(position, statistic)
+
+    def _check_value(self, value: object) -> None:
+        is_number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not (is_number and math.isfinite(value)):  # type: ignore[arg-type]
+            raise ValueError(
+                f"detector {self.name!r} needs a finite number, got {value!r}"
+            )
+
+    def _alarm(self, position: int, statistic: float) -> DriftAlarm | None:
+        """Return the alarm for a detection, or None within the cooldown."""
         if self._in_cooldown(position):
             self._n_suppressed += 1
             logger.debug(
@@ -103,6 +111,28 @@ class DriftDetector(abc.ABC):
         self._n_alarms += 1
         self._last_alarm_position = position
         return DriftAlarm(self.name, position, self.statistic_name, statistic)
+
+    def update_many(self, values: Sequence[float]) -> list[DriftAlarm]:
+        """Feed values in order, as :meth:`update` does one by one; return the
+        alarms they raised.
+
+        Raises ValueError, before feeding any value, when one is not a finite
+        number.
+        """
+        if not all(type(value) is float and math.isfinite(value) for value in values):
+            for value in values:
+                self._check_value(value)
+        alarms: list[DriftAlarm] = []
+        detect = self._detect
+        for value in values:
+            position = self._n_updates
+            self._n_updates += 1
+            statistic = detect(float(value))
+            if statistic is not None:
+                alarm = self._alarm(position, statistic)
+                if alarm is not None:
+                    alarms.append(alarm)
+        return alarms
 
     def reset(self) -> None:
         """Forget every value, the cooldown and the counters."""

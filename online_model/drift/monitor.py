@@ -170,18 +170,24 @@ class DriftMonitor:
         self._n_events = 0
 
     def _update_quality(self, micro_batch: Sequence[Scored]) -> list[DriftAlarm]:
-        alarms: list[DriftAlarm] = []
-        for record in micro_batch:
-            error = 0.0 if record.predicted_label == record.true_label else 1.0
-            if self._adwin is not None:
-                alarm = self._adwin.update(error)
-                if alarm is not None:
-                    alarms.append(self._with_time(alarm, record))
-            if self._page_hinkley is not None:
-                alarm = self._page_hinkley.update(self._page_hinkley_value(record))
-                if alarm is not None:
-                    alarms.append(self._with_time(alarm, record))
-        return alarms
+        # Each alarm with its event's position in the micro-batch and its
+        # detector's rank, so that alarms return in stream order, ADWIN first.
+        found: list[tuple[int, int, DriftAlarm]] = []
+        if self._adwin is not None:
+            errors = [
+                0.0 if record.predicted_label == record.true_label else 1.0
+                for record in micro_batch
+            ]
+            start = self._adwin.n_updates
+            for alarm in self._adwin.update_many(errors):
+                found.append((alarm.position - start, 0, alarm))
+        if self._page_hinkley is not None:
+            values = list(map(self._page_hinkley_value, micro_batch))
+            start = self._page_hinkley.n_updates
+            for alarm in self._page_hinkley.update_many(values):
+                found.append((alarm.position - start, 1, alarm))
+        found.sort(key=lambda entry: entry[:2])
+        return [self._with_time(alarm, micro_batch[i]) for i, _, alarm in found]
 
     def _page_hinkley_value(self, record: Scored) -> float:
         if self.config.page_hinkley_signal == "error":

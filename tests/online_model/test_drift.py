@@ -176,6 +176,34 @@ def test_contract_rejects_non_finite(factory: DetectorFactory, value: float) -> 
     assert detector.n_updates == 0
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 256])
+def test_contract_update_many_as_update(factory: DetectorFactory, chunk: int) -> None:
+    # Cooldown 100 within this stream, so suppressed detections occur too.
+    values = two_step_stream()
+    one_by_one = factory(100)
+    expected = run(one_by_one, values)
+    batched = factory(100)
+    alarms = []
+    for start in range(0, len(values), chunk):
+        alarms.extend(batched.update_many(values[start : start + chunk]))
+    assert expected
+    assert alarms == expected
+    assert batched.n_updates == one_by_one.n_updates
+    assert batched.n_suppressed == one_by_one.n_suppressed
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, "0.5", True])
+def test_contract_update_many_checks_first(
+    factory: DetectorFactory, value: float
+) -> None:
+    detector = factory(100)
+
+    with pytest.raises(ValueError, match="needs a finite number, got"):
+        detector.update_many([0.0, 1.0, value, 0.0])
+
+    assert detector.n_updates == 0
+
+
 # Detector-specific behaviour.
 
 
