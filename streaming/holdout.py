@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -55,9 +56,13 @@ class _Chunk:
 
 @dataclass
 class _KeptScores:
-    """The scores of one model that does not learn, by chunk start and end."""
+    """The scores of one model that does not learn, by chunk start and end.
 
-    learner: OnlineLearner
+    The model is referenced weakly, so that the window does not keep a
+    version alive after the job dropped it.
+    """
+
+    learner: weakref.ref[OnlineLearner]
     by_chunk: dict[tuple[int, int], list[Scored]] = field(default_factory=dict)
     evaluation: Evaluation | None = None
 
@@ -79,7 +84,8 @@ class HoldoutWindow:
         self._next = 0
         self._encoding_key: tuple[Any, Any] | None = None
         self._chunks: list[_Chunk] = []
-        # By id(), with the model itself so that a reused id cannot match.
+        # By id(), with a weak reference to the model, so that an id reused
+        # by a new object cannot match.
         self._kept: OrderedDict[int, _KeptScores] = OrderedDict()
 
     def __len__(self) -> int:
@@ -130,8 +136,8 @@ class HoldoutWindow:
 
     def _kept_scores(self, learner: OnlineLearner) -> _KeptScores:
         kept = self._kept.get(id(learner))
-        if kept is None or kept.learner is not learner:
-            kept = _KeptScores(learner)
+        if kept is None or kept.learner() is not learner:
+            kept = _KeptScores(weakref.ref(learner))
             self._kept[id(learner)] = kept
         self._kept.move_to_end(id(learner))
         while len(self._kept) > self.kept_models:

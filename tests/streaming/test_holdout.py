@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
+import weakref
 
 import pytest
 
@@ -184,3 +186,13 @@ def test_least_recent_kept_model_forgotten() -> None:
     assert sizes[id(first)] == [500, 500]
     assert sizes[id(second)] == [500]
     assert sizes[id(third)] == [500]
+
+
+def test_window_keeps_no_dropped_version_alive() -> None:
+    learner = trained()
+    window = window_of(HELD_OUT)
+    window.evaluate(learner, fixed=True)
+    reference = weakref.ref(learner)
+    del learner
+    gc.collect()
+    assert reference() is None
