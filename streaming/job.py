@@ -171,7 +171,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--gate-min-interval-s",
         type=float,
         default=2.0,
-        help="least seconds between two gates, however fast micro-batches fill",
+        help="minimum seconds between two gates, however fast micro-batches fill",
     )
     parser.add_argument(
         "--checkpoint-every-s",
@@ -288,17 +288,26 @@ def run_job(
     _print(args, {"event": "started", "job": settings.job_name})
 
     last_seen = (-1, time.monotonic())
+    reading = _ReadingRate()
+    next_progress = started + args.progress_interval_s
     while True:
-        time.sleep(args.progress_interval_s)
+        # Short polls, so that the stop and the reading rate are timed to
+        # within POLL_S; progress lines keep their own interval.
+        time.sleep(min(POLL_S, args.progress_interval_s))
+        now = time.monotonic()
         account = slot.runtime.account
-        _print_progress(args, slot.runtime, time.monotonic() - started)
+        reading.observe(now, account.events_read)
+        if now >= next_progress:
+            _print_progress(args, slot.runtime, now - started)
+            next_progress += args.progress_interval_s
         handled = account.events_read + sum(account.dead_lettered.values())
         if handled != last_seen[0] or slot.runtime.ticks_handled == 0:
             # Idle time counts only once the pipeline delivers ticks: on a
             # loaded machine the DirectRunner can take longer than the idle
             # timeout to start reading.
-            last_seen = (handled, time.monotonic())
+            last_seen = (handled, now)
         if args.stop_after and handled >= args.stop_after:
+            _print_progress(args, slot.runtime, now - started)
             break
         idle_s = time.monotonic() - last_seen[1]
         if args.idle_timeout_s and idle_s >= args.idle_timeout_s:
@@ -311,7 +320,7 @@ def run_job(
 
         write_account(settings, slot.runtime, force=True)
     elapsed_s = time.monotonic() - started
-    _print_summary(args, settings, slot.runtime, elapsed_s)
+    _print_summary(args, settings, slot.runtime, elapsed_s, reading.rate())
     report = _write_report(settings)
     if report is not None and args.format == "json":
         _print(args, {"event": "report", "path": str(report)})
@@ -411,6 +420,10 @@ def _print(args: argparse.Namespace, record: dict[str, Any]) -> None:
         print(json.dumps(record), flush=True)
 
 
+# Seconds between polls of the account while the job runs.
+POLL_S = 0.05
+
+
 def _print_progress(args: argparse.Namespace, runtime: Any, elapsed_s: float) -> None:
     account = runtime.account
     rate = account.learned / elapsed_s if elapsed_s > 0 else 0.0
@@ -427,15 +440,49 @@ def _print_progress(args: argparse.Namespace, runtime: Any, elapsed_s: float) ->
     )
 
 
+class _ReadingRate:
+    """Events per second from the first poll that saw an event read to the
+    last poll that saw the count grow: the rate while events flowed, without
+    the runner's start-up and the wait for the stop."""
+
+    def __init__(self) -> None:
+        self._first: tuple[float, int] | None = None
+        self._last: tuple[float, int] | None = None
+
+    def observe(self, now: float, events_read: int) -> None:
+        """Record the count of events read at one poll."""
+        if events_read == 0:
+            return
+        if self._first is None:
+            self._first = (now, events_read)
+        if self._last is None or events_read > self._last[1]:
+            self._last = (now, events_read)
+
+    def rate(self) -> float | None:
+        """Return the rate, or None before two polls saw the count differ."""
+        if self._first is None or self._last is None:
+            return None
+        seconds = self._last[0] - self._first[0]
+        if seconds <= 0:
+            return None
+        return (self._last[1] - self._first[1]) / seconds
+
+
 def _print_summary(
-    args: argparse.Namespace, settings: Any, runtime: Any, elapsed_s: float
+    args: argparse.Namespace,
+    settings: Any,
+    runtime: Any,
+    elapsed_s: float,
+    reading_rate: float | None,
 ) -> None:
     account = runtime.account
     decisions = _read_decisions(Path(settings.run_dir) / "decisions.jsonl")
+    if reading_rate is None:
+        reading_rate = account.events_read / elapsed_s if elapsed_s else 0.0
     summary = {
         "event": "finished",
         "elapsed_s": round(elapsed_s, 1),
-        "events_per_s": round(account.events_read / elapsed_s, 1) if elapsed_s else 0,
+        "events_per_s": round(reading_rate, 1),
         "serving_version": runtime.serving_version,
         "registry": settings.registry_url,
         "run_dir": settings.run_dir,
@@ -469,14 +516,19 @@ def render_summary(summary: dict[str, Any]) -> str:
     lines = [
         "",
         f"account after {summary['elapsed_s']} s:",
-        f"  events read          {summary['events_read']}",
-        f"  learned              {summary['learned']}",
-        f"  held out             {summary['held_out']}",
-        f"  predictions answered {summary['predictions']}",
-        f"  duplicates           {summary['duplicates']}",
-        f"  dead-lettered        {sum(dead.values())} {dead or ''}",
+        f"  events read          {summary['events_read']} (learned + held out + "
+        "predictions + duplicates + pending + refused)",
+        f"    learned              {summary['learned']}",
+        f"    held out             {summary['held_out']}",
+        f"    predictions answered {summary['predictions']}",
+        f"    duplicates           {summary['duplicates']}",
+        f"    pending              {summary.get('pending', 0)}",
+        f"    refused (non-finite) {summary.get('refused_non_finite', 0)}",
+        f"  dead letters         {sum(dead.values())} {dead or ''} (bad messages and "
+        "invalid events, not counted as read)",
+        f"  messages read        {summary.get('messages_read', 0)}",
         f"  control messages     {summary.get('control_messages', 0)}",
-        f"  events per second    {summary['events_per_s']}",
+        f"  events per second    {summary['events_per_s']} (while events arrived)",
         f"  serving version      {version_text(summary['serving_version'])}",
         f"  registry             {summary.get('registry', '?')}",
         "decisions:",
@@ -499,7 +551,9 @@ def _describe(record: dict[str, Any]) -> str:
     if kind == "rejection":
         return (
             f"rejected {candidate}, kept "
-            f"{version_text(record['serving_version'])}: {record['reason']}"
+            f"{version_text(record['serving_version'])}: {record['reason']} "
+            f"(candidate's holdout top-1 {record['candidate_top1']:.3f}, top-5 "
+            f"{record['candidate_top5']:.3f})"
         )
     if kind == "rollback":
         return (

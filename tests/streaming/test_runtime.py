@@ -15,7 +15,7 @@ from online_model.spec import load_spec
 from rollback.registry import Registry, open_registry
 from streaming import monitoring as mon
 from streaming.checkpoint import CheckpointStore
-from streaming.job import render_summary
+from streaming.job import _ReadingRate, render_summary
 from streaming.job_config import JobConfig
 from streaming.report.records import read_run
 from streaming.runtime import EventBatch, JobRuntime, holdout_share
@@ -441,6 +441,30 @@ def test_summary_names_versions(tmp_path: Path) -> None:
     rejection = next(r for r in records if r["kind"] == "rejection")
     candidate = rejection["candidate"]
     assert f"rejected {candidate}, kept v{rejection['serving_version']}:" in text
+    assert f"holdout top-1 {rejection['candidate_top1']:.3f}, top-5" in text
+    account = runtime.account
+    assert f"    pending              {account.pending}\n" in text
+    assert account.events_read == (
+        account.learned
+        + account.held_out
+        + account.predictions
+        + account.duplicates
+        + account.pending
+        + account.refused_non_finite
+    )
+
+
+def test_reading_rate_leaves_out_idle_polls() -> None:
+    rate = _ReadingRate()
+    rate.observe(0.0, 0)
+    assert rate.rate() is None
+    rate.observe(1.0, 100)
+    rate.observe(2.0, 1100)
+    rate.observe(3.0, 2100)
+    # No new events after 3 s: the idle polls do not lower the rate.
+    rate.observe(4.0, 2100)
+    rate.observe(9.0, 2100)
+    assert rate.rate() == 1000.0
 
 
 def test_loads_not_logged_as_new(
