@@ -122,9 +122,11 @@ def versions_main(argv: Sequence[str] | None = None) -> int:
 def _rollback_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rollback",
+        # The raw formatter keeps the epilog's examples as written, so the
+        # description carries its own line breaks.
         description=(
-            "Point serving at an earlier model version, or pause automatic "
-            "promotion. Checks that the target exists, is intact and is "
+            "Point serving at an earlier model version, or pause automatic\n"
+            "promotion. Checks that the target exists, is intact and is\n"
             "compatible with the running job before it moves the pointer."
         ),
         epilog=ROLLBACK_EXAMPLES,

@@ -70,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     listing = commands.add_parser(
         "list",
         help="list versions, newest first",
+        description="List versions, newest first.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -91,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     describe = commands.add_parser(
         "describe",
         help="show one version: manifest, metrics, lineage, when it served",
+        description="Show one version: manifest, metrics, lineage, when it served.",
         epilog="example:\n  streamlearn versions describe v12 --format json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -106,6 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     history = commands.add_parser(
         "history",
         help="show the serving pointer's moves and pauses, newest first",
+        description="Show the serving pointer's moves and pauses, newest first.",
         epilog="examples:\n  streamlearn versions history --limit 10\n"
         "  streamlearn versions history --format json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
