@@ -70,6 +70,9 @@ REJECTING_REASONS: frozenset[str] = frozenset(
 # The values Avro's int and long can carry.
 _INTEGER_RANGES = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
 _FLOAT_MAX = sys.float_info.max
+# An event time given as an int is milliseconds since the Unix epoch, and must
+# be a time a datetime can carry: 0001-01-01 to 9999-12-31, UTC.
+_TIME_MILLIS_RANGE = (-62_135_596_800_000, 253_402_300_799_999)
 _PYTHON_TYPES: dict[str, tuple[type, ...]] = {
     "string": (str,),
     "enum": (str,),
@@ -157,6 +160,8 @@ class EventScreen:
             check = {"float": 1, "double": 1, "array": 2, "enum": 3}.get(base, 0)
             if base in _INTEGER_RANGES:
                 check = 5 if base == "long" else 6
+            if avro_field.name == spec.event_time_field and base == "long":
+                check = 7
             if base not in _PYTHON_TYPES or (
                 base == "array" and avro_field.items != "string"
             ):
@@ -289,7 +294,8 @@ class _FieldRule(NamedTuple):
     ``check`` selects the test after the type test: 0 none, 1 a finite
     number, 2 a list of strings, 3 an enum symbol. 4 always fails (a type the
     screen does not handle, left to :func:`check_event`). 5 and 6 test for an
-    integer in the range of Avro's long and int.
+    integer in the range of Avro's long and int, 7 for an event time in
+    milliseconds that a datetime can carry.
     """
 
     name: str
@@ -316,6 +322,8 @@ class _FieldRule(NamedTuple):
             return _in_long_range
         if self.check == 6:
             return _in_int_range
+        if self.check == 7:
+            return _in_time_range
         return self.symbols.__contains__
 
     def column_passes(self, column: Sequence[Any]) -> bool:
@@ -337,12 +345,13 @@ class _FieldRule(NamedTuple):
             # A sum is finite only if every term is, because NaN and
             # infinities propagate. A finite sum that overflows is a false
             # alarm, and so is an int too large for a float beside a float.
+            integers = [value for value in values if type(value) is int]
+            if integers and not (
+                min(integers) >= -_FLOAT_MAX and max(integers) <= _FLOAT_MAX
+            ):
+                return False
             try:
                 total = sum(values)
-                if int in types:
-                    # An int too large for a float has no float value.
-                    float(max(values))
-                    float(min(values))
             except OverflowError:
                 return False
             return bool(total - total == 0)
@@ -356,9 +365,13 @@ class _FieldRule(NamedTuple):
             return set(values) <= self.symbols
         if self.check == 4:
             return not values
-        if self.check in (5, 6):
+        if self.check in (5, 6, 7):
             integers = [value for value in values if type(value) is int]
-            low, high = _INTEGER_RANGES["long" if self.check == 5 else "int"]
+            low, high = (
+                _TIME_MILLIS_RANGE
+                if self.check == 7
+                else _INTEGER_RANGES["long" if self.check == 5 else "int"]
+            )
             return not integers or (low <= min(integers) and max(integers) <= high)
         return True
 
@@ -371,6 +384,11 @@ def _is_finite(number: float) -> bool:
 
 def _in_long_range(number: Any) -> bool:
     low, high = _INTEGER_RANGES["long"]
+    return type(number) is not int or low <= number <= high
+
+
+def _in_time_range(number: Any) -> bool:
+    low, high = _TIME_MILLIS_RANGE
     return type(number) is not int or low <= number <= high
 
 
@@ -450,6 +468,14 @@ def _check_field(
         problem = _check_integer_range(name, value, avro_field.base_type)
         if problem is not None:
             return problem
+        low, high = _TIME_MILLIS_RANGE
+        if name == spec.event_time_field and not low <= value <= high:
+            return EventProblem(
+                WRONG_TYPE,
+                name,
+                f"field {name!r} is int {_short(value)} milliseconds, outside "
+                "the times a timestamp can carry (years 1 to 9999, UTC)",
+            )
     if avro_field.base_type == "enum":
         return _check_enum(name, value, spec)
     if avro_field.base_type == "array":

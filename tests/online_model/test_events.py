@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import pytest
 
 from online_model import events as ev
-from online_model.events import EventScreen, check_event
+from online_model.events import EventScreen, check_event, rejecting
 from online_model.spec import load_spec
 
 SPEC = load_spec("job_postings")
@@ -222,9 +223,32 @@ def test_integers_outside_avro_range(changes: dict[str, Any], reason: str) -> No
     assert screen.screen_batch([posting(), event]) == [ev.CLEAN, ev.NEEDS_CHECK]
 
 
-def test_integers_at_avro_range_edges_pass() -> None:
-    events = [posting(event_time=2**63 - 1), posting(salary_year_avg=2**1000)]
+def test_integers_at_range_edges_pass() -> None:
+    # Event times in milliseconds from 0001-01-01 to 9999-12-31 (UTC).
+    events = [
+        posting(event_time=-62_135_596_800_000),
+        posting(event_time=253_402_300_799_999),
+        posting(salary_year_avg=2**1000),
+    ]
     screen = EventScreen(SPEC)
 
-    assert [reasons(event) for event in events] == [[], []]
-    assert screen.screen_batch(events) == [ev.CLEAN, ev.CLEAN]
+    assert [reasons(event) for event in events] == [[], [], []]
+    assert screen.screen_batch(events) == [ev.CLEAN] * 3
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        posting(event_time=-62_135_596_800_001),
+        posting(event_time=253_402_300_800_000),
+        posting(event_time=2**63 - 1),
+        posting(salary_year_avg=int(sys.float_info.max) + 1),
+    ],
+)
+def test_integers_past_range_rejected(event: dict[str, Any]) -> None:
+    clean = posting(event_id="clean")
+    problem = rejecting(check_event(event, SPEC))
+
+    assert problem is not None
+    assert SCREEN.screen(event) == ev.NEEDS_CHECK
+    assert SCREEN.screen_batch([clean, event]) == [ev.CLEAN, ev.NEEDS_CHECK]

@@ -348,6 +348,29 @@ def test_job_decoder_rejects_as_check_event(tmp_path: Path) -> None:
     assert len(result.events) == 297
 
 
+def test_job_decoder_rejects_time_past_year_9999(tmp_path: Path) -> None:
+    # A writer that declares the event time a plain long passes ints through
+    # schema resolution, so the checks must bound them to real times.
+    decoder = build_decoder(
+        JobSettings("times", "p", "job_postings", "unused", str(tmp_path))
+    )
+    writer = json.loads(json.dumps(SCHEMA))
+    for field in writer["fields"]:
+        if field["name"] == "event_time":
+            field["type"] = "long"
+    events = job_postings(3)
+    for event in events:
+        event["event_time"] = int(event["event_time"].timestamp() * 1000)
+    events[1]["event_time"] = 2**62
+    result = decoder.decode(encode_container(events, writer))
+    assert [e["event_id"] for e in result.events] == [
+        events[0]["event_id"],
+        events[2]["event_id"],
+    ]
+    assert [letter.record_index for letter in result.dead_letters] == [1]
+    assert "event_time" in result.dead_letters[0].detail
+
+
 def test_decoder_built_once_per_process(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
