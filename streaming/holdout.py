@@ -70,15 +70,22 @@ class _KeptScores:
 class HoldoutWindow:
     """The most recent held-out events, up to ``size``, oldest first.
 
-    Change the events only through :meth:`append` and :meth:`replace`.
-    Scores of models evaluated with ``fixed=True`` are kept for up to
-    ``kept_models`` models, the least recently evaluated forgotten first.
+    Change the events only through :meth:`append` and :meth:`replace`. An
+    event whose ``id_field`` value is already in the window is not added,
+    because :meth:`OnlineLearner.score` counts only the first of the events
+    with one id. Scores of models evaluated with ``fixed=True`` are kept for
+    up to ``kept_models`` models, the least recently evaluated forgotten
+    first.
     """
 
-    def __init__(self, size: int, kept_models: int = 8) -> None:
+    def __init__(
+        self, size: int, kept_models: int = 8, id_field: str = "event_id"
+    ) -> None:
         self.size = size
         self.kept_models = kept_models
+        self.id_field = id_field
         self._events: deque[Event] = deque(maxlen=size)
+        self._ids: set[Any] = set()
         # Window position of the next event appended; the oldest event in the
         # window is at _next - len(_events).
         self._next = 0
@@ -94,20 +101,31 @@ class HoldoutWindow:
     def __iter__(self) -> Iterator[Event]:
         return iter(self._events)
 
-    def append(self, event: Event) -> None:
-        """Add an event, dropping the oldest when the window is full."""
+    def append(self, event: Event) -> bool:
+        """Add an event, dropping the oldest when the window is full; return
+        False, leaving the window as it was, when its id is in the window."""
+        key = self._id_of(event)
+        if key is not None and key in self._ids:
+            return False
+        if len(self._events) == self.size and self._events:
+            self._ids.discard(self._id_of(self._events[0]))
         self._events.append(event)
+        if key is not None:
+            self._ids.add(key)
         self._next += 1
         for kept in self._kept.values():
             kept.evaluation = None
+        return True
 
     def replace(self, events: Iterable[Event]) -> None:
         """Replace every event, as when a checkpoint is restored."""
         self._events.clear()
-        self._events.extend(events)
-        self._next = len(self._events)
+        self._ids.clear()
+        self._next = 0
         self._chunks = []
         self._kept.clear()
+        for event in events:
+            self.append(event)
 
     def evaluate(self, learner: OnlineLearner, fixed: bool = False) -> Evaluation:
         """Return the metrics and confusion matrix of ``learner`` on the window.
@@ -133,6 +151,15 @@ class HoldoutWindow:
         if cached is not None:
             cached.evaluation = evaluation
         return evaluation
+
+    def _id_of(self, event: Event) -> Any:
+        """Return the event's id, or None when it has none that can be kept."""
+        try:
+            key = event.get(self.id_field)
+            hash(key)
+        except (AttributeError, TypeError):
+            return None
+        return key
 
     def _kept_scores(self, learner: OnlineLearner) -> _KeptScores:
         kept = self._kept.get(id(learner))

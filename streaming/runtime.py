@@ -189,7 +189,9 @@ class JobRuntime:
         self.recent_versions: OrderedDict[int, OnlineLearner] = OrderedDict()
         # Scores are kept for the serving version and every kept version.
         self.holdout = HoldoutWindow(
-            config.holdout_window_size, kept_models=config.rollback_versions_kept + 2
+            config.holdout_window_size,
+            kept_models=config.rollback_versions_kept + 2,
+            id_field=spec.event_id_field,
         )
         self.pending: list[Event] = []
         self.pending_publish_s: list[float] = []

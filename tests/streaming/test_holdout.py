@@ -196,3 +196,35 @@ def test_window_keeps_no_dropped_version_alive() -> None:
     del learner
     gc.collect()
     assert reference() is None
+
+
+def test_duplicate_id_kept_once() -> None:
+    # score() counts only the first event with an id, and so does the window,
+    # whichever chunks the copies would fall in.
+    learner = trained()
+    first, second, third = HELD_OUT[:3]
+    copy = {**first, "job_role": second["job_role"]}
+    window = window_of([first], size=3)
+    window.evaluate(learner, fixed=True)
+    assert window.append(copy) is False
+    assert window.append(second) is True
+    assert list(window) == [first, second]
+    assert_close(
+        window.evaluate(learner, fixed=True), expected(learner, [first, second])
+    )
+
+    # Once the first copy has left the window, the id may enter again.
+    window.append(third)
+    window.append(HELD_OUT[3])
+    assert window.append(copy) is True
+    assert list(window) == [third, HELD_OUT[3], copy]
+    assert_close(window.evaluate(learner), expected(learner, list(window)))
+
+
+def test_replace_keeps_first_of_duplicates() -> None:
+    learner = trained()
+    copy = {**HELD_OUT[0], "job_role": HELD_OUT[1]["job_role"]}
+    window = window_of(HELD_OUT[:5])
+    window.replace([HELD_OUT[0], copy, HELD_OUT[1]])
+    assert list(window) == [HELD_OUT[0], HELD_OUT[1]]
+    assert window.evaluate(learner) == expected(learner, [HELD_OUT[0], HELD_OUT[1]])
