@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import secrets
 import sys
@@ -99,13 +100,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--progress-interval-s",
-        type=float,
+        type=_positive_seconds,
         default=2.0,
         help="seconds between progress lines",
     )
     parser.add_argument(
         "--tick-interval-s",
-        type=float,
+        type=_positive_seconds,
         default=0.5,
         help="seconds between the tick messages that close a waiting "
         "micro-batch and run due gates and checkpoints",
@@ -200,6 +201,18 @@ def _checkpoint_location(text: str) -> str:
     return str(Path(location).resolve())
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(
+            f"invalid value {text!r}: expected a finite number of seconds above 0"
+        )
+    return value
+
+
 def main(argv: list[str], epilogue: Callable[[], None] | None = None) -> int:
     """Run the job until it stops; return the exit code.
 
@@ -216,6 +229,24 @@ def main(argv: list[str], epilogue: Callable[[], None] | None = None) -> int:
     # involved; the gate's own INFO line would repeat it without them.
     logging.getLogger("online_model.gate").setLevel(logging.WARNING)
     try:
+        config = JobConfig(
+            micro_batch_size=args.micro_batch_size,
+            micro_batch_max_wait_s=args.micro_batch_max_wait_s,
+            holdout_fraction=args.holdout_fraction,
+            holdout_window_size=args.holdout_window_size,
+            holdout_min_events=args.holdout_min_events,
+            gate_metric=args.gate_metric,
+            gate_tolerance=args.gate_tolerance,
+            gate_every_micro_batches=args.gate_every_micro_batches,
+            gate_every_s=args.gate_every_s,
+            gate_min_interval_s=args.gate_min_interval_s,
+            checkpoint_every_s=args.checkpoint_every_s,
+            decode_limits=decode_limits_from(args),
+        )
+    except ValueError as error:
+        print(f"streamlearn run: invalid setting: {error}", file=sys.stderr)
+        return 2
+    try:
         require_emulator()
     except RuntimeError as error:
         print(f"streamlearn run: {error}", file=sys.stderr)
@@ -223,20 +254,6 @@ def main(argv: list[str], epilogue: Callable[[], None] | None = None) -> int:
 
     from streaming.pipeline import JobSettings
 
-    config = JobConfig(
-        micro_batch_size=args.micro_batch_size,
-        micro_batch_max_wait_s=args.micro_batch_max_wait_s,
-        holdout_fraction=args.holdout_fraction,
-        holdout_window_size=args.holdout_window_size,
-        holdout_min_events=args.holdout_min_events,
-        gate_metric=args.gate_metric,
-        gate_tolerance=args.gate_tolerance,
-        gate_every_micro_batches=args.gate_every_micro_batches,
-        gate_every_s=args.gate_every_s,
-        gate_min_interval_s=args.gate_min_interval_s,
-        checkpoint_every_s=args.checkpoint_every_s,
-        decode_limits=decode_limits_from(args),
-    )
     settings = JobSettings(
         job_name=args.job_name,
         project=args.project,

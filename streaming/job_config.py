@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -80,6 +81,9 @@ class JobConfig:
             value = getattr(self, name)
             if not value >= 0.0:
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
+        # An infinite spacing would stop validation after the first gate.
+        if self.gate_min_interval_s == math.inf:
+            raise ValueError("gate_min_interval_s must be finite, got inf")
         if not isinstance(self.decode_limits, DecodeLimits):
             raise ValueError(
                 f"decode_limits must be a DecodeLimits, got {self.decode_limits!r}"

@@ -316,6 +316,30 @@ def test_run_help_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:
     assert "runs/demo/registry" not in out
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--gate-min-interval-s", "nan", "gate_min_interval_s must be >= 0"),
+        ("--gate-min-interval-s", "-1", "gate_min_interval_s must be >= 0"),
+        ("--gate-min-interval-s", "1e400", "gate_min_interval_s must be finite"),
+        ("--gate-every-s", "-1", "gate_every_s must be >= 0"),
+        ("--holdout-fraction", "1", "holdout_fraction must be in [0, 1)"),
+    ],
+)
+def test_run_rejects_invalid_setting(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    option: str,
+    value: str,
+    message: str,
+) -> None:
+    argv = ["--registry", str(tmp_path / "r"), "--run-dir", str(tmp_path / "d")]
+    assert job.main([*argv, f"{option}={value}"]) == 2
+    error = capsys.readouterr().err
+    assert f"streamlearn run: invalid setting: {message}" in error
+    assert not (tmp_path / "d").exists()
+
+
 def test_report_missing_names_run_dir(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -365,6 +365,7 @@ def test_checkpoint_restore_continues(tmp_path: Path) -> None:
         ("gate_metric", "accuracy"),
         ("checkpoint_every_s", -1.0),
         ("gate_min_interval_s", -1.0),
+        ("gate_min_interval_s", float("inf")),
     ],
 )
 def test_config_rejects_invalid(name: str, value: Any) -> None:
