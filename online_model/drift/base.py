@@ -13,7 +13,7 @@ from __future__ import annotations
 import abc
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -112,13 +112,14 @@ class DriftDetector(abc.ABC):
         self._last_alarm_position = position
         return DriftAlarm(self.name, position, self.statistic_name, statistic)
 
-    def update_many(self, values: Sequence[float]) -> list[DriftAlarm]:
+    def update_many(self, values: Iterable[float]) -> list[DriftAlarm]:
         """Feed values in order, as :meth:`update` does one by one; return the
         alarms they raised.
 
         Raises ValueError, before feeding any value, when one is not a finite
         number.
         """
+        values = list(values)
         if not all(type(value) is float and math.isfinite(value) for value in values):
             for value in values:
                 self._check_value(value)

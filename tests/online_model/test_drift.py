@@ -192,6 +192,14 @@ def test_contract_update_many_as_update(factory: DetectorFactory, chunk: int) ->
     assert batched.n_suppressed == one_by_one.n_suppressed
 
 
+def test_contract_update_many_takes_iterator(factory: DetectorFactory) -> None:
+    values = two_step_stream()
+    detector = factory(100)
+    alarms = detector.update_many(iter(values))
+    assert detector.n_updates == len(values)
+    assert alarms == run(factory(100), values)
+
+
 @pytest.mark.parametrize("value", [math.nan, math.inf, "0.5", True])
 def test_contract_update_many_checks_first(
     factory: DetectorFactory, value: float
