@@ -178,7 +178,7 @@ def test_contract_rejects_non_finite(factory: DetectorFactory, value: float) -> 
 
 @pytest.mark.parametrize("chunk", [1, 7, 256])
 def test_contract_update_many_as_update(factory: DetectorFactory, chunk: int) -> None:
-    # Cooldown 100 within this stream, so suppressed detections occur too.
+    # The same stream, fed whole or in chunks, gives the same alarms and counters.
     values = two_step_stream()
     one_by_one = factory(100)
     expected = run(one_by_one, values)
