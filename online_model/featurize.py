@@ -232,6 +232,10 @@ class Featurizer:
                 CACHE_LIMIT,
             )
             cache.clear()
+        if isinstance(value, float) and value == 0.0:
+            # -0.0 equals 0.0 and shares its cache entry, so it must hash as
+            # 0.0 too, or the id would depend on which of the two came first.
+            value = 0.0
         text = _MISSING if value is None else f"{type(value).__name__}:{value}"
         feature_id = stable_id(name, text)
         cache[value] = feature_id

@@ -99,6 +99,16 @@ def test_value_token_same_for_int_and_float() -> None:
     assert int_first[0] == float_first[0]
 
 
+def test_value_token_same_for_zero_and_negative_zero() -> None:
+    first = next(iter_events("aijobs_salaries"))
+    zero = dict(first, salary_in_usd=0.0)
+    negative = dict(first, salary_in_usd=-0.0)
+    zero_first = tokens_of("aijobs_salaries", [zero, negative])
+    negative_first = tokens_of("aijobs_salaries", [negative, zero])
+    assert zero_first[0] == zero_first[1]
+    assert negative_first[0] == zero_first[0]
+
+
 def test_encode_ids_are_stable_ids(job_postings: list[dict[str, Any]]) -> None:
     # Saved models depend on these ids: the type name and value, hashed.
     spec = load_spec("job_postings")
