@@ -806,7 +806,40 @@ class JobRuntime:
             self.account.learned,
             version_text(serving),
         )
+        self._skip_pending_in_pointer_version()
         self.follow_registry()
+
+    def _skip_pending_in_pointer_version(self) -> None:
+        """Drop the restored pending events that the version the pointer names
+        has learned already.
+
+        A version published after the checkpoint, before a crash, learned
+        the checkpoint's pending events first, in order: its manifest counts
+        the events the job had learned when it was published. Adopting it
+        and learning them again would count them twice.
+        """
+        try:
+            pointer = self.registry.serving()
+            if pointer is None or pointer == self.serving_version:
+                return
+            learned_then = self.registry.describe(pointer).fields.events_count
+        except RegistryError as error:
+            logger.warning("cannot read the serving version's manifest: %s", error)
+            return
+        skipped = min(max(learned_then - self.account.learned, 0), len(self.pending))
+        if skipped == 0:
+            return
+        del self.pending[:skipped]
+        del self.pending_publish_s[:skipped]
+        self.account.learned += skipped
+        self.account.pending = len(self.pending)
+        self._record("skipped_pending", version=pointer, events=skipped)
+        logger.info(
+            "skipped %d restored pending events: v%d, published after the "
+            "checkpoint, learned them already",
+            skipped,
+            pointer,
+        )
 
     def _state_dict(self) -> dict[str, Any]:
         return {

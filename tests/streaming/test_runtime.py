@@ -357,6 +357,53 @@ def test_checkpoint_restore_continues(tmp_path: Path) -> None:
     assert kinds(records, "restored")[0]["learned"] == first.account.learned
 
 
+def test_restore_skips_pending_of_later_version(tmp_path: Path) -> None:
+    # The killed run learned the checkpoint's pending events into a version
+    # it published after the checkpoint; the restarted run must not learn
+    # them again on top of that version.
+    clock = FakeClock()
+    registry = open_registry(tmp_path / "registry", create=True)
+    first, _ = make_runtime(tmp_path, clock, registry)
+    feed(first, EVENTS[:1650], size=50)
+    first.save_checkpoint()
+    learned_at_checkpoint = first.account.learned
+    pending_at_checkpoint = list(first.pending)
+    assert pending_at_checkpoint
+    feed(first, EVENTS[1650:2600], size=50)
+    newest = registry.serving()
+    assert newest is not None
+    in_version = registry.describe(newest).fields.events_count
+    assert in_version - learned_at_checkpoint > len(pending_at_checkpoint)
+
+    second, records = make_runtime(tmp_path, clock, registry)
+    second.restore(first.checkpoint_number)
+    assert second.serving_version == newest
+    assert second.pending == []
+    assert second.account.learned == learned_at_checkpoint + len(pending_at_checkpoint)
+    assert kinds(records, "skipped_pending")[0]["events"] == len(pending_at_checkpoint)
+    assert_adds_up(second)
+
+
+def test_restore_keeps_pending_of_older_pointer(tmp_path: Path) -> None:
+    clock = FakeClock()
+    registry = open_registry(tmp_path / "registry", create=True)
+    first, _ = make_runtime(tmp_path, clock, registry)
+    feed(first, EVENTS[:2600], size=50)
+    assert first.serving_version is not None
+    assert first.serving_version >= 2
+    first.save_checkpoint()
+    pending_at_checkpoint = list(first.pending)
+    # An operator moves the pointer to v1, which learned less than the
+    # checkpoint: nothing of the pending batch is in it.
+    registry.set_serving(1, reason="test", actor="ops:test")
+
+    second, records = make_runtime(tmp_path, clock, registry)
+    second.restore(first.checkpoint_number)
+    assert second.serving_version == 1
+    assert second.pending == pending_at_checkpoint
+    assert kinds(records, "skipped_pending") == []
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [
