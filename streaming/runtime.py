@@ -64,6 +64,8 @@ class VersionRegistry(Protocol):
 
     def read(self, version: int | str) -> Any: ...
 
+    def describe(self, version: int | str) -> Any: ...
+
     def publish(
         self,
         files: Mapping[str, bytes],
