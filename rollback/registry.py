@@ -117,8 +117,8 @@ from rollback.manifest import (
 )
 from rollback.names import MAX_VERSION, format_version, parse_version
 from rollback.state import (
+    PAUSED_KINDS,
     POINTER_KINDS,
-    PROMOTION_KINDS,
     PointerChange,
     ServingState,
 )
@@ -544,10 +544,11 @@ class Registry:
                     f"{_name(expected_number)} as expected; check "
                     "'rollback --dry-run' and retry"
                 )
-            if state.paused and kind in PROMOTION_KINDS:
+            if state.paused and kind in PAUSED_KINDS:
+                moved = "rolled back to" if kind == "auto_rollback" else "promoted"
                 raise PromotionPaused(
                     f"automatic promotion is paused; {format_version(number)} was "
-                    "not promoted"
+                    f"not {moved}"
                 )
             return self._change(
                 state, change_id, actor, kind, current, number, reason, details

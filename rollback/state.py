@@ -28,6 +28,8 @@ ROLLBACK_KINDS = ("rollback", "auto_rollback")
 PAUSE_KINDS = ("pause", "resume")
 # Kinds that a pause blocks: the job's automatic forward moves.
 PROMOTION_KINDS = ("publish", "promote")
+# Pointer moves a pause holds back: the job's own, never an operator's.
+PAUSED_KINDS = (*PROMOTION_KINDS, "auto_rollback")
 
 
 @dataclass(frozen=True)

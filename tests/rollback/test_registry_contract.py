@@ -283,6 +283,22 @@ def test_pause_allows_rollback(registry: Registry) -> None:
     assert kinds == ["publish", "publish", "pause", "rollback", "resume", "promote"]
 
 
+def test_pause_holds_back_automatic_rollback(registry: Registry) -> None:
+    # The job checks the pause before it scores its kept versions; an
+    # operator who pauses meanwhile must still find the pointer unmoved.
+    publish_many(registry, 2)
+    registry.pause("ops:ana", "incident 7")
+
+    with pytest.raises(PromotionPaused, match="v1 was not rolled back to"):
+        registry.set_serving(
+            1, "job", "drift", expected=2, kind="auto_rollback", details={}
+        )
+
+    assert registry.serving() == 2
+    kinds = [entry.kind for entry in registry.history()]
+    assert kinds == ["publish", "publish", "pause"]
+
+
 def test_incompatible_fingerprint_rejected(registry: Registry) -> None:
     registry.publish(make_files(1), make_fields(), "job", "first")
     registry.publish(
