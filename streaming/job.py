@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import secrets
+import signal
 import sys
 import threading
 import time
@@ -304,6 +305,7 @@ def run_job(
     started = time.monotonic()
     _print(args, {"event": "started", "job": settings.job_name})
 
+    interrupted = _stop_on_signals()
     last_seen = (-1, time.monotonic())
     reading = _ReadingRate()
     next_progress = started + args.progress_interval_s
@@ -325,6 +327,9 @@ def run_job(
             last_seen = (handled, now)
         if args.stop_after and handled >= args.stop_after:
             _print_progress(args, slot.runtime, now - started)
+            break
+        if interrupted.is_set():
+            logger.warning("interrupted: stopping after the last micro-batch")
             break
         idle_s = time.monotonic() - last_seen[1]
         if args.idle_timeout_s and idle_s >= args.idle_timeout_s:
@@ -455,6 +460,25 @@ def _print_progress(args: argparse.Namespace, runtime: Any, elapsed_s: float) ->
         f"{version_text(runtime.serving_version)} | {rate:.0f} learned/s",
         flush=True,
     )
+
+
+def _stop_on_signals() -> threading.Event:
+    """Make SIGINT and SIGTERM request a clean stop; return the request.
+
+    The job then learns its open micro-batch, runs a last gate, saves a
+    checkpoint and prints its account. A second signal stops at once.
+    """
+    requested = threading.Event()
+
+    def request(number: int, frame: Any) -> None:
+        if requested.is_set():
+            raise KeyboardInterrupt
+        requested.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, request)
+        signal.signal(signal.SIGTERM, request)
+    return requested
 
 
 class _ReadingRate:

@@ -229,6 +229,32 @@ def test_restart_after_sigkill(tmp_path: Path) -> None:
     assert summary["events_read"] >= last_checkpoint["events_read"] + 1200
 
 
+def test_sigterm_stops_cleanly(tmp_path: Path) -> None:
+    topics = fresh_topics("term")
+    events = job_postings(1500)
+    run_dir = tmp_path / "run"
+    process = start_job(topics, run_dir, stop_after=10**9)
+    publish(topics, events)
+
+    def all_read() -> bool:
+        account = run_dir / "account.json"
+        return account.exists() and json.loads(account.read_text())[
+            "events_read"
+        ] == len(events)
+
+    wait_for(all_read, "every event read")
+    process.send_signal(signal.SIGTERM)
+    summary = finish(process, run_dir)
+
+    # The open micro-batch is learned, a last gate runs and a checkpoint is
+    # saved, as when the job stops by itself.
+    assert summary["pending"] == 0
+    _adds_up(summary)
+    kinds = [d["kind"] for d in decisions(run_dir)]
+    assert "checkpoint" in kinds
+    assert summary["candidates_validated"] >= 1
+
+
 def test_wrong_labels_burst_caught(tmp_path: Path) -> None:
     topics = fresh_topics("burst")
     events = job_postings(6000)
