@@ -306,6 +306,8 @@ def run_job(
     _print(args, {"event": "started", "job": settings.job_name})
 
     interrupted = _stop_on_signals()
+    # A restored checkpoint's counts are not this run's work.
+    learned_before = slot.runtime.account.learned
     last_seen = (-1, time.monotonic())
     reading = _ReadingRate()
     next_progress = started + args.progress_interval_s
@@ -317,7 +319,7 @@ def run_job(
         account = slot.runtime.account
         reading.observe(now, account.events_read)
         if now >= next_progress:
-            _print_progress(args, slot.runtime, now - started)
+            _print_progress(args, slot.runtime, now - started, learned_before)
             next_progress += args.progress_interval_s
         handled = account.events_read + sum(account.dead_lettered.values())
         if handled != last_seen[0] or slot.runtime.ticks_handled == 0:
@@ -326,7 +328,7 @@ def run_job(
             # timeout to start reading.
             last_seen = (handled, now)
         if args.stop_after and handled >= args.stop_after:
-            _print_progress(args, slot.runtime, now - started)
+            _print_progress(args, slot.runtime, now - started, learned_before)
             break
         if interrupted.is_set():
             logger.warning("interrupted: stopping after the last micro-batch")
@@ -342,7 +344,7 @@ def run_job(
 
         write_account(settings, slot.runtime, force=True)
     elapsed_s = time.monotonic() - started
-    _print_summary(args, settings, slot.runtime, elapsed_s, reading.rate())
+    _print_summary(args, settings, slot.runtime, elapsed_s, reading.rate(elapsed_s))
     report = _write_report(settings)
     if report is not None and args.format == "json":
         _print(args, {"event": "report", "path": str(report)})
@@ -446,9 +448,12 @@ def _print(args: argparse.Namespace, record: dict[str, Any]) -> None:
 POLL_S = 0.05
 
 
-def _print_progress(args: argparse.Namespace, runtime: Any, elapsed_s: float) -> None:
+def _print_progress(
+    args: argparse.Namespace, runtime: Any, elapsed_s: float, learned_before: int
+) -> None:
     account = runtime.account
-    rate = account.learned / elapsed_s if elapsed_s > 0 else 0.0
+    learned = account.learned - learned_before
+    rate = learned / elapsed_s if elapsed_s > 0 else 0.0
     if args.format == "json":
         _print(args, {"event": "progress", "elapsed_s": elapsed_s, **account.to_dict()})
         return
@@ -482,30 +487,36 @@ def _stop_on_signals() -> threading.Event:
 
 
 class _ReadingRate:
-    """Events per second from the first poll that saw an event read to the
-    last poll that saw the count grow: the rate while events flowed, without
-    the runner's start-up and the wait for the stop."""
+    """Events per second from the first poll that saw this run read an event
+    to the last poll that saw the count grow: the rate while events flowed,
+    without the runner's start-up, the wait for the stop, or the events a
+    restored checkpoint counted before this run."""
 
     def __init__(self) -> None:
+        self._start: int | None = None
         self._first: tuple[float, int] | None = None
         self._last: tuple[float, int] | None = None
 
     def observe(self, now: float, events_read: int) -> None:
         """Record the count of events read at one poll."""
-        if events_read == 0:
+        if self._start is None:
+            self._start = events_read
+        if events_read == self._start:
             return
         if self._first is None:
             self._first = (now, events_read)
         if self._last is None or events_read > self._last[1]:
             self._last = (now, events_read)
 
-    def rate(self) -> float | None:
-        """Return the rate, or None before two polls saw the count differ."""
+    def rate(self, elapsed_s: float) -> float:
+        """Return the rate; over ``elapsed_s`` when fewer than two polls saw
+        the count grow, 0 when this run read nothing."""
+        start = self._start or 0
         if self._first is None or self._last is None:
-            return None
+            return 0.0
         seconds = self._last[0] - self._first[0]
         if seconds <= 0:
-            return None
+            return (self._last[1] - start) / elapsed_s if elapsed_s > 0 else 0.0
         return (self._last[1] - self._first[1]) / seconds
 
 
@@ -514,12 +525,10 @@ def _print_summary(
     settings: Any,
     runtime: Any,
     elapsed_s: float,
-    reading_rate: float | None,
+    reading_rate: float,
 ) -> None:
     account = runtime.account
     decisions = _read_decisions(Path(settings.run_dir) / "decisions.jsonl")
-    if reading_rate is None:
-        reading_rate = account.events_read / elapsed_s if elapsed_s else 0.0
     summary = {
         "event": "finished",
         "elapsed_s": round(elapsed_s, 1),

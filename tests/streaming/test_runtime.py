@@ -505,14 +505,28 @@ def test_summary_names_versions(tmp_path: Path) -> None:
 def test_reading_rate_leaves_out_idle_polls() -> None:
     rate = _ReadingRate()
     rate.observe(0.0, 0)
-    assert rate.rate() is None
+    assert rate.rate(elapsed_s=1.0) == 0.0
     rate.observe(1.0, 100)
     rate.observe(2.0, 1100)
     rate.observe(3.0, 2100)
     # No new events after 3 s: the idle polls do not lower the rate.
     rate.observe(4.0, 2100)
     rate.observe(9.0, 2100)
-    assert rate.rate() == 1000.0
+    assert rate.rate(elapsed_s=9.0) == 1000.0
+
+
+def test_reading_rate_leaves_out_restored_events() -> None:
+    # A run restored with 3,000 events read that reads nothing more.
+    rate = _ReadingRate()
+    for moment in range(10):
+        rate.observe(float(moment), 3000)
+    assert rate.rate(elapsed_s=10.0) == 0.0
+
+    # All of this run's events arrived before one poll: over the run's time.
+    rate = _ReadingRate()
+    rate.observe(0.0, 3000)
+    rate.observe(1.0, 3500)
+    assert rate.rate(elapsed_s=2.0) == 250.0
 
 
 def test_loads_not_logged_as_new(
