@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import re
 import secrets
 import signal
 import sys
@@ -88,14 +89,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="torch device of the learner")
     parser.add_argument(
         "--stop-after",
-        type=int,
+        type=_non_negative_count,
         default=0,
         help="stop once this many events and dead letters are accounted for "
         "(0: run until interrupted)",
     )
     parser.add_argument(
         "--idle-timeout-s",
-        type=float,
+        type=_non_negative_seconds,
         default=0.0,
         help="stop after this many seconds without new input (0: never)",
     )
@@ -202,6 +203,63 @@ def _checkpoint_location(text: str) -> str:
     return str(Path(location).resolve())
 
 
+# Pub/Sub topic and subscription ids start with a letter and contain only
+# these characters; the job's ids are the job name with a suffix.
+_JOB_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._~+%-]*")
+
+
+def _check_names(args: argparse.Namespace) -> None:
+    """Raise ValueError for a job name, spec, schema folder or device that
+    the job could not use, before anything starts."""
+    if not _JOB_NAME.fullmatch(args.job_name) or args.job_name.startswith("goog"):
+        raise ValueError(
+            f"job name {args.job_name!r} cannot prefix Pub/Sub ids: use a letter "
+            "first, then letters, digits and . _ ~ + % -, and not 'goog'"
+        )
+    from online_model.spec import load_spec
+    from streaming.schema_registry import SchemaRegistry
+
+    load_spec(args.spec)
+    if args.schema_folder:
+        SchemaRegistry.from_folder(args.schema_folder)
+    import torch
+
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as error:
+        raise ValueError(f"device {args.device!r} is invalid: {error}") from None
+    if device.type == "cuda" and device.index is not None:
+        usable = torch.cuda.device_count()
+        if device.index >= usable:
+            raise ValueError(
+                f"device {args.device!r} is not available: {usable} CUDA device(s)"
+            )
+    elif device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {args.device!r} is not available: no CUDA device")
+
+
+def _non_negative_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(
+            f"invalid value {text!r}: expected a finite number of seconds, 0 or more"
+        )
+    return value
+
+
+def _non_negative_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected 0 or more")
+    return value
+
+
 def _positive_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -244,6 +302,7 @@ def main(argv: list[str], epilogue: Callable[[], None] | None = None) -> int:
             checkpoint_every_s=args.checkpoint_every_s,
             decode_limits=decode_limits_from(args),
         )
+        _check_names(args)
     except ValueError as error:
         print(f"streamlearn run: invalid setting: {error}", file=sys.stderr)
         return 2

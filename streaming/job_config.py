@@ -81,9 +81,11 @@ class JobConfig:
             value = getattr(self, name)
             if not value >= 0.0:
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
-        # An infinite spacing would stop validation after the first gate.
-        if self.gate_min_interval_s == math.inf:
-            raise ValueError("gate_min_interval_s must be finite, got inf")
+        # An infinite spacing would stop validation after the first gate, and
+        # an infinite tolerance or margin would make the gate meaningless.
+        for name in ("gate_min_interval_s", "gate_tolerance", "rollback_margin"):
+            if getattr(self, name) == math.inf:
+                raise ValueError(f"{name} must be finite, got inf")
         if not isinstance(self.decode_limits, DecodeLimits):
             raise ValueError(
                 f"decode_limits must be a DecodeLimits, got {self.decode_limits!r}"

@@ -350,6 +350,12 @@ def test_run_help_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:
         ("--gate-min-interval-s", "1e400", "gate_min_interval_s must be finite"),
         ("--gate-every-s", "-1", "gate_every_s must be >= 0"),
         ("--holdout-fraction", "1", "holdout_fraction must be in [0, 1)"),
+        ("--gate-tolerance", "inf", "gate_tolerance must be finite"),
+        ("--spec", "nosuch", "feature spec 'nosuch' not found"),
+        ("--schema-folder", "/nonexistent", "schema folder '/nonexistent' does"),
+        ("--device", "cuda:9", "device 'cuda:9' is not available"),
+        ("--device", "gpu", "device 'gpu' is invalid"),
+        ("--job-name", "bad/name", "job name 'bad/name' cannot prefix Pub/Sub"),
     ],
 )
 def test_run_rejects_invalid_setting(
