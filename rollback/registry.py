@@ -785,6 +785,11 @@ class Registry:
                 f"unknown version {format_version(number)!r}: the registry "
                 f"{self.url} contains no versions yet"
             )
+        if len(existing) == 1:
+            return (
+                f"unknown version {format_version(number)!r}: the registry holds "
+                f"only {format_version(existing[0])}"
+            )
         return (
             f"unknown version {format_version(number)!r}: the registry holds "
             f"{format_version(existing[0])}..{format_version(existing[-1])} "

@@ -547,9 +547,12 @@ def _stop_on_signals() -> threading.Event:
 
 class _ReadingRate:
     """Events per second from the first poll that saw this run read an event
-    to the last poll that saw the count grow: the rate while events flowed,
-    without the runner's start-up, the wait for the stop, or the events a
-    restored checkpoint counted before this run."""
+    to the last poll that saw the count grow.
+
+    That is the rate while events flowed. It leaves out the runner's
+    start-up, the wait for the stop and the events a restored checkpoint
+    counted before this run.
+    """
 
     def __init__(self) -> None:
         self._start: int | None = None

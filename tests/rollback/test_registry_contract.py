@@ -119,6 +119,15 @@ def test_unknown_version_names_range(registry: Registry) -> None:
     assert registry.serving() == 3
 
 
+def test_unknown_version_with_one_version(registry: Registry) -> None:
+    publish_many(registry, 1)
+
+    with pytest.raises(VersionNotFound) as raised:
+        registry.set_serving("v99", "ops:ana", "try")
+
+    assert str(raised.value) == "unknown version 'v99': the registry holds only v1"
+
+
 def test_set_serving_records_history(registry: Registry) -> None:
     publish_many(registry, 3)
 
