@@ -613,7 +613,17 @@ def _print_summary(
 def _read_decisions(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
-    kinds = {"promotion", "rejection", "rollback", "alert", "adopted", "restored"}
+    kinds = {
+        "promotion",
+        "rejection",
+        "promotion_paused",
+        "publish_lost_race",
+        "rollback",
+        "alert",
+        "adopted",
+        "restored",
+        "skipped_pending",
+    }
     records = []
     for line in path.read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
@@ -671,6 +681,15 @@ def _describe(record: dict[str, Any]) -> str:
         return (
             f"rolled back {version_text(record['from_version'])} -> "
             f"v{record['to_version']}: {record['reason']}"
+        )
+    if kind == "promotion_paused":
+        return f"kept {candidate} in training: promotion is paused"
+    if kind == "publish_lost_race":
+        return f"did not publish {candidate}: {record['reason']}"
+    if kind == "skipped_pending":
+        return (
+            f"skipped {record['events']} restored pending events: "
+            f"v{record['version']} learned them before the crash"
         )
     if kind == "alert":
         return f"alert: {record['reason']}"

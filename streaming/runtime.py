@@ -511,6 +511,7 @@ class JobRuntime:
             # An operator moved the pointer since the job last looked: the
             # stored version stays unused and the job follows the operator.
             logger.warning("publish lost a race with a pointer change: %s", conflict)
+            self._record("publish_lost_race", reason=str(conflict), **numbers)
             self.follow_registry()
             return None
 

@@ -502,6 +502,39 @@ def test_summary_names_versions(tmp_path: Path) -> None:
     )
 
 
+def test_publish_lost_to_pause_recorded(tmp_path: Path) -> None:
+    # The operator pauses after the job's own check and before its publish.
+    registry = open_registry(tmp_path / "registry", create=True)
+    runtime, records = make_runtime(tmp_path, FakeClock(), registry)
+    feed(runtime, EVENTS[:1500])
+    assert runtime.serving_version is not None
+    registry.pause("ops:test", "incident")
+    runtime._promotion_paused = lambda: False  # type: ignore[method-assign]
+    feed(runtime, EVENTS[1500:3000])
+
+    lost = kinds(records, "publish_lost_race")
+    assert lost
+    assert "paused" in lost[0]["reason"]
+    account = runtime.account
+    decided = (
+        account.versions_published
+        + account.candidates_rejected
+        + account.promotions_paused
+        + len(lost)
+    )
+    assert decided == account.candidates_validated
+    text = render_summary(
+        {
+            "elapsed_s": 1.0,
+            "events_per_s": 1.0,
+            "serving_version": runtime.serving_version,
+            **account.to_dict(),
+            "decisions": lost,
+        }
+    )
+    assert f"did not publish {lost[0]['candidate']}: automatic promotion" in text
+
+
 def test_reading_rate_leaves_out_idle_polls() -> None:
     rate = _ReadingRate()
     rate.observe(0.0, 0)
