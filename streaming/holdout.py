@@ -102,8 +102,11 @@ class HoldoutWindow:
         return iter(self._events)
 
     def append(self, event: Event) -> bool:
-        """Add an event, dropping the oldest when the window is full; return
-        False, leaving the window as it was, when its id is in the window."""
+        """Add an event, dropping the oldest when the window is full.
+
+        Return False, and leave the window as it was, when the event's id is
+        in the window already.
+        """
         key = self._id_of(event)
         if key is not None and key in self._ids:
             return False

@@ -238,16 +238,26 @@ def _check_names(args: argparse.Namespace) -> None:
         raise ValueError(f"device {args.device!r} is not available: no CUDA device")
 
 
-def _non_negative_seconds(text: str) -> float:
+def _seconds(text: str, above_zero: bool) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
-    if not 0 <= value < math.inf:
+    low_ok = value > 0 if above_zero else value >= 0
+    if not (low_ok and value < math.inf):
+        expected = "above 0" if above_zero else "0 or more"
         raise argparse.ArgumentTypeError(
-            f"invalid value {text!r}: expected a finite number of seconds, 0 or more"
+            f"invalid value {text!r}: expected a finite number of seconds, {expected}"
         )
     return value
+
+
+def _non_negative_seconds(text: str) -> float:
+    return _seconds(text, above_zero=False)
+
+
+def _positive_seconds(text: str) -> float:
+    return _seconds(text, above_zero=True)
 
 
 def _non_negative_count(text: str) -> int:
@@ -257,18 +267,6 @@ def _non_negative_count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected 0 or more")
-    return value
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(
-            f"invalid value {text!r}: expected a finite number of seconds above 0"
-        )
     return value
 
 

@@ -358,9 +358,9 @@ def test_checkpoint_restore_continues(tmp_path: Path) -> None:
 
 
 def test_restore_skips_pending_of_later_version(tmp_path: Path) -> None:
-    # The killed run learned the checkpoint's pending events into a version
-    # it published after the checkpoint; the restarted run must not learn
-    # them again on top of that version.
+    # The killed run published a version after the checkpoint, and that
+    # version learned the checkpoint's pending events. The restarted run
+    # must not learn them again on top of it.
     clock = FakeClock()
     registry = open_registry(tmp_path / "registry", create=True)
     first, _ = make_runtime(tmp_path, clock, registry)
