@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from online_model.arguments import device_argument, non_negative_int
+
 logger = logging.getLogger(__name__)
 
 LOG_LOSS_FLOOR = 1e-15
@@ -46,7 +48,7 @@ def convert_main(argv: list[str]) -> int:
         "--source", help="source file (default: the data folder's copy)"
     )
     parser.add_argument(
-        "--limit", type=_non_negative_int, help="write at most this many events"
+        "--limit", type=non_negative_int, help="write at most this many events"
     )
     parser.add_argument(
         "--format", choices=("text", "json"), default="text", help="report format"
@@ -95,7 +97,7 @@ def learn_main(argv: list[str]) -> int:
         "(written by 'streamlearn convert')",
     )
     parser.add_argument(
-        "--limit", type=_non_negative_int, help="stop after this many events"
+        "--limit", type=non_negative_int, help="stop after this many events"
     )
     parser.add_argument(
         "--micro-batch", type=int, default=256, help="events per micro-batch"
@@ -103,7 +105,7 @@ def learn_main(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument(
         "--device",
-        type=_device_argument,
+        type=device_argument,
         help="cpu, cuda or cuda:N (default: cuda when present)",
     )
     parser.add_argument("--save", help="folder to save the learner's state into")
@@ -149,43 +151,6 @@ def learn_main(argv: list[str]) -> int:
     else:
         _print_summary(summary, report.summary())
     return 0
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected 0 or more")
-    return value
-
-
-def _device_argument(text: str) -> str:
-    """Check a --device value against the devices torch can use here."""
-    import torch
-
-    try:
-        device = torch.device(text)
-    except RuntimeError:
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        raise argparse.ArgumentTypeError(
-            f"invalid device {text!r}: expected cpu, cuda or cuda:N"
-        )
-    if device.type == "cpu":
-        return text
-    if not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError(
-            f"device {text!r}: no CUDA device is available; use --device cpu"
-        )
-    count = torch.cuda.device_count()
-    if device.index is not None and device.index >= count:
-        raise argparse.ArgumentTypeError(
-            f"device {text!r} not found: this machine has {count} CUDA devices "
-            f"(cuda:0 to cuda:{count - 1})"
-        )
-    return text
 
 
 def _run(

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from online_model.arguments import device_argument, non_negative_int
 from streaming.job_config import JobConfig, add_decode_limit_options, decode_limits_from
 from streaming.job_metrics import version_text
 from streaming.topics import DEFAULT_PROJECT, JobTopics, ensure_topics, require_emulator
@@ -86,10 +87,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="folder of *.avsc writer schemas accepted besides the reader schema",
     )
     add_decode_limit_options(parser)
-    parser.add_argument("--device", default="cpu", help="torch device of the learner")
+    parser.add_argument(
+        "--device",
+        type=device_argument,
+        default="cpu",
+        help="torch device of the learner: cpu, cuda or cuda:N",
+    )
     parser.add_argument(
         "--stop-after",
-        type=_non_negative_count,
+        type=non_negative_int,
         default=0,
         help="stop once this many events and dead letters are accounted for "
         "(0: run until interrupted)",
@@ -209,8 +215,8 @@ _JOB_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._~+%-]*")
 
 
 def _check_names(args: argparse.Namespace) -> None:
-    """Raise ValueError for a job name, spec, schema folder or device that
-    the job could not use, before anything starts."""
+    """Raise ValueError for a job name, spec or schema folder that the job
+    could not use, before anything starts."""
     if not _JOB_NAME.fullmatch(args.job_name) or args.job_name.startswith("goog"):
         raise ValueError(
             f"job name {args.job_name!r} cannot prefix Pub/Sub ids: use a letter "
@@ -222,20 +228,6 @@ def _check_names(args: argparse.Namespace) -> None:
     load_spec(args.spec)
     if args.schema_folder:
         SchemaRegistry.from_folder(args.schema_folder)
-    import torch
-
-    try:
-        device = torch.device(args.device)
-    except RuntimeError as error:
-        raise ValueError(f"device {args.device!r} is invalid: {error}") from None
-    if device.type == "cuda" and device.index is not None:
-        usable = torch.cuda.device_count()
-        if device.index >= usable:
-            raise ValueError(
-                f"device {args.device!r} is not available: {usable} CUDA device(s)"
-            )
-    elif device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {args.device!r} is not available: no CUDA device")
 
 
 def _seconds(text: str, above_zero: bool) -> float:
@@ -258,16 +250,6 @@ def _non_negative_seconds(text: str) -> float:
 
 def _positive_seconds(text: str) -> float:
     return _seconds(text, above_zero=True)
-
-
-def _non_negative_count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected 0 or more")
-    return value
 
 
 def main(argv: list[str], epilogue: Callable[[], None] | None = None) -> int:

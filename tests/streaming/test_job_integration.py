@@ -353,8 +353,6 @@ def test_run_help_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:
         ("--gate-tolerance", "inf", "gate_tolerance must be finite"),
         ("--spec", "nosuch", "feature spec 'nosuch' not found"),
         ("--schema-folder", "/nonexistent", "schema folder '/nonexistent' does"),
-        ("--device", "cuda:9", "device 'cuda:9' is not available"),
-        ("--device", "gpu", "device 'gpu' is invalid"),
         ("--job-name", "bad/name", "job name 'bad/name' cannot prefix Pub/Sub"),
     ],
 )
@@ -369,6 +367,30 @@ def test_run_rejects_invalid_setting(
     assert job.main([*argv, f"{option}={value}"]) == 2
     error = capsys.readouterr().err
     assert f"streamlearn run: invalid setting: {message}" in error
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--device", "cuda:9", "device 'cuda:9'"),
+        ("--device", "gpu", "invalid device 'gpu': expected cpu, cuda or cuda:N"),
+        ("--stop-after", "-5", "invalid value '-5': expected 0 or more"),
+        ("--idle-timeout-s", "nan", "invalid value 'nan': expected a finite"),
+    ],
+)
+def test_run_rejects_invalid_argument(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    option: str,
+    value: str,
+    message: str,
+) -> None:
+    argv = ["--registry", str(tmp_path / "r"), "--run-dir", str(tmp_path / "d")]
+    with pytest.raises(SystemExit) as raised:
+        job.main([*argv, f"{option}={value}"])
+    assert raised.value.code == 2
+    assert message in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
 
 
