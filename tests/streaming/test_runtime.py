@@ -490,16 +490,8 @@ def test_summary_names_versions(tmp_path: Path) -> None:
     candidate = rejection["candidate"]
     assert f"rejected {candidate}, kept v{rejection['serving_version']}:" in text
     assert f"holdout top-1 {rejection['candidate_top1']:.3f}, top-5" in text
-    account = runtime.account
-    assert f"    pending              {account.pending}\n" in text
-    assert account.events_read == (
-        account.learned
-        + account.held_out
-        + account.predictions
-        + account.duplicates
-        + account.pending
-        + account.refused_non_finite
-    )
+    assert f"    pending              {runtime.account.pending}\n" in text
+    assert_adds_up(runtime)
 
 
 def test_publish_lost_to_pause_recorded(tmp_path: Path) -> None:
