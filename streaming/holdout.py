@@ -55,7 +55,7 @@ class _Chunk:
 
 
 @dataclass
-class _KeptScores:
+class _FixedScores:
     """The scores of one model that does not learn, by chunk start and end.
 
     The model is referenced weakly, so that the window does not keep a
@@ -93,7 +93,7 @@ class HoldoutWindow:
         self._chunks: list[_Chunk] = []
         # By id(), with a weak reference to the model, so that an id reused
         # by a new object cannot match.
-        self._kept: OrderedDict[int, _KeptScores] = OrderedDict()
+        self._fixed: OrderedDict[int, _FixedScores] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._events)
@@ -116,8 +116,8 @@ class HoldoutWindow:
         if key is not None:
             self._ids.add(key)
         self._next += 1
-        for kept in self._kept.values():
-            kept.evaluation = None
+        for scores in self._fixed.values():
+            scores.evaluation = None
         return True
 
     def replace(self, events: Iterable[Event]) -> None:
@@ -126,7 +126,7 @@ class HoldoutWindow:
         self._ids.clear()
         self._next = 0
         self._chunks = []
-        self._kept.clear()
+        self._fixed.clear()
         for event in events:
             self.append(event)
 
@@ -136,7 +136,7 @@ class HoldoutWindow:
         With ``fixed`` the caller promises that ``learner`` does not learn
         again, and its scores are kept for the events still in the window.
         """
-        cached = self._kept_scores(learner) if fixed else None
+        cached = self._fixed_scores(learner) if fixed else None
         if cached is not None and cached.evaluation is not None:
             return cached.evaluation
         first = self._next - len(self._events)
@@ -156,7 +156,7 @@ class HoldoutWindow:
         return evaluation
 
     def _id_of(self, event: Event) -> Any:
-        """Return the event's id, or None when it has none that can be kept."""
+        """Return the event's id, or None when it has none that can be hashed."""
         try:
             key = event.get(self.id_field)
             hash(key)
@@ -164,15 +164,15 @@ class HoldoutWindow:
             return None
         return key
 
-    def _kept_scores(self, learner: OnlineLearner) -> _KeptScores:
-        kept = self._kept.get(id(learner))
-        if kept is None or kept.learner() is not learner:
-            kept = _KeptScores(weakref.ref(learner))
-            self._kept[id(learner)] = kept
-        self._kept.move_to_end(id(learner))
-        while len(self._kept) > self.kept_models:
-            self._kept.popitem(last=False)
-        return kept
+    def _fixed_scores(self, learner: OnlineLearner) -> _FixedScores:
+        scores = self._fixed.get(id(learner))
+        if scores is None or scores.learner() is not learner:
+            scores = _FixedScores(weakref.ref(learner))
+            self._fixed[id(learner)] = scores
+        self._fixed.move_to_end(id(learner))
+        while len(self._fixed) > self.kept_models:
+            self._fixed.popitem(last=False)
+        return scores
 
     def _chunks_for(self, learner: OnlineLearner) -> list[_Chunk]:
         """Return the chunks that cover the window, encoded for ``learner``."""
@@ -189,9 +189,9 @@ class HoldoutWindow:
         if encoded_to < self._next:
             self._chunks.append(self._encode(learner, encoded_to))
         live = {(c.start, c.end) for c in self._chunks}
-        for kept in self._kept.values():
-            for span in [s for s in kept.by_chunk if s not in live]:
-                del kept.by_chunk[span]
+        for scores in self._fixed.values():
+            for span in [s for s in scores.by_chunk if s not in live]:
+                del scores.by_chunk[span]
         return self._chunks
 
     def _encode(self, learner: OnlineLearner, start: int) -> _Chunk:
