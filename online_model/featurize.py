@@ -85,12 +85,14 @@ class ModelInput:
     """Model input: hashed tokens and their weights by event, and dense columns.
 
     The tokens of event ``i`` start at ``token_offsets[i]``, as
-    ``torch.nn.functional.embedding_bag`` expects.
+    ``torch.nn.functional.embedding_bag`` expects, and ``token_events`` gives
+    the event of each token.
     """
 
     size: int
     tokens: torch.Tensor
     token_offsets: torch.Tensor
+    token_events: torch.Tensor
     token_weights: torch.Tensor
     dense: torch.Tensor
 
@@ -418,11 +420,14 @@ def hashed_tokens(
         offsets[1:] = torch.cumsum(counts, dim=0)[:-1]
         token_ids = torch.cat(tokens)[order]
         token_weights = torch.cat(weights)[order]
+        token_events = all_owners[order]
     else:
         single_count = batch.categorical.shape[1]
         token_ids = _rows_by_event(tokens, layout, size, single_count)
         token_weights = _rows_by_event(weights, layout, size, single_count)
-        offsets = torch.arange(size) * (token_ids.shape[0] // size)
+        width = token_ids.shape[0] // size
+        offsets = torch.arange(size) * width
+        token_events = torch.arange(size).repeat_interleave(width)
 
     dense = torch.nan_to_num(z, nan=0.0).to(torch.float32)
     missing = torch.isnan(z).to(torch.float32)
@@ -430,6 +435,7 @@ def hashed_tokens(
         size=size,
         tokens=(token_ids & layout.hash_mask).to(device),
         token_offsets=offsets.to(device),
+        token_events=token_events.to(device),
         token_weights=token_weights.to(device),
         dense=torch.cat([dense, missing], dim=1).to(device),
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,10 @@ from torch import nn
 from online_model.featurize import ModelInput
 
 logger = logging.getLogger(__name__)
+
+# Marking used buckets beats sorting the tokens up to about this many buckets
+# per token (CPU, torch 2.13).
+MARK_BUCKETS_PER_TOKEN = 32
 
 
 class HashedSoftmaxModel(nn.Module):
@@ -78,7 +83,7 @@ class HashedSoftmaxModel(nn.Module):
         With ``trainable`` the rows are a leaf tensor that collects the
         gradient, which :class:`EmbeddingOptimizer` applies to just those rows.
         """
-        distinct, positions = torch.unique(tokens, return_inverse=True)
+        distinct, positions = distinct_tokens(tokens, self.embedding.shape[0])
         rows = self.embedding.detach().index_select(0, distinct)
         return distinct, positions, rows.requires_grad_(trainable)
 
@@ -95,13 +100,7 @@ class HashedSoftmaxModel(nn.Module):
         """
         if rows is None or positions is None:
             _, positions, rows = self.embedding_rows(batch.tokens, trainable=False)
-        summed = F.embedding_bag(
-            positions,
-            rows,
-            batch.token_offsets,
-            mode="sum",
-            per_sample_weights=batch.token_weights,
-        )
+        summed = _WeightedBagSum.apply(rows, positions, batch)
         features = torch.cat([summed, batch.dense], dim=1)
         hidden = F.relu(self.hidden(features))
         return F.linear(
@@ -155,6 +154,62 @@ class HashedSoftmaxModel(nn.Module):
         self.numeric_m2.copy_(torch.where(finite, m2, self.numeric_m2))
         self.numeric_count.copy_(torch.where(finite, total, count))
         return int((~finite).sum())
+
+
+class _WeightedBagSum(torch.autograd.Function):
+    """Autograd function: each event's embedding rows times their token weights, summed.
+
+    The forward pass is ``embedding_bag``. The backward pass adds each
+    event's gradient, times the weight, to the rows of its tokens with
+    ``index_add``, because ``embedding_bag``'s own backward pass sorts the
+    tokens first. Without that sort, test-then-train on the job postings ran
+    about 6% faster (CPU, one thread, torch 2.13).
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, rows: torch.Tensor, positions: torch.Tensor, batch: ModelInput
+    ) -> torch.Tensor:
+        ctx.save_for_backward(positions, batch.token_events, batch.token_weights)
+        ctx.row_count = rows.shape[0]
+        return F.embedding_bag(
+            positions,
+            rows,
+            batch.token_offsets,
+            mode="sum",
+            per_sample_weights=batch.token_weights,
+        )
+
+    @staticmethod
+    def backward(
+        ctx: Any, grad: torch.Tensor
+    ) -> tuple[torch.Tensor | None, None, None]:
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        positions, events, weights = ctx.saved_tensors
+        per_token = grad.index_select(0, events) * weights.unsqueeze(1)
+        rows_grad = grad.new_zeros(ctx.row_count, grad.shape[1])
+        return rows_grad.index_add_(0, positions, per_token), None, None
+
+
+def distinct_tokens(
+    tokens: torch.Tensor, buckets: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``torch.unique(tokens, return_inverse=True)`` for ids below ``buckets``.
+
+    Where the buckets are few against the tokens, it marks the buckets in use
+    instead of sorting the tokens: 120 against 360 microseconds for 8,000
+    tokens in 65,536 buckets (CPU, torch 2.13). The result is the same.
+    """
+    if buckets > MARK_BUCKETS_PER_TOKEN * tokens.shape[0]:
+        distinct, positions = torch.unique(tokens, return_inverse=True)
+        return distinct, positions
+    used = torch.zeros(buckets, dtype=torch.bool, device=tokens.device)
+    used[tokens] = True
+    distinct = used.nonzero().squeeze(1)
+    slot = torch.empty(buckets, dtype=torch.int64, device=tokens.device)
+    slot[distinct] = torch.arange(distinct.shape[0], device=tokens.device)
+    return distinct, slot[tokens]
 
 
 class EmbeddingOptimizer:
