@@ -7,16 +7,57 @@ the value and what was expected, so argparse prints one line and exits 2.
 from __future__ import annotations
 
 import argparse
+import math
 
 
 def non_negative_int(text: str) -> int:
     """Parse a whole number, 0 or more."""
+    return _whole_number(text, lowest=0)
+
+
+def positive_int(text: str) -> int:
+    """Parse a whole number, 1 or more."""
+    return _whole_number(text, lowest=1)
+
+
+def non_negative_number(text: str) -> float:
+    """Parse a finite number, 0 or more."""
+    return _finite_number(text, above_zero=False, unit="")
+
+
+def non_negative_seconds(text: str) -> float:
+    """Parse a finite number of seconds, 0 or more."""
+    return _finite_number(text, above_zero=False, unit=" of seconds")
+
+
+def positive_seconds(text: str) -> float:
+    """Parse a finite number of seconds above 0."""
+    return _finite_number(text, above_zero=True, unit=" of seconds")
+
+
+def _whole_number(text: str, lowest: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected 0 or more")
+    if value < lowest:
+        raise argparse.ArgumentTypeError(
+            f"invalid value {text!r}: expected {lowest} or more"
+        )
+    return value
+
+
+def _finite_number(text: str, above_zero: bool, unit: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    high_enough = value > 0 if above_zero else value >= 0
+    if not (high_enough and value < math.inf):
+        expected = "above 0" if above_zero else "0 or more"
+        raise argparse.ArgumentTypeError(
+            f"invalid value {text!r}: expected a finite number{unit}, {expected}"
+        )
     return value
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import re
 import secrets
@@ -25,7 +24,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from online_model.arguments import device_argument, non_negative_int
+from online_model.arguments import (
+    device_argument,
+    non_negative_int,
+    non_negative_seconds,
+    positive_seconds,
+)
 from streaming.job_config import JobConfig, add_decode_limit_options, decode_limits_from
 from streaming.job_metrics import version_text
 from streaming.topics import DEFAULT_PROJECT, JobTopics, ensure_topics, require_emulator
@@ -102,19 +106,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--idle-timeout-s",
-        type=_non_negative_seconds,
+        type=non_negative_seconds,
         default=0.0,
         help="stop after this many seconds without new input (0: never)",
     )
     parser.add_argument(
         "--progress-interval-s",
-        type=_positive_seconds,
+        type=positive_seconds,
         default=2.0,
         help="seconds between progress lines",
     )
     parser.add_argument(
         "--tick-interval-s",
-        type=_positive_seconds,
+        type=positive_seconds,
         default=0.5,
         help="seconds between the tick messages that close a waiting "
         "micro-batch and run due gates and checkpoints",
@@ -228,28 +232,6 @@ def _check_names(args: argparse.Namespace) -> None:
     load_spec(args.spec)
     if args.schema_folder:
         SchemaRegistry.from_folder(args.schema_folder)
-
-
-def _seconds(text: str, above_zero: bool) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
-    low_ok = value > 0 if above_zero else value >= 0
-    if not (low_ok and value < math.inf):
-        expected = "above 0" if above_zero else "0 or more"
-        raise argparse.ArgumentTypeError(
-            f"invalid value {text!r}: expected a finite number of seconds, {expected}"
-        )
-    return value
-
-
-def _non_negative_seconds(text: str) -> float:
-    return _seconds(text, above_zero=False)
-
-
-def _positive_seconds(text: str) -> float:
-    return _seconds(text, above_zero=True)
 
 
 def main(argv: list[str], epilogue: Callable[[], None] | None = None) -> int:

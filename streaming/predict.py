@@ -20,6 +20,8 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from online_model.arguments import positive_int
+
 logger = logging.getLogger(__name__)
 
 EXAMPLE = """examples:
@@ -58,13 +60,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--output", required=True, help="JSON-lines file to write")
     parser.add_argument(
         "--top-k",
-        type=_positive_int,
+        type=positive_int,
         default=5,
         help="roles written per event, most probable first (default: %(default)s)",
     )
     parser.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=positive_int,
         default=512,
         help="events scored per call of the learner (default: %(default)s)",
     )
@@ -78,16 +80,6 @@ def _shipped_spec_names() -> list[str]:
     from online_model.spec import SPEC_DIR
 
     return sorted(path.stem for path in SPEC_DIR.glob("*.toml"))
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected 1 or more")
-    return value
 
 
 def _resolve_registry(option: str | None) -> str:

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from online_model.arguments import non_negative_int, non_negative_number, positive_int
 from streaming.event_files import InputFileError, check_input_files, read_sources
 from streaming.topics import DEFAULT_PROJECT, JobTopics, ensure_topics, require_emulator
 from streaming.wire import (
@@ -96,12 +97,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--events-per-message",
-        type=_positive_int,
+        type=positive_int,
         default=500,
         help="events in each container message (default 500)",
     )
     parser.add_argument(
-        "--limit", type=_non_negative_int, help="publish only the first N events"
+        "--limit", type=non_negative_int, help="publish only the first N events"
     )
     parser.add_argument(
         "--unlabelled-fraction",
@@ -119,7 +120,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed for the above")
     parser.add_argument(
         "--rate",
-        type=_non_negative_float,
+        type=non_negative_number,
         default=0.0,
         help="max events per second (0: no limit)",
     )
@@ -127,39 +128,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _positive_int(text: str) -> int:
-    value = _non_negative_int(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected 1 or more")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"invalid integer {text!r}: expected 0 or more"
-        ) from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected 0 or more")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(
-            f"invalid value {text!r}: expected a finite number, 0 or more"
-        )
-    return value
-
-
 def _fraction(text: str) -> float:
-    value = _non_negative_float(text)
+    value = non_negative_number(text)
     if value > 1:
         raise argparse.ArgumentTypeError(f"invalid fraction {text!r}: expected 0 to 1")
     return value
