@@ -32,6 +32,14 @@ from online_model.spec import load_spec
 
 DATASETS = ("job_postings", "so_survey_2016", "aijobs_salaries", "electricity")
 LOG_LOSS_FLOOR = 1e-15
+EXAMPLES = """\
+examples, from the repository root:
+  # all four streams, then the same without label recency
+  .venv/bin/python benchmarks/learner_only.py
+  .venv/bin/python benchmarks/learner_only.py --set label_recency=false
+  # a quick look at the first 10,240 events of one stream
+  .venv/bin/python benchmarks/learner_only.py --datasets job_postings --limit 10240
+"""
 
 
 def run_stream(
@@ -138,12 +146,34 @@ def profile_stream(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", default=",".join(DATASETS))
-    parser.add_argument("--limit", type=int, default=None)
-    parser.add_argument("--micro-batch", type=int, default=256)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the learner's initial weights"
+        "--datasets",
+        default=",".join(DATASETS),
+        help=f"comma-separated streams to run (default: all of {', '.join(DATASETS)})",
+    )
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="stop every stream after this many events (default: whole streams)",
+    )
+    parser.add_argument(
+        "--micro-batch",
+        type=int,
+        default=256,
+        help="events per micro-batch of the learner (default: 256)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the learner's initial weights in the test-then-train run "
+        "(default: 0). The model-step timing and --profile always use seed 0.",
     )
     parser.add_argument(
         "--profile",
@@ -156,7 +186,8 @@ def main() -> None:
         default=[],
         metavar="FIELD=VALUE",
         help="override a LearnerConfig field, e.g. --set learning_rate=0.02 "
-        "or --set label_recency=false",
+        "or --set label_recency=false. Repeat it for more fields. Fields not "
+        "set keep LearnerConfig's defaults.",
     )
     args = parser.parse_args()
     overrides: dict[str, Any] = {}

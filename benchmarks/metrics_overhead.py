@@ -41,9 +41,18 @@ from typing import Any
 
 import psutil
 
+from online_model.arguments import positive_int
 from streaming import monitoring as mon
 
 LearnStep = Callable[[Sequence[Any]], Any]
+EXAMPLES = """\
+examples, from the repository root:
+  # the run recorded in benchmarks/results/metrics_overhead.md
+  .venv/bin/python benchmarks/metrics_overhead.py \\
+      --output benchmarks/results/metrics_overhead.md
+  # a shorter run that only prints its report
+  .venv/bin/python benchmarks/metrics_overhead.py --events 100000
+"""
 
 
 @dataclass
@@ -509,16 +518,60 @@ def render_markdown(result: dict[str, Any], command: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--events", type=int, default=600_000)
-    parser.add_argument("--micro-batch", type=int, default=256)
-    parser.add_argument("--warm-up-batches", type=int, default=20)
-    parser.add_argument("--chunks", type=int, default=12)
-    parser.add_argument(
-        "--learner", choices=("auto", "online_model", "stand-in"), default="auto"
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--output", type=Path)
+    parser.add_argument(
+        "--events",
+        type=positive_int,
+        default=600_000,
+        help="events to learn, warm-up included (default: 600000). The "
+        "online_model learner replays the job_postings stream under new event "
+        "ids to reach this count.",
+    )
+    parser.add_argument(
+        "--micro-batch",
+        type=positive_int,
+        default=256,
+        help="events per micro-batch (default: 256). A last partial "
+        "micro-batch is dropped.",
+    )
+    parser.add_argument(
+        "--warm-up-batches",
+        type=positive_int,
+        default=20,
+        help="micro-batches learned before timing starts, at least 1 (the "
+        "first one is also timed alone) and at most a quarter of all "
+        "micro-batches (default: 20)",
+    )
+    parser.add_argument(
+        "--chunks",
+        type=positive_int,
+        default=12,
+        help="split the timed micro-batches into about this many consecutive "
+        "chunks and report the range of the slowdown over them (default: 12)",
+    )
+    parser.add_argument(
+        "--learner",
+        choices=("auto", "online_model", "stand-in"),
+        default="auto",
+        help="learner to time (default: auto). online_model is streamlearn's "
+        "OnlineLearner on the job_postings stream, stand-in is a torch softmax "
+        "regression on random data, and auto falls back to stand-in when "
+        "online_model cannot be imported.",
+    )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="torch device for the learner, such as cpu or cuda (default: cpu)",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="also write the Markdown report to this file (default: print only)",
+    )
     args = parser.parse_args(argv)
     result = run(args)
     command = ".venv/bin/python benchmarks/metrics_overhead.py " + " ".join(

@@ -30,6 +30,14 @@ from rollback.manifest import ManifestFields
 from rollback.registry import Registry, open_registry
 
 BIN = Path(sys.executable).parent
+EXAMPLES = """\
+examples, from the repository root:
+  # the run recorded in benchmarks/results/registry.md
+  .venv/bin/python benchmarks/registry_rollback.py --versions 1000 --repeats 30 \\
+      --output benchmarks/results/registry.md
+  # a quick run on a small registry that only prints its table
+  .venv/bin/python benchmarks/registry_rollback.py --versions 100 --repeats 5
+"""
 
 
 def build_registry(path: Path, versions: int, weights_bytes: int) -> Registry:
@@ -144,17 +152,41 @@ def run(arguments: argparse.Namespace) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--versions", type=int, default=1000)
-    parser.add_argument("--repeats", type=int, default=30)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--versions",
+        type=int,
+        default=1000,
+        help="versions to publish to the temporary registry, with a rollback "
+        "after every 50th (default: 1000)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=30,
+        help="runs of each timed command (default: 30)",
+    )
     parser.add_argument(
         "--weights-bytes",
         type=int,
         default=65536,
-        help="size of each version's weights file; rollback hashes the target's",
+        help="size in bytes of each version's weights file, which rollback "
+        "hashes for its target (default: 65536)",
     )
-    parser.add_argument("--workdir", help="folder for the temporary registry")
-    parser.add_argument("--output", type=Path, help="also write the table here")
+    parser.add_argument(
+        "--workdir",
+        help="folder for the temporary registry (default: the system's "
+        "temporary folder)",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="also write the Markdown report to this file (default: print only)",
+    )
     arguments = parser.parse_args()
     report = run(arguments)
     print(report)

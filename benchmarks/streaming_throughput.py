@@ -63,6 +63,16 @@ STEADY_EVENTS = 20_000
 STEADY_RATE = 1000.0
 SPEC = load_spec("job_postings")
 SCHEMA = load_schema("job_postings")
+EXAMPLES = """\
+examples, from the repository root, after scripts/emulator has started the
+Pub/Sub emulator on its default address 127.0.0.1:8085:
+  # the run recorded in benchmarks/results/streaming.md, which it overwrites
+  PUBSUB_EMULATOR_HOST=127.0.0.1:8085 .venv/bin/python \\
+      benchmarks/streaming_throughput.py --events 32672 --device cpu
+  # the same run without writing the results file
+  PUBSUB_EMULATOR_HOST=127.0.0.1:8085 .venv/bin/python \\
+      benchmarks/streaming_throughput.py --events 32672 --device cpu --no-save
+"""
 
 
 # ---------------------------------------------------------------- stages alone
@@ -243,11 +253,39 @@ def rollback_during_run(topics: JobTopics, folder: Path, name: str) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=32_672)
-    parser.add_argument("--single-events", type=int, default=3_000)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--no-save", action="store_true")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--events",
+        type=int,
+        default=32_672,
+        help="events read from the start of the job_postings stream "
+        "(default: 32672). The stages alone and the runs with 500 events per "
+        "message use all of them, the freshness and rollback run at most the "
+        f"first {STEADY_EVENTS:,}.",
+    )
+    parser.add_argument(
+        "--single-events",
+        type=int,
+        default=3_000,
+        help="events for the end-to-end run with one event per message, the "
+        "first of those --events reads (default: 3000)",
+    )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="torch device for the learner in the stages alone and in the job, "
+        "such as cpu or cuda (default: cpu)",
+    )
+    parser.add_argument(
+        "--no-save",
+        action="store_true",
+        help="print the report without writing it to "
+        f"{RESULTS.relative_to(REPOSITORY)}",
+    )
     args = parser.parse_args()
     require_emulator()
 
