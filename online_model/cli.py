@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from online_model.arguments import device_argument, non_negative_int
+from online_model.arguments import device_argument, non_negative_int, positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,9 @@ def convert_main(argv: list[str]) -> int:
         epilog=CONVERT_EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--dataset", required=True, choices=DATASET_NAMES)
+    parser.add_argument(
+        "--dataset", required=True, choices=DATASET_NAMES, help="data set to convert"
+    )
     parser.add_argument("--out", required=True, help="Avro file to write")
     parser.add_argument(
         "--source", help="source file (default: the data folder's copy)"
@@ -100,7 +102,10 @@ def learn_main(argv: list[str]) -> int:
         "--limit", type=non_negative_int, help="stop after this many events"
     )
     parser.add_argument(
-        "--micro-batch", type=int, default=256, help="events per micro-batch"
+        "--micro-batch",
+        type=positive_int,
+        default=256,
+        help="events per micro-batch (default 256)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument(
@@ -109,10 +114,13 @@ def learn_main(argv: list[str]) -> int:
         help="cpu, cuda or cuda:N (default: cuda when present)",
     )
     parser.add_argument("--save", help="folder to save the learner's state into")
-    parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="progress and report as text lines or as JSON lines (default text)",
+    )
     args = parser.parse_args(argv)
-    if args.micro_batch < 1:
-        parser.error(f"--micro-batch must be at least 1, got {args.micro_batch}")
     if args.save and Path(args.save).exists() and not Path(args.save).is_dir():
         parser.error(f"--save {args.save!r} is an existing file; pass a folder")
     _configure_logging()

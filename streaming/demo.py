@@ -35,7 +35,7 @@ from streaming.topics import (
 logger = logging.getLogger(__name__)
 
 EXAMPLE = """examples:
-  scripts/demo                      # the whole stream, about a minute
+  scripts/demo                      # the whole stream, under a minute once set up
   scripts/demo --limit 8000         # a prefix
   scripts/demo --demo-bad-labels    # a burst of wrong labels mid-stream
 """
@@ -62,8 +62,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--demo-bad-labels",
         action="store_true",
         # argparse %-formats help text, so the percent signs are doubled.
-        help=f"give {BURST_SHARE:.0%}% of the events, from "
-        f"{BURST_START_SHARE:.0%}% of the stream on, a wrong label",
+        help=f"give a wrong label to one run of consecutive events, "
+        f"{BURST_SHARE:.0%}% of the stream, starting {BURST_START_SHARE:.0%}% "
+        "of the way in",
     )
     parser.add_argument(
         "--unlabelled-fraction",

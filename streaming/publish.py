@@ -88,7 +88,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--topic", help="full topic path projects/P/topics/T")
     target.add_argument("--job-name", help="publish to the events topic of this job")
-    parser.add_argument("--project", default=DEFAULT_PROJECT)
+    parser.add_argument(
+        "--project",
+        default=DEFAULT_PROJECT,
+        help=f"project of --job-name's topic (default {DEFAULT_PROJECT})",
+    )
     parser.add_argument(
         "--encoding",
         choices=[e.value for e in Encoding],
@@ -124,7 +128,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=0.0,
         help="max events per second (0: no limit)",
     )
-    parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="progress and report as text lines or as JSON lines (default text)",
+    )
     return parser.parse_args(argv)
 
 

@@ -390,7 +390,12 @@ def _parser() -> argparse.ArgumentParser:
         epilog="example: streamlearn alerts apply --project my-project --dry-run",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    apply = commands.add_parser("apply", help="create or update the policies")
+    apply = commands.add_parser(
+        "apply",
+        help="create or update the policies",
+        description="Create or update the alert policies in a project.",
+        epilog="example: streamlearn alerts apply --project my-project --dry-run",
+    )
     apply.add_argument("--project", required=True, help="Google Cloud project id")
     apply.add_argument("--job", help="watch only this job's series (default: all)")
     apply.add_argument(

@@ -46,7 +46,9 @@ def test_learn_rejects_bad_micro_batch(capsys: pytest.CaptureFixture[str]) -> No
     with pytest.raises(SystemExit) as caught:
         learn_main(["--micro-batch", "0"])
     assert caught.value.code == 2
-    assert "--micro-batch must be at least 1, got 0" in capsys.readouterr().err
+    assert "argument --micro-batch: invalid value '0': expected 1 or more" in (
+        capsys.readouterr().err
+    )
 
 
 def test_convert_writes_limited_file(

@@ -55,7 +55,7 @@ def test_demo_help_shows_burst_shares(capsys: pytest.CaptureFixture[str]) -> Non
 
     assert exited.value.code == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "give 6% of the events, from 40% of the stream on" in out
+    assert "events, 6% of the stream, starting 40% of the way in" in out
 
 
 def test_demo_script_help_skips_emulator(
