@@ -628,9 +628,10 @@ def _describe(record: dict[str, Any]) -> str:
     if kind == "promotion":
         return (
             f"published {candidate} as v{record['version']} (parent "
-            f"{version_text(record['parent'])}): holdout top-1 "
-            f"{record['candidate_top1']:.3f}, top-5 {record['candidate_top5']:.3f}, "
-            f"log loss {record['candidate_log_loss']:.3f}"
+            f"{version_text(record['parent'])}): {record['reason']} "
+            f"(candidate's holdout top-1 {record['candidate_top1']:.3f}, top-5 "
+            f"{record['candidate_top5']:.3f}, log loss "
+            f"{record['candidate_log_loss']:.3f})"
         )
     if kind == "rejection":
         return (

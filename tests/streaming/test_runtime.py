@@ -483,7 +483,8 @@ def test_summary_names_versions(tmp_path: Path) -> None:
         "decisions": [r for r in records if r["kind"] in ("promotion", "rejection")],
     }
     text = render_summary(summary)
-    assert "published c1 as v1 (parent none)" in text
+    promotion = next(r for r in records if r["kind"] == "promotion")
+    assert f"published c1 as v1 (parent none): {promotion['reason']} (" in text
     assert "None" not in text
     assert "registry             runs/r/registry" in text
     rejection = next(r for r in records if r["kind"] == "rejection")
