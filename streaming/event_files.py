@@ -109,12 +109,14 @@ def read_sources(
     files: Sequence[str],
     dataset: str | None,
     reports: list[ConversionReport] | None = None,
+    keep_unlabelled: bool = False,
 ) -> Iterator[Event]:
     """Yield the events of ``files`` in order, or of the shipped ``dataset``.
 
     With files, ``dataset`` only names the converter of the CSV files, and the
     shipped data set itself is not read. Each converted source appends its
-    :class:`ConversionReport` (rows skipped, by reason) to ``reports``.
+    :class:`ConversionReport` (rows skipped, by reason) to ``reports``. CSV
+    rows without a label are skipped unless ``keep_unlabelled`` is true.
     """
     from online_model.datasets import ConversionReport, iter_events
 
@@ -125,7 +127,7 @@ def read_sources(
             raise InputFileError("missing input: pass files or a dataset")
         report = ConversionReport(dataset)
         reports.append(report)
-        yield from iter_events(dataset, report=report)
+        yield from iter_events(dataset, report=report, keep_unlabelled=keep_unlabelled)
         return
     for name in files:
         path = Path(name)
@@ -135,7 +137,9 @@ def read_sources(
             else:
                 report = ConversionReport(dataset or "")
                 reports.append(report)
-                yield from iter_events(cast(str, dataset), path, report)
+                yield from iter_events(
+                    cast(str, dataset), path, report, keep_unlabelled
+                )
         except InputFileError:
             raise
         except UnicodeDecodeError as error:

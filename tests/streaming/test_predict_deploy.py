@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import csv
+import gzip
 import itertools
 import json
 from pathlib import Path
+from typing import Any
 
 import apache_beam as beam
 import fastavro
@@ -20,6 +23,7 @@ from streaming import deploy, predict
 from streaming.pipeline import JobSettings, build_pipeline
 
 SPEC = load_spec("job_postings")
+DATA = Path(__file__).resolve().parents[2] / "data"
 EVENTS = list(itertools.islice(iter_events("job_postings"), 2000))
 
 
@@ -130,6 +134,110 @@ def test_predict_rejects_unrelated_avro(
     err = capsys.readouterr().err
     assert "lacks the fields event_id, event_time, skills" in err
     assert not output.exists()
+
+
+def write_avro_events(path: Path, events: list[dict[str, Any]]) -> Path:
+    with open(path, "wb") as stream:
+        write_events(events, "job_postings", stream)
+    return path
+
+
+@pytest.mark.parametrize("case", ["folder", "glob", "input"])
+def test_predict_rejects_output_that_would_delete_files(
+    tmp_path: Path, case: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    publish_two_versions(tmp_path / "registry")
+    events_file = write_avro_events(tmp_path / "events.avro", EVENTS[:10])
+    folder = tmp_path / "kept"
+    folder.mkdir()
+    (folder / "a.csv").write_text("keep me")
+    output = {
+        "folder": str(folder),
+        "glob": str(folder / "*.csv"),
+        "input": str(events_file),
+    }[case]
+    argv = [str(events_file), "--registry", str(tmp_path / "registry")]
+
+    assert predict.main([*argv, "--output", output]) == 2
+
+    assert "invalid --output" in capsys.readouterr().err
+    assert (folder / "a.csv").read_text() == "keep me"
+    assert events_file.stat().st_size > 0
+    assert len(list(fastavro.reader(events_file.open("rb")))) == 10
+
+
+def test_predict_scores_unlabelled_csv_rows_and_counts_skipped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    publish_two_versions(tmp_path / "registry")
+    with gzip.open(DATA / "data_jobs_2023_salaried.csv.gz", "rt") as source:
+        rows = list(itertools.islice(csv.DictReader(source), 6))
+    rows[0]["job_title_short"] = ""  # a prediction request
+    rows[1]["salary_year_avg"] = "lots"  # not a number: skipped by the converter
+    csv_file = tmp_path / "postings.csv"
+    with open(csv_file, "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    output = tmp_path / "scores.jsonl"
+    argv = [str(csv_file), "--registry", str(tmp_path / "registry")]
+    argv += ["--dataset", "job_postings", "--output", str(output)]
+
+    assert predict.main(argv) == 0
+
+    lines = [json.loads(line) for line in output.read_text().splitlines()]
+    assert len(lines) == 5
+    assert all(len(line["top"]) == 5 for line in lines)
+    out = capsys.readouterr().out
+    assert "5 events read, 5 scored, 0 rejected" in out
+    assert "CSV rows skipped before scoring, by reason: invalid_number 1" in out
+
+
+def test_predict_names_reason_of_rejected_event(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    publish_two_versions(tmp_path / "registry")
+    events = [dict(e) for e in EVENTS[:4]]
+    events[2]["skills"] = []  # valid: the spec allows an empty skill list
+    events[3]["salary_year_avg"] = float("nan")
+    events_file = write_avro_events(tmp_path / "events.avro", events)
+    output = tmp_path / "scores.jsonl"
+    argv = [str(events_file), "--registry", str(tmp_path / "registry")]
+
+    assert predict.main([*argv, "--output", str(output)]) == 0
+
+    lines = {
+        line["event_id"]: line
+        for line in map(json.loads, output.read_text().splitlines())
+    }
+    rejected = lines[events[3]["event_id"]]
+    assert rejected["top"] == []
+    assert rejected["rejected"].startswith("non_finite_number: ")
+    assert "rejected" not in lines[events[2]["event_id"]]
+    out = capsys.readouterr().out
+    assert "4 events read, 3 scored, 1 rejected" in out
+    assert "rejected events (their lines say why): non_finite_number 1" in out
+
+
+def test_predict_truncated_file_fails_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    publish_two_versions(tmp_path / "registry")
+    whole = write_avro_events(tmp_path / "whole.avro", EVENTS)
+    data = whole.read_bytes()
+    truncated = tmp_path / "truncated.avro"
+    truncated.write_bytes(data[: len(data) * 2 // 3])
+    output = tmp_path / "scores.jsonl"
+    argv = [str(truncated), "--registry", str(tmp_path / "registry")]
+
+    assert predict.main([*argv, "--output", str(output)]) == 1
+
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("streamlearn predict: failed: Avro file ")
+    assert "truncated.avro" in err[0]
+    assert not output.exists()
+    assert not list(tmp_path.glob("beam-temp-*"))
 
 
 @pytest.mark.parametrize("option", ["--top-k", "--batch-size"])

@@ -67,5 +67,4 @@ def test_predict_help_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None
         in out
     )
     assert "--runner RUNNER Beam runner (default: DirectRunner)" in out
-    assert "(aijobs_salaries, electricity, job_postings, so_survey_2016)" in out
-    assert "a .toml file (default: job_postings)" in out
+    assert "The feature spec comes with the version." in out
