@@ -14,7 +14,6 @@ import argparse
 import json
 import logging
 import os
-import re
 import secrets
 import signal
 import sys
@@ -32,7 +31,13 @@ from online_model.arguments import (
 )
 from streaming.job_config import JobConfig, add_decode_limit_options, decode_limits_from
 from streaming.job_metrics import version_text
-from streaming.topics import DEFAULT_PROJECT, JobTopics, ensure_topics, require_emulator
+from streaming.topics import (
+    DEFAULT_PROJECT,
+    JobTopics,
+    check_job_name,
+    ensure_topics,
+    require_emulator,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -213,19 +218,10 @@ def _checkpoint_location(text: str) -> str:
     return str(Path(location).resolve())
 
 
-# Pub/Sub topic and subscription ids start with a letter and contain only
-# these characters; the job's ids are the job name with a suffix.
-_JOB_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._~+%-]*")
-
-
 def _check_names(args: argparse.Namespace) -> None:
     """Raise ValueError for a job name, spec or schema folder that the job
     could not use, before anything starts."""
-    if not _JOB_NAME.fullmatch(args.job_name) or args.job_name.startswith("goog"):
-        raise ValueError(
-            f"job name {args.job_name!r} cannot prefix Pub/Sub ids: use a letter "
-            "first, then letters, digits and . _ ~ + % -, and not 'goog'"
-        )
+    check_job_name(args.job_name)
     from online_model.spec import load_spec
     from streaming.schema_registry import SchemaRegistry
 

@@ -22,9 +22,18 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from google.api_core.exceptions import GoogleAPICallError
+
 from online_model.arguments import non_negative_int, non_negative_number, positive_int
 from streaming.event_files import InputFileError, check_input_files, read_sources
-from streaming.topics import DEFAULT_PROJECT, JobTopics, ensure_topics, require_emulator
+from streaming.topics import (
+    DEFAULT_PROJECT,
+    JobTopics,
+    check_job_name,
+    check_topic_path,
+    ensure_topics,
+    require_emulator,
+)
 from streaming.wire import (
     ENCODING_ATTRIBUTE,
     Encoding,
@@ -165,10 +174,14 @@ def main(argv: list[str]) -> int:
     from online_model.spec import SpecError, load_spec
 
     try:
+        if args.topic is not None:
+            check_topic_path(args.topic)
+        if args.job_name is not None:
+            check_job_name(args.job_name)
         spec = load_spec(spec_name)
         check_input_files(args.files, args.dataset, spec.schema)
         require_emulator()
-    except (SpecError, InputFileError, RuntimeError) as error:
+    except (SpecError, InputFileError, RuntimeError, ValueError) as error:
         return _fail(str(error), 2)
     topic = args.topic
     if topic is None:
@@ -197,6 +210,18 @@ def main(argv: list[str]) -> int:
         )
     except InputFileError as error:
         return _fail(f"{error} (stopped after {stats.events} events)", 1)
+    except GoogleAPICallError as error:
+        return _fail(
+            f"publishing to {topic} failed: {error.message} (stopped after "
+            f"{stats.events} events)",
+            1,
+        )
+    except KeyboardInterrupt:
+        return _fail(
+            f"interrupted after {stats.events} events in {stats.messages} "
+            f"messages to {topic}",
+            130,
+        )
     stats.skipped_rows = dict(sum((report.skipped for report in reports), Counter()))
     _print_stats(stats, topic, args.format)
     return 0

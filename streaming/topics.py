@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from dataclasses import dataclass
 
 from google.api_core.exceptions import AlreadyExists, NotFound
@@ -18,6 +19,31 @@ logger = logging.getLogger(__name__)
 
 EMULATOR_VARIABLE = "PUBSUB_EMULATOR_HOST"
 DEFAULT_PROJECT = "streamlearn-local"
+
+
+# Pub/Sub topic and subscription ids start with a letter and contain only
+# these characters. The job's ids are the job name with a suffix.
+_ID = r"[A-Za-z][A-Za-z0-9._~+%-]*"
+_JOB_NAME = re.compile(_ID)
+_TOPIC_PATH = re.compile(rf"projects/[a-z][a-z0-9-]*/topics/{_ID}")
+
+
+def check_job_name(name: str) -> None:
+    """Raise ValueError unless ``name`` can prefix the job's Pub/Sub ids."""
+    if not _JOB_NAME.fullmatch(name) or name.startswith("goog"):
+        raise ValueError(
+            f"job name {name!r} cannot prefix Pub/Sub ids: use a letter "
+            "first, then letters, digits and . _ ~ + % -, and not 'goog'"
+        )
+
+
+def check_topic_path(path: str) -> None:
+    """Raise ValueError unless ``path`` is a full topic path."""
+    if not _TOPIC_PATH.fullmatch(path):
+        raise ValueError(
+            f"invalid topic {path!r}: expected projects/PROJECT/topics/TOPIC, "
+            "such as projects/streamlearn-local/topics/j1-events"
+        )
 
 
 class TopicSetupError(RuntimeError):

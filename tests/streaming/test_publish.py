@@ -168,6 +168,16 @@ def _bad_inputs(tmp_path: Path) -> list[tuple[str, list[str], str]]:
             "'0'",
         ),
         ("fraction", ["--dataset", "electricity", "--unlabelled-fraction", "2"], "'2'"),
+        (
+            "bad job name",
+            ["--dataset", "electricity", "--job-name", "bad name!"],
+            "job name 'bad name!' cannot prefix Pub/Sub ids",
+        ),
+        (
+            "bad topic path",
+            ["--dataset", "electricity", "--topic", "not-a-topic"],
+            "invalid topic 'not-a-topic': expected projects/PROJECT/topics/TOPIC",
+        ),
     ]
 
 
@@ -250,3 +260,18 @@ def test_publish_text_reports_skipped_rows(
     out = capsys.readouterr().out
     assert "published 3 events in 1 messages" in out
     assert "rows skipped: 1 (wrong_column_count 1)" in out
+
+
+def test_publish_to_missing_topic_fails_in_one_line(
+    topics: JobTopics, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = f"projects/{DEFAULT_PROJECT}/topics/{topics.job_name}-missing"
+    argv = ["--dataset", "electricity", "--limit", "10", "--topic", missing]
+
+    code, err = _run(argv, capsys)
+
+    assert code == 1
+    assert err.strip().splitlines() == [
+        f"streamlearn publish: publishing to {missing} failed: Topic not found "
+        "(stopped after 10 events)"
+    ]
