@@ -1,11 +1,12 @@
-"""The PyTorch model: hashed embeddings, a small hidden layer and a growing softmax.
+"""The PyTorch model: hashed embeddings, an optional hidden layer and a growing softmax.
 
 Each event's hashed features are summed into one embedding vector, which
-makes a factorized linear model over the hashed space. That vector, joined
-with the event's standardized numbers and missing-value flags, goes through
-one ReLU layer. The output logits read both the joined vector and the hidden
-layer. The output layer has one row per known label and grows when a new
-label arrives.
+makes a factorized linear model over the hashed space. That vector is
+joined with the event's standardized numbers and missing-value flags. With
+``hidden_units`` above 0 the joined vector also goes through one ReLU layer,
+and the output logits read both; the default has no hidden layer. The
+output layer has one row per known label and grows when a new label
+arrives.
 
 The running statistics of the numeric fields (count, mean and sum of squared
 deviations, per field) are buffers of the model, so they are saved and
@@ -102,10 +103,10 @@ class HashedSoftmaxModel(nn.Module):
             _, positions, rows = self.embedding_rows(batch.tokens, trainable=False)
         summed = _WeightedBagSum.apply(rows, positions, batch)
         features = torch.cat([summed, batch.dense], dim=1)
-        hidden = F.relu(self.hidden(features))
-        return F.linear(
-            torch.cat([features, hidden], dim=1), self.output_weight, self.output_bias
-        )
+        if self.hidden.out_features:
+            hidden = F.relu(self.hidden(features))
+            features = torch.cat([features, hidden], dim=1)
+        return F.linear(features, self.output_weight, self.output_bias)
 
     def grow_output(self, new_labels: int) -> tuple[nn.Parameter, nn.Parameter]:
         """Add ``new_labels`` output rows (zero weights); return the new parameters.
