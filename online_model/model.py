@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -53,11 +54,15 @@ class HashedSoftmaxModel(nn.Module):
         self.embedding = nn.Parameter(torch.empty(hash_buckets, embedding_dim))
         nn.init.normal_(self.embedding, std=0.01, generator=generator)
         features = embedding_dim + 2 * numeric_fields
-        self.hidden = nn.Linear(features, hidden_units)
-        nn.init.kaiming_uniform_(
-            self.hidden.weight, nonlinearity="relu", generator=generator
-        )
-        nn.init.zeros_(self.hidden.bias)
+        with warnings.catch_warnings():
+            # Without hidden units the layer's tensors are empty, and torch
+            # warns that initializing them does nothing.
+            warnings.filterwarnings("ignore", "Initializing zero-element tensors")
+            self.hidden = nn.Linear(features, hidden_units)
+            nn.init.kaiming_uniform_(
+                self.hidden.weight, nonlinearity="relu", generator=generator
+            )
+            nn.init.zeros_(self.hidden.bias)
         self.output_weight = nn.Parameter(torch.zeros(0, features + hidden_units))
         self.output_bias = nn.Parameter(torch.zeros(0))
         self.register_buffer("label_counts", torch.zeros(0, dtype=torch.float64))
