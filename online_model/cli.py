@@ -125,22 +125,30 @@ def learn_main(argv: list[str]) -> int:
         parser.error(f"--save {args.save!r} is an existing file; pass a folder")
     _configure_logging()
 
-    from online_model.datasets import ConversionReport, iter_events, read_events
+    from online_model.datasets import ConversionReport, iter_events
+    from online_model.event_files import InputFileError
     from online_model.learner import OnlineLearner
     from online_model.spec import load_spec
 
+    spec = load_spec(args.dataset)
     report = ConversionReport(args.dataset)
-    try:
-        if args.events:
-            report.source = args.events
-            source = read_events(args.events)
-        else:
+    if args.events:
+        report.source = args.events
+        try:
+            events = _read_event_file(
+                args.events, args.dataset, dict(spec.schema), args.limit
+            )
+        except InputFileError as error:
+            print(f"streamlearn learn: {error}", file=sys.stderr)
+            return 2
+    else:
+        try:
             source = iter_events(args.dataset, report=report)
-        events = list(itertools.islice(source, args.limit))
-    except (OSError, ValueError) as error:
-        print(f"streamlearn learn: {error}", file=sys.stderr)
-        return 1
-    learner = OnlineLearner(load_spec(args.dataset), seed=args.seed, device=args.device)
+            events = list(itertools.islice(source, args.limit))
+        except (OSError, ValueError) as error:
+            print(f"streamlearn learn: {error}", file=sys.stderr)
+            return 1
+    learner = OnlineLearner(spec, seed=args.seed, device=args.device)
     summary = _run(learner, events, args.micro_batch, quiet=args.format == "json")
     if args.events:
         report.events = report.rows_read = len(events)
@@ -159,6 +167,32 @@ def learn_main(argv: list[str]) -> int:
     else:
         _print_summary(summary, report.summary())
     return 0
+
+
+def _read_event_file(
+    name: str, dataset: str, schema: dict[str, Any], limit: int | None
+) -> list[dict[str, Any]]:
+    """Return the first ``limit`` events of an Avro event file.
+
+    Raises InputFileError, with the file's name, when the file is missing,
+    not an Avro file, lacks a field of ``schema`` or is corrupt. ``dataset``
+    fills in the convert command that the error for a CSV file suggests.
+    """
+    from online_model.event_files import (
+        AVRO_SUFFIX,
+        InputFileError,
+        check_input_files,
+        read_sources,
+    )
+
+    if Path(name).is_file() and not name.endswith(AVRO_SUFFIX):
+        raise InputFileError(
+            f"--events file {name!r} is not an Avro file; convert it first with "
+            f"'streamlearn convert --dataset {dataset} --source {name} "
+            "--out events.avro'"
+        )
+    check_input_files([name], None, schema)
+    return list(itertools.islice(read_sources([name], None), limit))
 
 
 def _run(

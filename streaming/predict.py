@@ -102,8 +102,8 @@ def main(argv: list[str]) -> int:
     # Beam logs a failing step's traceback at ERROR level. The command prints
     # the cause in one line instead, so only Beam's critical messages show.
     logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
+    from online_model.event_files import InputFileError, check_input_files
     from rollback.errors import RegistryError
-    from streaming.event_files import InputFileError, check_input_files
 
     try:
         check_output(args.output, args.files)
@@ -297,7 +297,7 @@ def build_predict_pipeline(
 
 def _read_file(name: str, dataset: str | None) -> Iterator[dict[str, Any]]:
     from online_model.datasets import ConversionReport
-    from streaming.event_files import read_sources
+    from online_model.event_files import read_sources
 
     reports: list[ConversionReport] = []
     read = Metrics.counter(COUNTS, "events_read")

@@ -25,7 +25,7 @@ from typing import Any
 from google.api_core.exceptions import GoogleAPICallError
 
 from online_model.arguments import non_negative_int, non_negative_number, positive_int
-from streaming.event_files import InputFileError, check_input_files, read_sources
+from online_model.event_files import InputFileError, check_input_files, read_sources
 from streaming.topics import (
     DEFAULT_PROJECT,
     JobTopics,

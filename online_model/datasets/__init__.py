@@ -9,9 +9,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import gzip
 import itertools
 import logging
+import os
+import secrets
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -73,18 +79,34 @@ def iter_events(
             f"unknown dataset {dataset_name!r}; choose from: {', '.join(DATASETS)}"
         )
     file_name, converter = DATASETS[dataset_name]
-    source = Path(path) if path is not None else data_dir() / file_name
-    if not source.is_file():
-        raise FileNotFoundError(
-            f"source file for dataset {dataset_name!r} not found: "
-            f"{source}; set STREAMLEARN_DATA_DIR or pass a path"
-        )
+    if path is None:
+        source = data_dir() / file_name
+        if not source.is_file():
+            raise FileNotFoundError(
+                f"source file for dataset {dataset_name!r} not found: "
+                f"{source}; set STREAMLEARN_DATA_DIR or pass a path"
+            )
+    else:
+        source = Path(path)
+        _check_source_path(source, dataset_name, file_name)
     if report is None:
         report = ConversionReport(dataset_name)
     report.source = str(source)
     for event in converter(source, report, keep_unlabelled=keep_unlabelled):
         report.events += 1
         yield event
+
+
+def _check_source_path(source: Path, dataset_name: str, file_name: str) -> None:
+    if not source.exists():
+        raise FileNotFoundError(
+            f"source file {str(source)!r} not found; check the path"
+        )
+    if not source.is_file():
+        raise IsADirectoryError(
+            f"source {str(source)!r} is not a file; pass the {dataset_name} "
+            f"source file itself, such as {file_name}"
+        )
 
 
 def write_events(
@@ -116,14 +138,37 @@ def convert(
     limit: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> ConversionReport:
-    """Convert a data set to an Avro event file; return the conversion report."""
+    """Convert a data set to an Avro event file; return the conversion report.
+
+    The file is written under a temporary name in the same folder and renamed
+    to ``out_path`` only when the conversion succeeds, so a failed conversion
+    leaves an existing file unchanged. A source file that cannot be read
+    raises ValueError or OSError with the file's name in the message.
+    """
+    out = Path(out_path)
+    _check_out_path(out)
     report = ConversionReport(dataset_name)
     events: Iterable[Event] = iter_events(dataset_name, source, report)
     if limit is not None:
         events = itertools.islice(events, limit)
     started = time.perf_counter()
-    with open(out_path, "wb") as out:
-        write_events(events, dataset_name, out, progress)
+    temporary = out.with_name(f".{out.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(temporary, "xb") as stream:
+            write_events(events, dataset_name, stream, progress)
+        os.replace(temporary, out)
+    except (
+        UnicodeDecodeError,
+        gzip.BadGzipFile,
+        EOFError,
+        zlib.error,
+        csv.Error,
+    ) as error:
+        raise ValueError(_source_error_message(report, error)) from error
+    finally:
+        # After a successful rename the temporary name no longer exists.
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
     logger.info(
         "converted %s: %d events to %s in %.1f s",
         dataset_name,
@@ -132,6 +177,41 @@ def convert(
         time.perf_counter() - started,
     )
     return report
+
+
+def _check_out_path(out: Path) -> None:
+    if out.is_dir():
+        raise IsADirectoryError(
+            f"output {str(out)!r} is a folder; pass the path of the Avro file to write"
+        )
+    if not out.parent.is_dir():
+        raise FileNotFoundError(
+            f"output folder {str(out.parent)!r} not found; create it first"
+        )
+
+
+def _source_error_message(report: ConversionReport, error: Exception) -> str:
+    """Return a one-line message that names the source file and the fix."""
+    name = repr(report.source)
+    if isinstance(error, UnicodeDecodeError):
+        return (
+            f"source file {name} is not UTF-8 text ({error.reason}); save it as UTF-8"
+        )
+    if isinstance(error, gzip.BadGzipFile):
+        return (
+            f"source file {name} is not a valid gzip file ({error}); remove the .gz "
+            "suffix from a plain text file, or get a fresh copy"
+        )
+    if isinstance(error, EOFError | zlib.error):
+        return (
+            f"source file {name} is truncated or corrupt after {report.rows_read} "
+            f"rows ({error}); get a fresh copy"
+        )
+    row_number = report.rows_read + 1
+    return (
+        f"source file {name} is not valid CSV at data row {row_number} ({error}); "
+        "check the quoting in that row"
+    )
 
 
 def read_events(path: str | Path) -> Iterator[dict[str, Any]]:

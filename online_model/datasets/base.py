@@ -13,7 +13,7 @@ import io
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 
 DATA_DIR_VARIABLE = "STREAMLEARN_DATA_DIR"
 REPOSITORY_DATA_DIR = Path(__file__).resolve().parents[2] / "data"
+# Longer values are cut to this many characters in skip reasons and examples.
+MAX_SHOWN_VALUE_CHARS = 80
 
 Event = dict[str, Any]
 
@@ -96,10 +98,49 @@ def data_dir() -> Path:
 
 
 def open_text(path: Path) -> io.TextIOWrapper:
-    """Open a plain or gzip-compressed UTF-8 text file for reading."""
+    """Open a plain or gzip-compressed UTF-8 text file for reading.
+
+    A leading byte order mark is dropped, because spreadsheet programs write
+    one and it would otherwise become part of the first column's name.
+    """
     if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
+    return open(path, encoding="utf-8-sig", newline="")
+
+
+def check_header(
+    path: Path, header: Sequence[str] | None, required: Collection[str]
+) -> None:
+    """Raise ValueError unless a CSV header names each column once and has ``required``.
+
+    Runs before the first row is converted, so that a wrong file fails with
+    one error instead of a skip count for every row.
+    """
+    if not header:
+        raise ValueError(
+            f"CSV file {str(path)!r} is empty: expected a header row with the "
+            f"columns {', '.join(required)}"
+        )
+    repeated = [name for name, count in Counter(header).items() if count > 1]
+    if repeated:
+        raise ValueError(
+            f"CSV file {str(path)!r} repeats the header column(s) "
+            f"{', '.join(map(repr, repeated))}; rename or remove the copies"
+        )
+    missing = [column for column in required if column not in header]
+    if missing:
+        raise ValueError(
+            f"CSV file {str(path)!r} lacks the required column(s) "
+            f"{', '.join(map(repr, missing))}; check that it is the right file "
+            "and that its first line is the header"
+        )
+
+
+def shown_value(text: str) -> str:
+    """Return ``repr(text)``, cut to the first 80 characters and '...' when longer."""
+    if len(text) <= MAX_SHOWN_VALUE_CHARS:
+        return repr(text)
+    return repr(text[:MAX_SHOWN_VALUE_CHARS]) + "..."
 
 
 def parse_rows(
@@ -136,7 +177,9 @@ def utc_millis(text: str, fmt: str) -> datetime:
     try:
         parsed = datetime.strptime(text, fmt)
     except ValueError:
-        raise RowError("invalid_time", f"{text!r} does not match {fmt}") from None
+        raise RowError(
+            "invalid_time", f"{shown_value(text)} does not match {fmt}"
+        ) from None
     return parsed.replace(tzinfo=UTC)
 
 
@@ -148,9 +191,9 @@ def optional_float(row: dict[str, str], column: str) -> float | None:
     try:
         value = float(text)
     except ValueError:
-        raise RowError("invalid_number", f"{column}={text!r}") from None
+        raise RowError("invalid_number", f"{column}={shown_value(text)}") from None
     if value != value or value in (float("inf"), float("-inf")):
-        raise RowError("invalid_number", f"{column}={text!r} is not finite")
+        raise RowError("invalid_number", f"{column}={shown_value(text)} is not finite")
     return value
 
 

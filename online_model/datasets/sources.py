@@ -5,6 +5,10 @@ rows in the dataset's stream order and yields events shaped by the Avro
 schema of the same name. Event ids are ``<source file stem>:<data row>``, the
 1-based row number in the source file, so they are stable across runs and
 unique even where the source repeats a row word for word.
+
+A CSV source must have every column its converter reads, except the label
+column when unlabelled rows are kept. A header that lacks one, or repeats a
+column name, raises ValueError before the first row is converted.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import ast
 import csv
 import random
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,11 +24,13 @@ from online_model.datasets.base import (
     ConversionReport,
     Event,
     RowError,
+    check_header,
     label_or_skip,
     open_text,
     optional_float,
     optional_str,
     parse_rows,
+    shown_value,
     utc_millis,
 )
 
@@ -41,9 +47,15 @@ ELECTRICITY_START = datetime(1996, 5, 7, tzinfo=UTC)
 ELECTRICITY_STEP = timedelta(minutes=30)
 
 
-def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
+def _csv_rows(
+    path: Path, columns: Collection[str], label: str, keep_unlabelled: bool
+) -> Iterator[tuple[int, dict[str, str]]]:
+    """Yield numbered rows after checking the header for ``columns`` and ``label``."""
+    required = list(columns) if keep_unlabelled else [*columns, label]
     with open_text(path) as text:
-        yield from enumerate(csv.DictReader(text), start=1)
+        reader = csv.DictReader(text)
+        check_header(path, reader.fieldnames, required)
+        yield from enumerate(reader, start=1)
 
 
 def _event_id(path: Path, row_number: int) -> str:
@@ -53,6 +65,20 @@ def _event_id(path: Path, row_number: int) -> str:
 
 # --- job postings -------------------------------------------------------------
 
+JOB_POSTINGS_LABEL = "job_title_short"
+JOB_POSTINGS_COLUMNS = (
+    "job_posted_date",
+    "job_skills",
+    "job_country",
+    "job_schedule_type",
+    "job_work_from_home",
+    "job_no_degree_mention",
+    "job_health_insurance",
+    "job_via",
+    "salary_year_avg",
+    "salary_hour_avg",
+)
+
 
 def _boolean(row: dict[str, str], column: str) -> bool | None:
     text = row.get(column, "")
@@ -60,7 +86,9 @@ def _boolean(row: dict[str, str], column: str) -> bool | None:
         return None
     if text in ("True", "False"):
         return text == "True"
-    raise RowError("invalid_boolean", f"{column}={text!r}; expected True or False")
+    raise RowError(
+        "invalid_boolean", f"{column}={shown_value(text)}; expected True or False"
+    )
 
 
 def _skill_list(text: str) -> list[str]:
@@ -70,11 +98,12 @@ def _skill_list(text: str) -> list[str]:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
         raise RowError(
-            "invalid_skills", f"job_skills={text[:60]!r} is not a list literal"
+            "invalid_skills", f"job_skills={shown_value(text)} is not a list literal"
         ) from None
     if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
         raise RowError(
-            "invalid_skills", f"job_skills={text[:60]!r} is not a list of strings"
+            "invalid_skills",
+            f"job_skills={shown_value(text)} is not a list of strings",
         )
     return value
 
@@ -86,9 +115,9 @@ def job_postings(
 
     def parse(row: dict[str, str], row_number: int) -> Event:
         label = (
-            optional_str(row, "job_title_short")
+            optional_str(row, JOB_POSTINGS_LABEL)
             if keep_unlabelled
-            else label_or_skip(row, "job_title_short")
+            else label_or_skip(row, JOB_POSTINGS_LABEL)
         )
         return {
             "event_id": _event_id(path, row_number),
@@ -105,13 +134,37 @@ def job_postings(
             "job_role": label,
         }
 
-    parsed = list(parse_rows(_csv_rows(path), parse, report))
+    rows = _csv_rows(path, JOB_POSTINGS_COLUMNS, JOB_POSTINGS_LABEL, keep_unlabelled)
+    parsed = list(parse_rows(rows, parse, report))
     parsed.sort(key=lambda item: (item[1]["event_time"], item[0]))
     for _, event in parsed:
         yield event
 
 
 # --- 2016 Stack Overflow survey ---------------------------------------------
+
+SURVEY_LABEL = "occupation"
+SURVEY_LIST_COLUMNS = (
+    "tech_do",
+    "tech_want",
+    "self_identification",
+    "education",
+    "dev_environment",
+)
+SURVEY_TEXT_COLUMNS = (
+    "experience_range",
+    "country",
+    "company_size_range",
+    "industry",
+    "age_range",
+    "gender",
+    "salary_range",
+    "employment_status",
+    "remote",
+    "desktop_os",
+    "team_size_range",
+)
+SURVEY_COLUMNS = (*SURVEY_LIST_COLUMNS, *SURVEY_TEXT_COLUMNS, "programming_ability")
 
 
 def _semicolon_list(row: dict[str, str], column: str) -> list[str]:
@@ -126,46 +179,42 @@ def so_survey_2016(
 
     def parse(row: dict[str, str], row_number: int) -> Event:
         label = (
-            optional_str(row, "occupation")
+            optional_str(row, SURVEY_LABEL)
             if keep_unlabelled
-            else label_or_skip(row, "occupation")
+            else label_or_skip(row, SURVEY_LABEL)
         )
         event: Event = {
             "event_id": _event_id(path, row_number),
             "event_time": SURVEY_OPENING_DAY,
         }
-        for column in (
-            "tech_do",
-            "tech_want",
-            "self_identification",
-            "education",
-            "dev_environment",
-        ):
+        for column in SURVEY_LIST_COLUMNS:
             event[column] = _semicolon_list(row, column)
-        for column in (
-            "experience_range",
-            "country",
-            "company_size_range",
-            "industry",
-            "age_range",
-            "gender",
-            "salary_range",
-            "employment_status",
-            "remote",
-            "desktop_os",
-            "team_size_range",
-        ):
+        for column in SURVEY_TEXT_COLUMNS:
             event[column] = optional_str(row, column)
         event["programming_ability"] = optional_float(row, "programming_ability")
         event["occupation"] = label
         return event
 
-    parsed = [event for _, event in parse_rows(_csv_rows(path), parse, report)]
+    rows = _csv_rows(path, SURVEY_COLUMNS, SURVEY_LABEL, keep_unlabelled)
+    parsed = [event for _, event in parse_rows(rows, parse, report)]
     random.Random(SURVEY_SHUFFLE_SEED).shuffle(parsed)
     yield from parsed
 
 
 # --- aijobs.net salaries ------------------------------------------------------
+
+AIJOBS_LABEL = "job_title"
+AIJOBS_COLUMNS = (
+    "work_year",
+    "experience_level",
+    "employment_type",
+    "employee_residence",
+    "company_location",
+    "remote_ratio",
+    "company_size",
+    "salary_currency",
+    "salary_in_usd",
+)
 
 
 def aijobs_salaries(
@@ -175,13 +224,13 @@ def aijobs_salaries(
 
     def parse(row: dict[str, str], row_number: int) -> Event:
         label = (
-            optional_str(row, "job_title")
+            optional_str(row, AIJOBS_LABEL)
             if keep_unlabelled
-            else label_or_skip(row, "job_title")
+            else label_or_skip(row, AIJOBS_LABEL)
         )
         year_text = row.get("work_year", "")
         if not year_text.isdigit():
-            raise RowError("invalid_year", f"work_year={year_text!r}")
+            raise RowError("invalid_year", f"work_year={shown_value(year_text)}")
         remote = optional_float(row, "remote_ratio")
         return {
             "event_id": _event_id(path, row_number),
@@ -198,7 +247,8 @@ def aijobs_salaries(
             "job_title": label,
         }
 
-    parsed = list(parse_rows(_csv_rows(path), parse, report))
+    rows = _csv_rows(path, AIJOBS_COLUMNS, AIJOBS_LABEL, keep_unlabelled)
+    parsed = list(parse_rows(rows, parse, report))
     for _, event in reversed(parsed):
         yield event
 
@@ -219,10 +269,31 @@ _ELECTRICITY_COLUMNS = (
 
 
 def _arff_rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
+    """Yield numbered data rows after checking the declared attributes.
+
+    Values are matched to columns by position, so the file must declare
+    exactly the Elec2 attributes, in order.
+    """
     with open_text(path) as text:
+        attributes: list[str] = []
         for line in text:
-            if line.strip().lower() == "@data":
+            words = line.split(maxsplit=2)
+            keyword = words[0].lower() if words else ""
+            if keyword == "@attribute" and len(words) > 1:
+                attributes.append(words[1].strip("'\""))
+            elif keyword == "@data":
                 break
+        else:
+            raise ValueError(
+                f"ARFF file {str(path)!r} has no @data line; expected the Elec2 "
+                "file elecNormNew.arff"
+            )
+        if attributes != list(_ELECTRICITY_COLUMNS):
+            raise ValueError(
+                f"ARFF file {str(path)!r} declares the attributes "
+                f"{', '.join(attributes) or '(none)'}; expected "
+                f"{', '.join(_ELECTRICITY_COLUMNS)}, in that order"
+            )
         for row_number, line in enumerate(text, start=1):
             values = line.strip().split(",")
             yield row_number, dict(zip(_ELECTRICITY_COLUMNS, values, strict=False))
@@ -241,7 +312,10 @@ def electricity(
             )
         label = optional_str(row, "class")
         if label not in ("UP", "DOWN") and not (keep_unlabelled and label is None):
-            raise RowError("invalid_label", f"class={label!r}; expected UP or DOWN")
+            raise RowError(
+                "invalid_label",
+                f"class={shown_value(label or '')}; expected UP or DOWN",
+            )
         event: Event = {
             "event_id": _event_id(path, row_number),
             "event_time": ELECTRICITY_START + (row_number - 1) * ELECTRICITY_STEP,

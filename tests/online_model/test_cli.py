@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from online_model.cli import convert_main, learn_main
-from online_model.datasets import read_events
+from online_model.datasets import convert, read_events
 from online_model.learner import OnlineLearner
 
 
@@ -167,3 +167,88 @@ def test_learn_save_onto_file(
 def test_learn_rejects_negative_limit(capsys: pytest.CaptureFixture[str]) -> None:
     err = _learn_error(["--limit", "-5"], capsys)
     assert "invalid value '-5': expected 0 or more" in err
+
+
+@pytest.fixture(scope="module")
+def electricity_avro(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An Avro file of 3,000 Electricity events, several data blocks long."""
+    out = tmp_path_factory.mktemp("events") / "elec.avro"
+    convert("electricity", out, limit=3000)
+    return out
+
+
+def _learn_events_error(
+    events: Path, dataset: str, capsys: pytest.CaptureFixture[str]
+) -> str:
+    """Run learn on an events file it must reject; return the one error line."""
+    code = learn_main(
+        ["--dataset", dataset, "--events", str(events), "--device", "cpu"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1
+    assert err.startswith("streamlearn learn: ")
+    return err
+
+
+def test_learn_truncated_avro_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, electricity_avro: Path
+) -> None:
+    data = electricity_avro.read_bytes()
+    truncated = tmp_path / "truncated.avro"
+    truncated.write_bytes(data[: len(data) * 2 // 3])
+    err = _learn_events_error(truncated, "electricity", capsys)
+    assert f"Avro file {str(truncated)!r} is invalid after " in err
+    assert "EOFError" in err
+
+
+def test_learn_corrupt_avro_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, electricity_avro: Path
+) -> None:
+    data = bytearray(electricity_avro.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(64)
+    corrupt = tmp_path / "corrupt.avro"
+    corrupt.write_bytes(bytes(data))
+    err = _learn_events_error(corrupt, "electricity", capsys)
+    assert f"Avro file {str(corrupt)!r} is invalid after " in err
+
+
+def test_learn_other_schema_rejected(
+    capsys: pytest.CaptureFixture[str], electricity_avro: Path
+) -> None:
+    err = _learn_events_error(electricity_avro, "job_postings", capsys)
+    assert f"Avro file {str(electricity_avro)!r} lacks the fields" in err
+    assert "of the event schema 'JobPosting'" in err
+
+
+def test_learn_events_not_avro(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    csv_file = tmp_path / "postings.csv"
+    csv_file.write_text("job_title_short\nData Analyst\n")
+    err = _learn_events_error(csv_file, "job_postings", capsys)
+    assert f"--events file {str(csv_file)!r} is not an Avro file" in err
+    assert f"streamlearn convert --dataset job_postings --source {csv_file}" in err
+    err = _learn_events_error(tmp_path, "job_postings", capsys)
+    assert f"input {str(tmp_path)!r} is not a file" in err
+    err = _learn_events_error(tmp_path / "absent.avro", "job_postings", capsys)
+    assert "absent.avro' not found" in err
+
+
+def test_convert_missing_column_keeps_output(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    source = tmp_path / "salaries.csv"
+    source.write_text("work_year,job_title\n2024,Data Scientist\n")
+    out = tmp_path / "salaries.avro"
+    out.write_bytes(b"previous events")
+    code = convert_main(
+        ["--dataset", "aijobs_salaries", "--source", str(source), "--out", str(out)]
+    )
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.count("\n") == 1
+    assert f"CSV file {str(source)!r} lacks the required column(s)" in err
+    assert "'salary_in_usd'" in err
+    assert out.read_bytes() == b"previous events"

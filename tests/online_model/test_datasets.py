@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gzip
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -122,3 +123,190 @@ def test_convert_round_trip(tmp_path: Path) -> None:
 def test_unknown_dataset_lists_choices() -> None:
     with pytest.raises(ValueError, match="job_postings"):
         next(iter_events("jobs"))
+
+
+SURVEY_HEADER = (
+    "occupation,tech_do,tech_want,self_identification,education,dev_environment,"
+    "experience_range,country,company_size_range,industry,age_range,gender,"
+    "salary_range,employment_status,remote,desktop_os,team_size_range,"
+    "programming_ability\n"
+)
+AIJOBS_HEADER = (
+    "work_year,experience_level,employment_type,job_title,salary,salary_currency,"
+    "salary_in_usd,employee_residence,remote_ratio,company_location,company_size\n"
+)
+
+
+def _without_column(header: str, column: str) -> str:
+    names = header.strip().split(",")
+    names.remove(column)
+    return ",".join(names) + "\n" + "," * (len(names) - 1) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("dataset", "header", "column"),
+    [
+        ("job_postings", HEADER, "job_posted_date"),
+        ("job_postings", HEADER, "job_title_short"),
+        ("job_postings", HEADER, "job_skills"),
+        ("so_survey_2016", SURVEY_HEADER, "occupation"),
+        ("so_survey_2016", SURVEY_HEADER, "dev_environment"),
+        ("aijobs_salaries", AIJOBS_HEADER, "work_year"),
+        ("aijobs_salaries", AIJOBS_HEADER, "job_title"),
+    ],
+)
+def test_missing_column_rejected_before_rows(
+    tmp_path: Path, dataset: str, header: str, column: str
+) -> None:
+    source = tmp_path / "source.csv"
+    source.write_text(_without_column(header, column))
+    report = ConversionReport(dataset)
+    with pytest.raises(ValueError) as caught:
+        next(iter_events(dataset, source, report))
+    message = str(caught.value)
+    assert str(source) in message
+    assert f"lacks the required column(s) {column!r}" in message
+    assert report.rows_read == 0
+
+
+def test_missing_label_column_allowed_unlabelled(tmp_path: Path) -> None:
+    source = tmp_path / "requests.csv"
+    source.write_text(
+        HEADER.replace("job_title_short,", "") + posting_row().split(",", 1)[1]
+    )
+    events = list(iter_events("job_postings", source, keep_unlabelled=True))
+    assert len(events) == 1
+    assert events[0]["job_role"] is None
+
+
+def test_empty_csv_rejected(tmp_path: Path) -> None:
+    source = tmp_path / "empty.csv"
+    source.write_text("")
+    with pytest.raises(ValueError, match="is empty: expected a header row"):
+        next(iter_events("aijobs_salaries", source))
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".csv.gz"])
+def test_byte_order_mark_ignored(tmp_path: Path, suffix: str) -> None:
+    data = ("\ufeff" + HEADER + posting_row()).encode("utf-8")
+    source = tmp_path / f"postings{suffix}"
+    source.write_bytes(gzip.compress(data) if suffix.endswith(".gz") else data)
+    report = ConversionReport("job_postings")
+    events = list(iter_events("job_postings", source, report))
+    assert dict(report.skipped) == {}
+    assert [event["job_role"] for event in events] == ["Data Analyst"]
+
+
+def test_repeated_header_column_rejected(tmp_path: Path) -> None:
+    source = tmp_path / "postings.csv"
+    source.write_text(
+        HEADER.strip() + ",job_title_short\n" + posting_row().strip() + ",Other\n"
+    )
+    with pytest.raises(ValueError) as caught:
+        next(iter_events("job_postings", source))
+    assert str(source) in str(caught.value)
+    assert "repeats the header column(s) 'job_title_short'" in str(caught.value)
+
+
+ARFF_HEADER = (
+    "@relation elec\n\n"
+    "@attribute date numeric\n@attribute day {1,2,3,4,5,6,7}\n"
+    "@attribute period numeric\n@attribute nswprice numeric\n"
+    "@attribute nswdemand numeric\n@attribute vicprice numeric\n"
+    "@attribute vicdemand numeric\n@attribute transfer numeric\n"
+    "@attribute class {UP,DOWN}\n\n"
+)
+ARFF_ROW = "0,2,0,0.056443,0.439155,0.003467,0.422915,0.414912,UP\n"
+
+
+def test_arff_attributes_checked(tmp_path: Path) -> None:
+    good = tmp_path / "good.arff"
+    good.write_text(ARFF_HEADER + "@data\n" + ARFF_ROW)
+    assert [e["class"] for e in iter_events("electricity", good)] == ["UP"]
+
+    reordered = tmp_path / "reordered.arff"
+    reordered.write_text(
+        ARFF_HEADER.replace("period", "PERIOD_TMP")
+        .replace("nswdemand", "period")
+        .replace("PERIOD_TMP", "nswdemand")
+        + "@data\n"
+        + ARFF_ROW
+    )
+    with pytest.raises(ValueError, match="expected date, day, period") as caught:
+        next(iter_events("electricity", reordered))
+    assert str(reordered) in str(caught.value)
+
+    no_data = tmp_path / "no_data.arff"
+    no_data.write_text(ARFF_HEADER + ARFF_ROW)
+    with pytest.raises(ValueError, match="has no @data line"):
+        next(iter_events("electricity", no_data))
+
+
+def test_skip_example_shortens_long_value(tmp_path: Path) -> None:
+    source = tmp_path / "postings.csv"
+    source.write_text(HEADER + posting_row(salary="x" * 400))
+    report = ConversionReport("job_postings")
+    assert list(iter_events("job_postings", source, report)) == []
+    example = report.examples["invalid_number"]
+    assert example == f"row 1: salary_year_avg={'x' * 80!r}..."
+
+
+def test_convert_failure_keeps_existing_output(tmp_path: Path) -> None:
+    out = tmp_path / "events.avro"
+    out.write_bytes(b"previous events")
+    bad_source = tmp_path / "postings.csv"
+    bad_source.write_text(_without_column(HEADER, "job_posted_date"))
+    with pytest.raises(ValueError, match="job_posted_date"):
+        convert("job_postings", out, bad_source)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        convert("job_postings", out, tmp_path / "absent.csv")
+    assert out.read_bytes() == b"previous events"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["events.avro", "postings.csv"]
+
+
+def test_convert_success_replaces_output(tmp_path: Path) -> None:
+    out = tmp_path / "events.avro"
+    out.write_bytes(b"previous events")
+    source = tmp_path / "postings.csv"
+    source.write_text(HEADER + posting_row())
+    report = convert("job_postings", out, source)
+    assert report.events == 1
+    assert [e["job_role"] for e in read_events(out)] == ["Data Analyst"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["events.avro", "postings.csv"]
+
+
+@pytest.mark.parametrize(
+    ("file_name", "content", "expected"),
+    [
+        (
+            "latin1.csv",
+            HEADER.encode() + "Caf\u00e9,".encode("latin-1") + b"\n",
+            "is not UTF-8 text (invalid continuation byte); save it as UTF-8",
+        ),
+        (
+            "plain.csv.gz",
+            HEADER.encode(),
+            "is not a valid gzip file (Not a gzipped file (b'jo')); remove the .gz",
+        ),
+        (
+            "truncated.csv.gz",
+            gzip.compress((HEADER + posting_row() * 3).encode())[:-12],
+            "is truncated or corrupt after 0 rows (Compressed file ended",
+        ),
+    ],
+)
+def test_convert_read_error_names_file(
+    tmp_path: Path, file_name: str, content: bytes, expected: str
+) -> None:
+    source = tmp_path / file_name
+    source.write_bytes(content)
+    with pytest.raises(ValueError) as caught:
+        convert("job_postings", tmp_path / "out.avro", source)
+    assert f"source file {str(source)!r} {expected}" in str(caught.value)
+
+
+def test_convert_source_folder_rejected(tmp_path: Path) -> None:
+    with pytest.raises(OSError) as caught:
+        convert("job_postings", tmp_path / "out.avro", tmp_path)
+    assert f"source {str(tmp_path)!r} is not a file" in str(caught.value)
+    assert "STREAMLEARN_DATA_DIR" not in str(caught.value)

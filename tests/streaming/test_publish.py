@@ -15,8 +15,8 @@ import pytest
 from google.cloud.pubsub_v1 import SubscriberClient
 
 from online_model.datasets import write_events
+from online_model.event_files import InputFileError, read_sources
 from streaming import publish
-from streaming.event_files import InputFileError, read_sources
 from streaming.topics import DEFAULT_PROJECT, JobTopics, delete_topics, ensure_topics
 
 HEADER = (

@@ -1,4 +1,4 @@
-"""Events from Avro and CSV files, for ``streamlearn publish`` and ``predict``.
+"""Events from Avro and CSV files, for the publish, predict and learn commands.
 
 Every input file is checked before the first event is sent or scored: it
 exists, has a supported suffix, and an Avro file has a readable header whose
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -152,10 +153,18 @@ def read_sources(
             ) from error
         except EOFError as error:
             raise InputFileError(f"{name!r} ends early: {error}") from error
+        except zlib.error as error:
+            raise InputFileError(
+                f"{name!r} is corrupt ({error}); get a fresh copy"
+            ) from error
         except csv.Error as error:
             raise InputFileError(f"{name!r} is not valid CSV: {error}") from error
         except (OSError, ValueError) as error:
-            raise InputFileError(f"cannot read {name!r}: {error}") from error
+            # The converters' own errors name the file already.
+            message = (
+                str(error) if name in str(error) else f"cannot read {name!r}: {error}"
+            )
+            raise InputFileError(message) from error
 
 
 def _read_avro(path: Path) -> Iterator[Event]:
