@@ -56,7 +56,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "the [registry] url of streamlearn.toml, else ./runs/registry)",
     )
     parser.add_argument("--version", help="version to score with (default: serving)")
-    parser.add_argument("--dataset", help="converter for CSV files, e.g. job_postings")
+    from online_model.datasets import DATASETS
+
+    parser.add_argument(
+        "--dataset", choices=sorted(DATASETS), help="converter for the CSV files"
+    )
     parser.add_argument(
         "--output",
         required=True,
@@ -115,7 +119,11 @@ def main(argv: list[str]) -> int:
         return 2
 
     options = PipelineOptions(flags=[], runner=args.runner)
-    pipeline = beam.Pipeline(options=options)
+    try:
+        pipeline = beam.Pipeline(options=options)
+    except ValueError as error:  # an unknown runner name
+        print(f"streamlearn predict: invalid --runner: {error}", file=sys.stderr)
+        return 2
     build_predict_pipeline(
         pipeline,
         args.files,

@@ -311,3 +311,20 @@ def test_transform_names_stable() -> None:
         "Learn",
         "WritePredictions",
     }
+
+
+def test_predict_rejects_unknown_runner_and_dataset(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    publish_two_versions(tmp_path / "registry")
+    events_file = write_avro_events(tmp_path / "events.avro", EVENTS[:10])
+    argv = [str(events_file), "--registry", str(tmp_path / "registry")]
+    argv += ["--output", str(tmp_path / "out.jsonl")]
+
+    assert predict.main([*argv, "--runner", "Nope"]) == 2
+    assert "streamlearn predict: invalid --runner: " in capsys.readouterr().err
+
+    with pytest.raises(SystemExit) as exited:
+        predict.main([*argv, "--dataset", "nosuch"])
+    assert exited.value.code == 2
+    assert "invalid choice: 'nosuch'" in capsys.readouterr().err

@@ -68,3 +68,4 @@ def test_predict_help_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None
     )
     assert "--runner RUNNER Beam runner (default: DirectRunner)" in out
     assert "The feature spec comes with the version." in out
+    assert "{aijobs_salaries,electricity,job_postings,so_survey_2016}" in out
