@@ -192,7 +192,8 @@ def _read_event_file(
             "--out events.avro'"
         )
     check_input_files([name], None, schema)
-    return list(itertools.islice(read_sources([name], None), limit))
+    events = read_sources([name], None, schema=schema)
+    return list(itertools.islice(events, limit))
 
 
 def _run(

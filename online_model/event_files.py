@@ -80,11 +80,38 @@ def _check_avro_file(path: Path, schema: Mapping[str, Any] | None) -> None:
         )
 
 
+def _missing_defaults(
+    writer_schema: Any, reader_schema: Mapping[str, Any] | None
+) -> Event:
+    """Return the defaults of the reader's fields that the writer lacks.
+
+    Only defaults of plain JSON values (null, numbers, strings, booleans) are
+    filled in. A field whose default needs decoding, such as bytes, is left
+    for the event checks to report as missing.
+    """
+    if reader_schema is None:
+        return {}
+    written = _field_names(writer_schema)
+    return {
+        field["name"]: field["default"]
+        for field in reader_schema.get("fields", [])
+        if "default" in field
+        and field["name"] not in written
+        and (
+            field["default"] is None or isinstance(field["default"], int | float | str)
+        )
+    }
+
+
+def _field_names(schema: Any) -> set[str]:
+    if isinstance(schema, dict) and schema.get("type") == "record":
+        return {field["name"] for field in schema.get("fields", [])}
+    return set()
+
+
 def missing_fields(writer_schema: Any, reader_schema: Mapping[str, Any]) -> list[str]:
     """Return the reader's fields without a default that the writer lacks."""
-    written: set[str] = set()
-    if isinstance(writer_schema, dict) and writer_schema.get("type") == "record":
-        written = {field["name"] for field in writer_schema.get("fields", [])}
+    written = _field_names(writer_schema)
     return [
         field["name"]
         for field in reader_schema.get("fields", [])
@@ -111,13 +138,16 @@ def read_sources(
     dataset: str | None,
     reports: list[ConversionReport] | None = None,
     keep_unlabelled: bool = False,
+    schema: Mapping[str, Any] | None = None,
 ) -> Iterator[Event]:
     """Yield the events of ``files`` in order, or of the shipped ``dataset``.
 
     With files, ``dataset`` only names the converter of the CSV files, and the
     shipped data set itself is not read. Each converted source appends its
     :class:`ConversionReport` (rows skipped, by reason) to ``reports``. CSV
-    rows without a label are skipped unless ``keep_unlabelled`` is true.
+    rows without a label are skipped unless ``keep_unlabelled`` is true. With
+    the event ``schema``, an Avro file's events get the schema's default for
+    each field their writer schema lacks, as Avro schema resolution would.
     """
     from online_model.datasets import ConversionReport, iter_events
 
@@ -134,7 +164,7 @@ def read_sources(
         path = Path(name)
         try:
             if path.name.endswith(AVRO_SUFFIX):
-                yield from _read_avro(path)
+                yield from _read_avro(path, schema)
             else:
                 report = ConversionReport(dataset or "")
                 reports.append(report)
@@ -167,12 +197,15 @@ def read_sources(
             raise InputFileError(message) from error
 
 
-def _read_avro(path: Path) -> Iterator[Event]:
+def _read_avro(path: Path, schema: Mapping[str, Any] | None) -> Iterator[Event]:
     with open(path, "rb") as stream:
         records = fastavro.reader(stream)
+        defaults = _missing_defaults(records.writer_schema, schema)
         count = 0
         try:
             for record in records:
+                if defaults:
+                    record = {**defaults, **cast(Event, record)}
                 yield cast(Event, record)
                 count += 1
         except Exception as error:  # corrupt bytes raise IndexError, ValueError, ...

@@ -74,7 +74,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    return _resolve(SUBCOMMANDS[name][0])(rest)
+    try:
+        return _resolve(SUBCOMMANDS[name][0])(rest)
+    except KeyboardInterrupt:
+        # Commands that stop cleanly on Ctrl-C handle it themselves. This
+        # covers the rest, and a Ctrl-C during start-up.
+        print(f"streamlearn {name}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

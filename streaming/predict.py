@@ -20,7 +20,7 @@ import os
 import shutil
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +133,7 @@ def main(argv: list[str]) -> int:
         args.output,
         args.top_k,
         args.batch_size,
+        learner.spec.schema,
     )
     try:
         result = pipeline.run()
@@ -175,6 +176,15 @@ def check_output(output: str, files: list[str]) -> None:
     if path.is_dir():
         raise ValueError(
             f"invalid --output {output!r}: it is a folder, so name a file in it"
+        )
+    if (
+        output.endswith("/")
+        or path.is_symlink()
+        or (path.exists() and not path.is_file())
+    ):
+        # Beam's text sink would replace a link, pipe or device with a file.
+        raise ValueError(
+            f"invalid --output {output!r}: not a regular file; name a file"
         )
     folder = path.parent
     if not folder.is_dir():
@@ -290,12 +300,17 @@ def build_predict_pipeline(
     output: str,
     top_k: int,
     batch_size: int,
+    schema: Mapping[str, Any] | None = None,
 ) -> None:
-    """Add the batch prediction transforms to ``pipeline``."""
+    """Add the batch prediction transforms to ``pipeline``.
+
+    ``schema`` is the version's event schema, whose defaults fill fields that
+    an Avro file's writer schema lacks.
+    """
     _ = (
         pipeline
         | "ListFiles" >> beam.Create(files)
-        | "ReadEvents" >> beam.FlatMap(_read_file, dataset)
+        | "ReadEvents" >> beam.FlatMap(_read_file, dataset, schema)
         | "Batch"
         >> beam.BatchElements(min_batch_size=batch_size, max_batch_size=batch_size)
         | "Score" >> beam.ParDo(ScoreBatch(registry_url, version, top_k))
@@ -303,14 +318,17 @@ def build_predict_pipeline(
     )
 
 
-def _read_file(name: str, dataset: str | None) -> Iterator[dict[str, Any]]:
+def _read_file(
+    name: str, dataset: str | None, schema: Mapping[str, Any] | None
+) -> Iterator[dict[str, Any]]:
     from online_model.datasets import ConversionReport
     from online_model.event_files import read_sources
 
     reports: list[ConversionReport] = []
     read = Metrics.counter(COUNTS, "events_read")
     converter = dataset if not name.endswith(".avro") else None
-    for event in read_sources([name], converter, reports, keep_unlabelled=True):
+    events = read_sources([name], converter, reports, True, schema)
+    for event in events:
         read.inc()
         yield event
     for report in reports:

@@ -78,7 +78,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="streamlearn publish",
         description="Publish events from Avro files, CSV files or a shipped data "
-        "set to a Pub/Sub topic.",
+        "set to a Pub/Sub topic. Rows without a label are sent as prediction "
+        "requests.",
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -192,7 +193,9 @@ def main(argv: list[str]) -> int:
     from online_model.datasets import ConversionReport
 
     reports: list[ConversionReport] = []
-    events = read_sources(args.files, args.dataset, reports)
+    events = read_sources(
+        args.files, args.dataset, reports, keep_unlabelled=True, schema=spec.schema
+    )
     if args.limit is not None:
         events = itertools.islice(events, args.limit)
     stats = PublishStats()
@@ -210,10 +213,11 @@ def main(argv: list[str]) -> int:
         )
     except InputFileError as error:
         return _fail(f"{error} (stopped after {stats.events} events)", 1)
-    except GoogleAPICallError as error:
+    except (GoogleAPICallError, TimeoutError) as error:
+        reason = getattr(error, "message", None) or "no answer in 60 s"
         return _fail(
-            f"publishing to {topic} failed: {error.message} (stopped after "
-            f"{stats.events} events)",
+            f"publishing to {topic} failed: {reason} (stopped after reading "
+            f"{stats.events} events, of which the topic may have fewer)",
             1,
         )
     except KeyboardInterrupt:

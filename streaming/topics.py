@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import re
+import socket
 from dataclasses import dataclass
 
 from google.api_core.exceptions import AlreadyExists, NotFound
@@ -116,6 +117,15 @@ def require_emulator() -> str:
             f"{EMULATOR_VARIABLE} is not set; start the emulator with "
             "'eval \"$(scripts/emulator)\"' or pass the address of one"
         )
+    address, _, port = host.rpartition(":")
+    try:
+        # The client libraries retry an unreachable host for minutes.
+        socket.create_connection((address, int(port)), timeout=5).close()
+    except (OSError, ValueError) as error:
+        raise TopicSetupError(
+            f"no Pub/Sub emulator responds at {EMULATOR_VARIABLE}={host} ({error}); "
+            "start one with 'eval \"$(scripts/emulator)\"'"
+        ) from error
     return host
 
 

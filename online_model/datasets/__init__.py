@@ -146,7 +146,7 @@ def convert(
     raises ValueError or OSError with the file's name in the message.
     """
     out = Path(out_path)
-    _check_out_path(out)
+    _check_out_path(out, source)
     report = ConversionReport(dataset_name)
     events: Iterable[Event] = iter_events(dataset_name, source, report)
     if limit is not None:
@@ -179,14 +179,23 @@ def convert(
     return report
 
 
-def _check_out_path(out: Path) -> None:
+def _check_out_path(out: Path, source: str | Path | None) -> None:
     if out.is_dir():
         raise IsADirectoryError(
             f"output {str(out)!r} is a folder; pass the path of the Avro file to write"
         )
+    if out.is_symlink() or (out.exists() and not out.is_file()):
+        # The temporary file would replace the link, pipe or device itself.
+        raise ValueError(
+            f"output {str(out)!r} is not a regular file; pass the path of a file"
+        )
     if not out.parent.is_dir():
         raise FileNotFoundError(
             f"output folder {str(out.parent)!r} not found; create it first"
+        )
+    if source is not None and out.resolve() == Path(source).resolve():
+        raise ValueError(
+            f"output {str(out)!r} is the source file; write the events elsewhere"
         )
 
 

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import gzip
+import os
+import stat
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -310,3 +312,21 @@ def test_convert_source_folder_rejected(tmp_path: Path) -> None:
         convert("job_postings", tmp_path / "out.avro", tmp_path)
     assert f"source {str(tmp_path)!r} is not a file" in str(caught.value)
     assert "STREAMLEARN_DATA_DIR" not in str(caught.value)
+
+
+def test_convert_refuses_own_source_and_special_output(tmp_path: Path) -> None:
+    source = tmp_path / "postings.csv"
+    source.write_text(HEADER + posting_row())
+    with pytest.raises(ValueError, match="is the source file"):
+        convert("job_postings", source, source)
+    assert source.read_text() == HEADER + posting_row()
+
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    link = tmp_path / "link.avro"
+    link.symlink_to(tmp_path / "target.avro")
+    for out in (pipe, link):
+        with pytest.raises(ValueError, match="is not a regular file"):
+            convert("job_postings", out, source)
+    assert stat.S_ISFIFO(pipe.stat().st_mode)
+    assert link.is_symlink()

@@ -6,6 +6,8 @@ import csv
 import gzip
 import itertools
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -142,7 +144,7 @@ def write_avro_events(path: Path, events: list[dict[str, Any]]) -> Path:
     return path
 
 
-@pytest.mark.parametrize("case", ["folder", "glob", "input"])
+@pytest.mark.parametrize("case", ["folder", "glob", "input", "pipe", "link"])
 def test_predict_rejects_output_that_would_delete_files(
     tmp_path: Path, case: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -151,10 +153,14 @@ def test_predict_rejects_output_that_would_delete_files(
     folder = tmp_path / "kept"
     folder.mkdir()
     (folder / "a.csv").write_text("keep me")
+    os.mkfifo(tmp_path / "pipe")
+    (tmp_path / "link").symlink_to(folder / "a.csv")
     output = {
         "folder": str(folder),
         "glob": str(folder / "*.csv"),
         "input": str(events_file),
+        "pipe": str(tmp_path / "pipe"),
+        "link": str(tmp_path / "link"),
     }[case]
     argv = [str(events_file), "--registry", str(tmp_path / "registry")]
 
@@ -164,6 +170,8 @@ def test_predict_rejects_output_that_would_delete_files(
     assert (folder / "a.csv").read_text() == "keep me"
     assert events_file.stat().st_size > 0
     assert len(list(fastavro.reader(events_file.open("rb")))) == 10
+    assert (tmp_path / "link").is_symlink()
+    assert stat.S_ISFIFO((tmp_path / "pipe").stat().st_mode)
 
 
 def test_predict_scores_unlabelled_csv_rows_and_counts_skipped(
@@ -328,3 +336,32 @@ def test_predict_rejects_unknown_runner_and_dataset(
         predict.main([*argv, "--dataset", "nosuch"])
     assert exited.value.code == 2
     assert "invalid choice: 'nosuch'" in capsys.readouterr().err
+
+
+def test_predict_fills_default_of_field_an_older_writer_lacks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first, _ = publish_two_versions(tmp_path / "registry")
+    # An older producer's schema without the nullable hourly salary.
+    older = dict(SPEC.schema)
+    older["fields"] = [
+        f for f in SPEC.schema["fields"] if f["name"] != "salary_hour_avg"
+    ]
+    events = [
+        {k: v for k, v in e.items() if k != "salary_hour_avg"} for e in EVENTS[:5]
+    ]
+    events_file = tmp_path / "older.avro"
+    with open(events_file, "wb") as stream:
+        fastavro.writer(stream, fastavro.parse_schema(older), events)
+    output = tmp_path / "scores.jsonl"
+    argv = [str(events_file), "--registry", str(tmp_path / "registry")]
+
+    assert predict.main([*argv, "--version", "v1", "--output", str(output)]) == 0
+
+    assert "5 events read, 5 scored, 0 rejected" in capsys.readouterr().out
+    lines = [json.loads(line) for line in output.read_text().splitlines()]
+    with_null = [dict(e, salary_hour_avg=None) for e in EVENTS[:5]]
+    expected = first.predict(with_null, k=5)
+    assert [[label for label, _ in line["top"]] for line in lines] == [
+        [label for label, _ in top] for top in expected
+    ]

@@ -273,5 +273,24 @@ def test_publish_to_missing_topic_fails_in_one_line(
     assert code == 1
     assert err.strip().splitlines() == [
         f"streamlearn publish: publishing to {missing} failed: Topic not found "
-        "(stopped after 10 events)"
+        "(stopped after reading 10 events, of which the topic may have fewer)"
     ]
+
+
+def test_publish_sends_unlabelled_rows_as_requests(
+    tmp_path: Path, topics: JobTopics, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = [_row("", "2023-01-05 10:00:00"), *GOOD_ROWS]
+    csv_file = _write_csv(tmp_path / "postings.csv", rows)
+    argv = ["--dataset", "job_postings", "--topic", topics.events_topic]
+    assert publish.main([*argv, str(csv_file)]) == 0
+    assert "published 4 events in 1 messages" in capsys.readouterr().out
+
+    events = _pull_events(topics.events_subscription, 4)
+    labels = {event["event_id"]: event["job_role"] for event in events}
+    assert labels == {
+        "postings:1": None,
+        "postings:2": "Data Engineer",
+        "postings:3": "Data Analyst",
+        "postings:4": "Data Scientist",
+    }
