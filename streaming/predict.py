@@ -114,6 +114,7 @@ def main(argv: list[str]) -> int:
         args.registry = _resolve_registry(args.registry)
         version, learner = load_version(args.registry, args.version)
         check_input_files(args.files, args.dataset, learner.spec.schema)
+        _check_dataset(args.dataset, args.files, learner.spec.schema)
     except (RegistryError, InputFileError, ValueError) as error:
         print(f"streamlearn predict: {error}", file=sys.stderr)
         return 2
@@ -202,6 +203,23 @@ def check_output(output: str, files: list[str]) -> None:
                 f"invalid --output {output!r}: it is also an input file; "
                 "write the predictions elsewhere"
             )
+
+
+def _check_dataset(
+    dataset: str | None, files: list[str], schema: Mapping[str, Any]
+) -> None:
+    """Raise ValueError when CSV files would convert to events of another schema."""
+    if dataset is None or all(name.endswith(".avro") for name in files):
+        return
+    from online_model.spec import load_schema
+
+    converted = load_schema(dataset)["name"]
+    if converted != schema.get("name"):
+        raise ValueError(
+            f"--dataset {dataset} converts CSV rows to {converted!r} events, but "
+            f"the version reads {schema.get('name')!r} events; pass the dataset "
+            "of the version's spec"
+        )
 
 
 def describe_counts(counts: dict[str, int], version: int, output: str) -> str:

@@ -365,3 +365,20 @@ def test_predict_fills_default_of_field_an_older_writer_lacks(
     assert [[label for label, _ in line["top"]] for line in lines] == [
         [label for label, _ in top] for top in expected
     ]
+
+
+def test_predict_rejects_dataset_of_other_schema(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    publish_two_versions(tmp_path / "registry")
+    csv_file = tmp_path / "salaries.csv"
+    csv_file.write_text("work_year,job_title\n2024,Data Scientist\n")
+    argv = [str(csv_file), "--registry", str(tmp_path / "registry")]
+    argv += ["--dataset", "aijobs_salaries", "--output", str(tmp_path / "o.jsonl")]
+
+    assert predict.main(argv) == 2
+
+    err = capsys.readouterr().err
+    assert "--dataset aijobs_salaries converts CSV rows to " in err
+    assert "but the version reads 'JobPosting' events" in err
+    assert not (tmp_path / "o.jsonl").exists()
