@@ -372,6 +372,12 @@ class Learn(beam.DoFn):
                 freeze_long_lived_objects()
             runtime = slot.runtime
             predictions = []
+            if runtime.finished:
+                # The run printed its account and is stopping: events go back
+                # to the topic, and ticks and pointer notices are ignored.
+                if isinstance(item, EventBatch):
+                    return_to_topic(self.settings, runtime.spec.schema, item)
+                return
             if isinstance(item, EventBatch):
                 predictions = runtime.handle_batch(item)
             elif isinstance(item, PointerNotice):
@@ -382,6 +388,35 @@ class Learn(beam.DoFn):
             write_account(self.settings, runtime)
         for prediction in predictions:
             yield _prediction_message(prediction)
+
+
+def return_to_topic(
+    settings: JobSettings, schema: Any, batch: Any, timeout_s: float = 30.0
+) -> None:
+    """Publish the events of a batch that arrived after the run finished back
+    to the events topic, so that the next run reads them.
+
+    The DirectRunner acknowledges a message when it pulls it, so the messages
+    pulled while the run stops would be lost otherwise.
+    """
+    from google.cloud.pubsub_v1 import PublisherClient
+
+    from streaming.wire import ENCODING_ATTRIBUTE, Encoding, encode_container
+
+    if not batch.events:
+        return
+    payload = encode_container(batch.events, schema)
+    future = PublisherClient().publish(
+        settings.topics.events_topic,
+        payload,
+        **{ENCODING_ATTRIBUTE: Encoding.CONTAINER.value},
+    )
+    future.result(timeout=timeout_s)
+    logger.warning(
+        "returned %d events that arrived after the run finished to %s",
+        len(batch.events),
+        settings.topics.events_topic,
+    )
 
 
 _ACCOUNT_WRITES: dict[str, float] = {}

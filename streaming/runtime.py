@@ -196,6 +196,8 @@ class JobRuntime:
             id_field=spec.event_id_field,
         )
         self.pending: list[Event] = []
+        # Set by finish(): later events are not this run's to learn.
+        self.finished = False
         self.pending_publish_s: list[float] = []
         self.seen_ids: OrderedDict[str, None] = OrderedDict()
         self.drift = DriftMonitor()
@@ -278,6 +280,7 @@ class JobRuntime:
             self._learn_micro_batch(len(self.pending))
         self._run_gate()
         self.save_checkpoint()
+        self.finished = True
 
     # ------------------------------------------------------------ routing
 
