@@ -85,9 +85,10 @@ def _missing_defaults(
 ) -> Event:
     """Return the defaults of the reader's fields that the writer lacks.
 
-    Only defaults of plain JSON values (null, numbers, strings, booleans) are
-    filled in. A field whose default needs decoding, such as bytes, is left
-    for the event checks to report as missing.
+    Only defaults that decode to themselves are filled in: null, booleans,
+    numbers, strings of string or enum fields, and lists of those. A field
+    whose default needs decoding, such as bytes or a record, is left for the
+    event checks to report as missing.
     """
     if reader_schema is None:
         return {}
@@ -97,10 +98,36 @@ def _missing_defaults(
         for field in reader_schema.get("fields", [])
         if "default" in field
         and field["name"] not in written
-        and (
-            field["default"] is None or isinstance(field["default"], int | float | str)
-        )
+        and _plain_default(field["type"], field["default"])
     }
+
+
+def _plain_default(field_type: Any, default: Any) -> bool:
+    """Return whether a field's JSON default is already its decoded value."""
+    if isinstance(field_type, list):
+        # A union's default belongs to its first branch.
+        field_type = field_type[0] if field_type else None
+    if isinstance(field_type, dict):
+        kind = field_type.get("type")
+        if kind == "array":
+            return isinstance(default, list) and all(
+                _plain_default(field_type.get("items"), item) for item in default
+            )
+        if kind == "enum":
+            return isinstance(default, str)
+        # A logical type (such as timestamp-millis) decodes its default.
+        if "logicalType" in field_type:
+            return False
+        field_type = kind
+    if default is None:
+        return field_type == "null"
+    if isinstance(default, bool):
+        return field_type == "boolean"
+    if isinstance(default, int | float):
+        return field_type in ("int", "long", "float", "double")
+    if isinstance(default, str):
+        return field_type == "string"
+    return False
 
 
 def _field_names(schema: Any) -> set[str]:

@@ -213,6 +213,14 @@ def main(argv: list[str]) -> int:
         )
     except InputFileError as error:
         return _fail(f"{error} (stopped after {stats.events} events)", 1)
+    except (ValueError, TypeError) as error:
+        # fastavro's message for an event that the schema cannot encode.
+        return _fail(
+            f"an event does not match the {spec_name} schema: {error} (stopped "
+            f"after reading {stats.events} events, of which the topic may have "
+            "fewer); check the file's field types",
+            1,
+        )
     except (GoogleAPICallError, TimeoutError) as error:
         reason = getattr(error, "message", None) or "no answer in 60 s"
         return _fail(

@@ -7,10 +7,11 @@ one emulator without seeing each other's messages.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import logging
 import os
 import re
-import socket
+import urllib.request
 from dataclasses import dataclass
 
 from google.api_core.exceptions import AlreadyExists, NotFound
@@ -117,11 +118,20 @@ def require_emulator() -> str:
             f"{EMULATOR_VARIABLE} is not set; start the emulator with "
             "'eval \"$(scripts/emulator)\"' or pass the address of one"
         )
-    address, _, port = host.rpartition(":")
+    if ":" not in host:
+        raise TopicSetupError(
+            f"invalid {EMULATOR_VARIABLE}={host!r}: expected HOST:PORT, such as "
+            "127.0.0.1:8085"
+        )
+    # The client libraries retry an unreachable host for minutes, so one REST
+    # request with a deadline checks first that an emulator responds.
+    url = f"http://{host}/v1/projects/{DEFAULT_PROJECT}/topics"
+    # No proxy: the request must go to the emulator's address itself.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        # The client libraries retry an unreachable host for minutes.
-        socket.create_connection((address, int(port)), timeout=5).close()
-    except (OSError, ValueError) as error:
+        with opener.open(url, timeout=5):
+            pass
+    except (OSError, ValueError, http.client.HTTPException) as error:
         raise TopicSetupError(
             f"no Pub/Sub emulator responds at {EMULATOR_VARIABLE}={host} ({error}); "
             "start one with 'eval \"$(scripts/emulator)\"'"

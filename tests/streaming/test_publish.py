@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import itertools
 import json
 import os
 import time
@@ -14,8 +15,9 @@ import fastavro
 import pytest
 from google.cloud.pubsub_v1 import SubscriberClient
 
-from online_model.datasets import write_events
+from online_model.datasets import iter_events, write_events
 from online_model.event_files import InputFileError, read_sources
+from online_model.spec import load_spec
 from streaming import publish
 from streaming.topics import DEFAULT_PROJECT, JobTopics, delete_topics, ensure_topics
 
@@ -294,3 +296,49 @@ def test_publish_sends_unlabelled_rows_as_requests(
         "postings:3": "Data Analyst",
         "postings:4": "Data Scientist",
     }
+
+
+@pytest.mark.parametrize(
+    ("host", "message"),
+    [
+        ("localhost", "expected HOST:PORT"),
+        ("127.0.0.1:1", "no Pub/Sub emulator responds at PUBSUB_EMULATOR_HOST="),
+    ],
+)
+def test_unusable_emulator_address_one_line(
+    host: str,
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", host)
+    code, err = _run(["--dataset", "electricity", "--job-name", "j1"], capsys)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1
+    assert message in err
+
+
+def test_publish_wrongly_typed_avro_fails_in_one_line(
+    tmp_path: Path, topics: JobTopics, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = load_spec("job_postings")
+    schema = json.loads(json.dumps(spec.schema))
+    for field in schema["fields"]:
+        if field["name"] == "salary_year_avg":
+            field["type"] = ["null", "string"]
+    events = [
+        dict(event, salary_year_avg="n/a")
+        for event in itertools.islice(iter_events("job_postings"), 3)
+    ]
+    avro_file = tmp_path / "typed.avro"
+    with open(avro_file, "wb") as stream:
+        fastavro.writer(stream, fastavro.parse_schema(schema), events)
+    argv = ["--spec", "job_postings", "--topic", topics.events_topic, str(avro_file)]
+
+    code, err = _run(argv, capsys)
+
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1
+    assert "an event does not match the job_postings schema: " in lines[0]
+    assert "salary_year_avg" in lines[0]
