@@ -272,21 +272,43 @@ def main(argv: list[str], epilogue: Callable[[], None] | None = None) -> int:
 
     from streaming.pipeline import JobSettings
 
+    run_dir = Path(args.run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(8)
     settings = JobSettings(
         job_name=args.job_name,
         project=args.project,
         spec_name=args.spec,
         registry_url=args.registry,
-        run_dir=str(Path(args.run_dir).resolve()),
+        run_dir=str(run_dir),
         config=config,
         schema_folder=args.schema_folder,
         device=args.device,
-        control_token=secrets.token_hex(8),
+        control_token=token,
+        earlier_control_tokens=_record_control_token(run_dir, token),
         checkpoint_location=args.checkpoint_location or "",
     )
-    Path(settings.run_dir).mkdir(parents=True, exist_ok=True)
     ensure_topics(settings.topics)
     return run_job(settings, args, epilogue)
+
+
+# Earlier runs' control tokens kept in the run folder: their ticks may still
+# be on the topic when a run restarts.
+CONTROL_TOKENS_FILE = "control-tokens.txt"
+KEPT_CONTROL_TOKENS = 20
+
+
+def _record_control_token(run_dir: Path, token: str) -> tuple[str, ...]:
+    """Append this run's control token to the run folder's list; return the
+    tokens of the earlier runs in that folder (the latest few)."""
+    path = run_dir / CONTROL_TOKENS_FILE
+    try:
+        earlier = path.read_text(encoding="utf-8").split()
+    except FileNotFoundError:
+        earlier = []
+    earlier = earlier[-KEPT_CONTROL_TOKENS:]
+    path.write_text("\n".join([*earlier, token]) + "\n", encoding="utf-8")
+    return tuple(earlier)
 
 
 def run_job(

@@ -19,7 +19,8 @@ processing-time timers fire only when a read returns. So locally the job
 has one source: ticks (every half second) and notices of pointer changes
 travel on the events topic as control messages, which ``streamlearn run``
 publishes with no data and the run's control token. A message with the
-control attribute but another token, data or value is dead-lettered as
+control attribute but another token (neither this run's nor that of an
+earlier run in the same run folder), data or value is dead-lettered as
 ``invalid-control``. On Dataflow (``control="separate"``) ticks come from Beam's
 PeriodicImpulse and notices from the model-versions subscription. The
 transform names are stable, so that a running Dataflow job can be replaced
@@ -81,6 +82,10 @@ class JobSettings:
     control_token: str = ""
     # A local folder or gs://bucket/prefix; empty means RUN_DIR/checkpoints.
     checkpoint_location: str = ""
+    # Control tokens of earlier runs in the same run folder. Their ticks and
+    # notices, still on the topic after a restart, are taken as control
+    # messages rather than dead-lettered.
+    earlier_control_tokens: tuple[str, ...] = ()
 
     @property
     def topics(self) -> JobTopics:
@@ -115,7 +120,11 @@ class DecodeEvents(beam.DoFn):
 
         attributes = message.attributes or {}
         if CONTROL_ATTRIBUTE in attributes:
-            problem = control_problem(message, self.settings.control_token)
+            problem = control_problem(
+                message,
+                self.settings.control_token,
+                self.settings.earlier_control_tokens,
+            )
             if problem is None:
                 control = attributes[CONTROL_ATTRIBUTE]
                 yield Tick() if control == CONTROL_TICK else PointerNotice()
@@ -145,9 +154,12 @@ def _publish_s(message: PubsubMessage) -> float:
     return publish_time.timestamp() if publish_time else time.time()
 
 
-def control_problem(message: PubsubMessage, token: str) -> str | None:
+def control_problem(
+    message: PubsubMessage, token: str, earlier_tokens: tuple[str, ...] = ()
+) -> str | None:
     """Return why a message with the control attribute is not a control
-    message of this run, or None when it is one."""
+    message of this run or of an earlier run in its folder, or None when it
+    is one."""
     attributes = message.attributes or {}
     control = attributes.get(CONTROL_ATTRIBUTE)
     if control not in (CONTROL_TICK, CONTROL_POINTER):
@@ -157,7 +169,7 @@ def control_problem(message: PubsubMessage, token: str) -> str | None:
         )
     if not token:
         return "this job takes no control messages on its events topic"
-    if attributes.get(CONTROL_TOKEN_ATTRIBUTE) != token:
+    if attributes.get(CONTROL_TOKEN_ATTRIBUTE) not in (token, *earlier_tokens):
         return f"missing or wrong {CONTROL_TOKEN_ATTRIBUTE}: not sent by this run"
     if message.data:
         return f"a control message carries no data, got {len(message.data)} bytes"
