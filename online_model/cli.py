@@ -265,15 +265,20 @@ def _print_summary(summary: dict[str, Any], conversion: str) -> None:
         f"{summary['device']} in {summary['seconds']:.1f} s "
         f"({summary['examples_per_s']:.0f} examples/s, featurization included)"
     )
-    print(
-        f"prequential top-1 {summary['top1']:.3f}, top-5 hit {summary['top5']:.3f}, "
-        f"log loss {summary['log_loss']:.3f}"
-    )
+    if summary["scored"]:
+        print(
+            f"prequential top-1 {summary['top1']:.3f}, top-5 hit "
+            f"{summary['top5']:.3f}, log loss {summary['log_loss']:.3f}"
+        )
+    else:
+        print("prequential metrics: none, because no labelled event was scored")
     if summary["invalid"] or summary["refused_updates"]:
         print(
             f"rejected events by reason: {summary['invalid']}; rejected updates: "
             f"{summary['refused_updates']}"
         )
+    if not summary["scored"]:
+        return
     labels = summary["labels"]
     shown = ", ".join(labels[:12]) + (
         f", ... ({len(labels)} in all)" if len(labels) > 12 else ""

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from online_model.cli import convert_main, learn_main
-from online_model.datasets import convert, read_events
+from online_model.datasets import convert, read_events, write_events
 from online_model.learner import OnlineLearner
 
 
@@ -252,3 +252,25 @@ def test_convert_missing_column_keeps_output(
     assert f"CSV file {str(source)!r} lacks the required column(s)" in err
     assert "'salary_in_usd'" in err
     assert out.read_bytes() == b"previous events"
+
+
+def test_learn_without_scored_events_shows_no_metrics(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    out = tmp_path / "elec.avro"
+    assert convert_main(["--dataset", "electricity", "--out", str(out)]) == 0
+    unlabelled = tmp_path / "unlabelled.avro"
+    events = [dict(e, **{"class": None}) for e in read_events(out)][:50]
+    with open(unlabelled, "wb") as stream:
+        write_events(events, "electricity", stream)
+    capsys.readouterr()
+
+    code = learn_main(
+        ["--dataset", "electricity", "--events", str(unlabelled), "--device", "cpu"]
+    )
+
+    out_text = capsys.readouterr().out
+    assert code == 0
+    assert "prequential metrics: none, because no labelled event was scored" in out_text
+    assert "log loss" not in out_text
+    assert "example predictions" not in out_text
