@@ -626,7 +626,8 @@ def render_summary(summary: dict[str, Any]) -> str:
         f"    duplicates           {summary['duplicates']}",
         f"    pending              {summary.get('pending', 0)}",
         f"    refused (non-finite) {summary.get('refused_non_finite', 0)}",
-        f"  dead letters         {sum(dead.values())} {dead or ''} (bad messages and "
+        f"  dead letters         {sum(dead.values())} {f'{dead} ' if dead else ''}"
+        "(bad messages and "
         "invalid events, not counted as read)",
         f"  messages read        {summary.get('messages_read', 0)}",
         f"  control messages     {summary.get('control_messages', 0)}",
