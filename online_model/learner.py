@@ -134,11 +134,11 @@ class LearnerConfig:
     # steps at rate 0.05 beat one step (at 0.05 or 0.1) and three at 0.03. A
     # larger model (embedding 64, hidden 128) was no better. 2**16 buckets
     # scored within the spread of three seeds of 2**18 on all four streams,
-    # and make a saved version 16 MiB instead of 64 MiB. Without the hidden
-    # layer (against 64 units, three seeds each), job postings and the survey
-    # scored as well or better on all three metrics, ai-jobs lost 0.003 of
-    # top-5 and 0.016 of log loss, Electricity 0.002 of log loss, and
-    # learning ran about 8% faster.
+    # and make a saved version 16 MiB instead of 64 MiB. No hidden layer
+    # against 64 units, three seeds each: job postings and the survey scored
+    # as well or better on all three metrics. ai-jobs lost 0.003 of top-5 and
+    # 0.016 of log loss, Electricity 0.002 of log loss. Learning ran about 8%
+    # faster.
     hash_bits: int = 16
     embedding_dim: int = 32
     hidden_units: int = 0

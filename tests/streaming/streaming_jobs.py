@@ -3,6 +3,7 @@ the Pub/Sub emulator and read what it wrote."""
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import os
@@ -13,6 +14,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import fastavro
 from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient
 
 from online_model.datasets import iter_events
@@ -153,3 +155,26 @@ def pull_all(subscription: str, expected: int) -> list[Any]:
         elif len(received) >= expected:
             break
     return received
+
+
+def pull_events(subscription: str, expected: int) -> list[dict[str, Any]]:
+    """Pull Avro container messages until ``expected`` events arrived (30 s at
+    most); return their events, acknowledged."""
+    subscriber = SubscriberClient()
+    events: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 30
+    while len(events) < expected and time.monotonic() < deadline:
+        response = subscriber.pull(
+            request={"subscription": subscription, "max_messages": 100}, timeout=10
+        )
+        for received in response.received_messages:
+            reader = fastavro.reader(io.BytesIO(received.message.data))
+            events.extend(dict(record) for record in reader)  # type: ignore[arg-type]
+        if response.received_messages:
+            subscriber.acknowledge(
+                request={
+                    "subscription": subscription,
+                    "ack_ids": [r.ack_id for r in response.received_messages],
+                }
+            )
+    return events

@@ -338,7 +338,7 @@ def test_predict_rejects_unknown_runner_and_dataset(
     assert "invalid choice: 'nosuch'" in capsys.readouterr().err
 
 
-def test_predict_fills_default_of_field_an_older_writer_lacks(
+def test_predict_fills_older_writer_defaults(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     first, _ = publish_two_versions(tmp_path / "registry")

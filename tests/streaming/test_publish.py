@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import io
 import itertools
 import json
 import os
@@ -13,7 +12,7 @@ from typing import Any
 
 import fastavro
 import pytest
-from google.cloud.pubsub_v1 import SubscriberClient
+from streaming_jobs import pull_events
 
 from online_model.datasets import iter_events, write_events
 from online_model.event_files import InputFileError, read_sources
@@ -208,27 +207,6 @@ def topics() -> Any:
     delete_topics(job)
 
 
-def _pull_events(subscription: str, expected: int) -> list[dict[str, Any]]:
-    subscriber = SubscriberClient()
-    events: list[dict[str, Any]] = []
-    deadline = time.monotonic() + 30
-    while len(events) < expected and time.monotonic() < deadline:
-        response = subscriber.pull(
-            request={"subscription": subscription, "max_messages": 100}, timeout=10
-        )
-        for received in response.received_messages:
-            reader = fastavro.reader(io.BytesIO(received.message.data))
-            events.extend(dict(record) for record in reader)  # type: ignore[arg-type]
-        if response.received_messages:
-            subscriber.acknowledge(
-                request={
-                    "subscription": subscription,
-                    "ack_ids": [r.ack_id for r in response.received_messages],
-                }
-            )
-    return events
-
-
 def test_publish_sends_only_file_rows(
     tmp_path: Path, topics: JobTopics, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -244,7 +222,7 @@ def test_publish_sends_only_file_rows(
     assert stats["messages"] == 1
     assert stats["skipped_rows"] == {"wrong_column_count": 2}
 
-    events = _pull_events(topics.events_subscription, 3)
+    events = pull_events(topics.events_subscription, 3)
     assert sorted(event["event_id"] for event in events) == [
         "postings:1",
         "postings:2",
@@ -288,7 +266,7 @@ def test_publish_sends_unlabelled_rows_as_requests(
     assert publish.main([*argv, str(csv_file)]) == 0
     assert "published 4 events in 1 messages" in capsys.readouterr().out
 
-    events = _pull_events(topics.events_subscription, 4)
+    events = pull_events(topics.events_subscription, 4)
     labels = {event["event_id"]: event["job_role"] for event in events}
     assert labels == {
         "postings:1": None,

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import io
 import itertools
 import os
 import time
 from pathlib import Path
 from typing import Any
 
-import fastavro
 import pytest
-from google.cloud.pubsub_v1 import SubscriberClient
+from streaming_jobs import pull_events
 
 from online_model.datasets import iter_events
 from online_model.spec import load_spec
@@ -39,20 +37,6 @@ def settings(tmp_path: Path) -> Any:
     ensure_topics(settings.topics)
     yield settings
     delete_topics(settings.topics)
-
-
-def pull_events(subscription: str, expected: int) -> list[dict[str, Any]]:
-    subscriber = SubscriberClient()
-    events: list[dict[str, Any]] = []
-    deadline = time.monotonic() + 30
-    while len(events) < expected and time.monotonic() < deadline:
-        response = subscriber.pull(
-            request={"subscription": subscription, "max_messages": 10}, timeout=10
-        )
-        for received in response.received_messages:
-            reader = fastavro.reader(io.BytesIO(received.message.data))
-            events.extend(dict(record) for record in reader)  # type: ignore[arg-type]
-    return events
 
 
 def test_finish_marks_runtime_finished(settings: JobSettings) -> None:
