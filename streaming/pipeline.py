@@ -388,7 +388,16 @@ class Learn(beam.DoFn):
                 # The run printed its account and is stopping: events go back
                 # to the topic, and ticks and pointer notices are ignored.
                 if isinstance(item, EventBatch):
-                    return_to_topic(self.settings, runtime.spec.schema, item)
+                    try:
+                        return_to_topic(self.settings, runtime.spec.schema, item)
+                    except Exception as error:  # the process exits right after
+                        logger.error(
+                            "failed to return %d events that arrived after the "
+                            "run finished to %s, so they are lost: %s",
+                            len(item.events),
+                            self.settings.topics.events_topic,
+                            error,
+                        )
                 return
             if isinstance(item, EventBatch):
                 predictions = runtime.handle_batch(item)
