@@ -249,7 +249,8 @@ def _print_stats(stats: PublishStats, topic: str, output_format: str) -> None:
         print(json.dumps(stats.__dict__))
         return
     print(
-        f"published {stats.events} events in {stats.messages} messages "
+        f"published {stats.events} events in {stats.messages} "
+        f"message{'' if stats.messages == 1 else 's'} "
         f"({stats.bytes_sent / 1e6:.1f} MB) to {topic} in {stats.elapsed_s:.1f} s"
     )
     if stats.skipped_rows:

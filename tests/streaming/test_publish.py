@@ -238,7 +238,7 @@ def test_publish_text_reports_skipped_rows(
     argv = ["--dataset", "job_postings", "--topic", topics.events_topic]
     assert publish.main([*argv, str(csv_file)]) == 0
     out = capsys.readouterr().out
-    assert "published 3 events in 1 messages" in out
+    assert "published 3 events in 1 message " in out
     assert "rows skipped: 1 (wrong_column_count 1)" in out
 
 
@@ -264,7 +264,7 @@ def test_publish_sends_unlabelled_rows_as_requests(
     csv_file = _write_csv(tmp_path / "postings.csv", rows)
     argv = ["--dataset", "job_postings", "--topic", topics.events_topic]
     assert publish.main([*argv, str(csv_file)]) == 0
-    assert "published 4 events in 1 messages" in capsys.readouterr().out
+    assert "published 4 events in 1 message " in capsys.readouterr().out
 
     events = pull_events(topics.events_subscription, 4)
     labels = {event["event_id"]: event["job_role"] for event in events}
