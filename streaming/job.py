@@ -325,6 +325,8 @@ def run_job(
     # Build the runtime before the pipeline starts, so that the restore of a
     # checkpoint and its log lines come first.
     slot = runtime_slot(settings)
+    # A restored checkpoint's counts are not this run's work.
+    restored_read = slot.runtime.account.events_read
     stop = threading.Event()
     ticker = threading.Thread(
         target=_tick,
@@ -348,7 +350,7 @@ def run_job(
     # A restored checkpoint's counts are not this run's work.
     learned_before = slot.runtime.account.learned
     last_seen = (-1, time.monotonic())
-    reading = _ReadingRate()
+    reading = _ReadingRate(restored=restored_read)
     next_progress = started + args.progress_interval_s
     while True:
         # Short polls, so that the stop and the reading rate are timed to
@@ -534,8 +536,10 @@ class _ReadingRate:
     counted before this run.
     """
 
-    def __init__(self) -> None:
-        self._start: int | None = None
+    def __init__(self, restored: int | None = None) -> None:
+        # The count before this run: the restored checkpoint's, or else the
+        # first poll's.
+        self._start: int | None = restored
         self._first: tuple[float, int] | None = None
         self._last: tuple[float, int] | None = None
 

@@ -563,6 +563,12 @@ def test_reading_rate_leaves_out_restored_events() -> None:
     rate.observe(1.0, 3500)
     assert rate.rate(elapsed_s=2.0) == 250.0
 
+    # With the restored count known, events read before the first poll count.
+    rate = _ReadingRate(restored=3000)
+    rate.observe(0.0, 3500)
+    rate.observe(1.0, 3500)
+    assert rate.rate(elapsed_s=2.0) == 250.0
+
 
 def test_loads_not_logged_as_new(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
