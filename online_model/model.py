@@ -29,7 +29,8 @@ from online_model.featurize import ModelInput
 logger = logging.getLogger(__name__)
 
 # Marking used buckets beats sorting the tokens up to about this many buckets
-# per token (CPU, torch 2.13).
+# per token: still ahead at 32 (270 against 410 microseconds for 8,000 tokens),
+# behind at 131 (CPU, one thread, torch 2.13).
 MARK_BUCKETS_PER_TOKEN = 32
 
 
@@ -204,8 +205,8 @@ def distinct_tokens(
     """Return ``torch.unique(tokens, return_inverse=True)`` for ids below ``buckets``.
 
     Where the buckets are few against the tokens, it marks the buckets in use
-    instead of sorting the tokens: 120 against 360 microseconds for 8,000
-    tokens in 65,536 buckets (CPU, torch 2.13). The result is the same.
+    instead of sorting the tokens: 124 against 414 microseconds for 8,000
+    tokens in 65,536 buckets (CPU, one thread, torch 2.13). The result is the same.
     """
     if buckets > MARK_BUCKETS_PER_TOKEN * tokens.shape[0]:
         distinct, positions = torch.unique(tokens, return_inverse=True)

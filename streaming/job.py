@@ -299,8 +299,8 @@ KEPT_CONTROL_TOKENS = 20
 
 
 def _record_control_token(run_dir: Path, token: str) -> tuple[str, ...]:
-    """Append this run's control token to the run folder's list; return the
-    tokens of the earlier runs in that folder (the latest few)."""
+    """Append this run's control token to the run folder's list, and return
+    the tokens of the earlier runs in that folder (the latest few)."""
     path = run_dir / CONTROL_TOKENS_FILE
     try:
         earlier = path.read_text(encoding="utf-8").split()

@@ -185,7 +185,7 @@ def check_output(output: str, files: list[str]) -> None:
     ):
         # Beam's text sink would replace a link, pipe or device with a file.
         raise ValueError(
-            f"invalid --output {output!r}: not a regular file; name a file"
+            f"invalid --output {output!r}: it is not a regular file, so name a file"
         )
     folder = path.parent
     if not folder.is_dir():
