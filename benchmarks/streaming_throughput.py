@@ -56,7 +56,7 @@ STAGE = "learner stage alone (default gates, no checkpoints)"
 STAGE_UNSPACED = "learner stage alone (a gate every 20 micro-batches, no spacing)"
 STAGE_ONE_GATE = "learner stage alone (one gate at the end, no checkpoints)"
 # The steady stream for freshness and rollback adoption, with the default
-# gates: at 1,000 events/s a gate comes about every 5 s (20 micro-batches).
+# gates: at 1,000 events/s a gate comes about every 5 s (10 micro-batches).
 ALONE_RUNS = 3
 END_TO_END_RUNS = 3
 STEADY_EVENTS = 20_000

@@ -139,10 +139,10 @@ def main(argv: list[str]) -> int:
         str(stop_after),
         "--idle-timeout-s",
         "120",
-        # A gate every 5 micro-batches (1,280 events), however fast they fill,
+        # A gate every 3 micro-batches (1,536 events), however fast they fill,
         # shows several decisions on this stream of 32,672 events.
         "--gate-every-micro-batches",
-        "5",
+        "3",
         "--gate-min-interval-s",
         "0",
         "--device",

@@ -60,6 +60,10 @@ class _HelpFormatter(
         return super()._get_help_string(action)
 
 
+# The options' defaults are JobConfig's, so the two cannot drift apart.
+_DEFAULTS = JobConfig()
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="streamlearn run",
@@ -131,70 +135,70 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--micro-batch-size",
         type=int,
-        default=256,
+        default=_DEFAULTS.micro_batch_size,
         help="events per micro-batch (a micro-batch closes when it has this many)",
     )
     parser.add_argument(
         "--micro-batch-max-wait-s",
         type=float,
-        default=2.0,
+        default=_DEFAULTS.micro_batch_max_wait_s,
         help="seconds after which a partial micro-batch is learned",
     )
     parser.add_argument(
         "--holdout-fraction",
         type=float,
-        default=0.1,
+        default=_DEFAULTS.holdout_fraction,
         help="share of labelled events held out for validation, in [0, 1), "
         "chosen by a hash of the event id",
     )
     parser.add_argument(
         "--holdout-window-size",
         type=int,
-        default=2000,
+        default=_DEFAULTS.holdout_window_size,
         help="number of most recent holdout events the gate validates on",
     )
     parser.add_argument(
         "--holdout-min-events",
         type=int,
-        default=200,
+        default=_DEFAULTS.holdout_min_events,
         help="number of holdout events needed before the first gate",
     )
     parser.add_argument(
         "--gate-every-micro-batches",
         type=int,
-        default=20,
+        default=_DEFAULTS.gate_every_micro_batches,
         help="micro-batches between gates (or --gate-every-s, whichever first)",
     )
     parser.add_argument(
         "--gate-metric",
         choices=("log_loss", "top1", "top5", "macro_f1"),
-        default="log_loss",
+        default=_DEFAULTS.gate_metric,
         help="holdout metric the gate compares",
     )
     parser.add_argument(
         "--gate-tolerance",
         type=float,
-        default=0.0,
+        default=_DEFAULTS.gate_tolerance,
         help="how much worse than the serving version a candidate may be, in "
         "the metric's unit (nats for log_loss, a fraction for the others)",
     )
     parser.add_argument(
         "--gate-every-s",
         type=float,
-        default=30.0,
+        default=_DEFAULTS.gate_every_s,
         help="seconds between gates, counted once an event was learned since "
         "the last gate (or --gate-every-micro-batches, whichever first)",
     )
     parser.add_argument(
         "--gate-min-interval-s",
         type=float,
-        default=2.0,
+        default=_DEFAULTS.gate_min_interval_s,
         help="minimum seconds between two gates, however fast micro-batches fill",
     )
     parser.add_argument(
         "--checkpoint-every-s",
         type=float,
-        default=5.0,
+        default=_DEFAULTS.checkpoint_every_s,
         help="seconds between checkpoints; a crash loses at most this much learning",
     )
     parser.add_argument(
