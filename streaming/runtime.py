@@ -42,6 +42,7 @@ from online_model.scored import Scored
 from online_model.spec import FeatureSpec
 from rollback.errors import PointerConflict, RegistryError
 from rollback.manifest import ManifestFields
+from rollback.state import ServingState
 from streaming.checkpoint import CheckpointStore
 from streaming.holdout import HoldoutWindow
 from streaming.job_config import JobConfig
@@ -59,6 +60,8 @@ class VersionRegistry(Protocol):
     """The part of ``rollback.registry.Registry`` the job uses."""
 
     def serving(self) -> int | None: ...
+
+    def state(self) -> ServingState: ...
 
     def is_paused(self) -> bool: ...
 
@@ -261,12 +264,6 @@ class JobRuntime:
         """Follow the registry's pointer after a notice that it may have moved."""
         self.account.control_messages += 1
         self.follow_registry()
-
-    def handle_pointer(self, serving: int | None) -> None:
-        """Adopt the registry's serving version when it differs from the job's."""
-        if serving is None or serving == self.serving_version:
-            return
-        self._adopt(serving, reason="pointer change announced")
 
     def finish(self) -> None:
         """Learn the open micro-batch, run a last gate and checkpoint.
@@ -588,15 +585,36 @@ class JobRuntime:
         self.metrics.serving(version)
 
     def follow_registry(self) -> None:
+        """Adopt the registry's serving version when it differs from the job's.
+
+        The adoption record names the change that moved the pointer, such as
+        an operator's rollback with its actor and reason.
+        """
         try:
-            serving = self.registry.serving()
+            state = self.registry.state()
         except RegistryError as error:
             logger.warning("cannot read the serving pointer: %s", error)
             return
-        if serving is not None and serving != self.serving_version:
+        serving = state.serving
+        if serving is None or serving == self.serving_version:
+            return
+        change = next(
+            (
+                c
+                for c in reversed(state.history)
+                if c.moves_pointer and c.to_version == serving
+            ),
+            None,
+        )
+        if change is None:
             self._adopt(serving, reason="serving pointer moved")
+            return
+        reason = f"{change.kind} by {change.actor}"
+        if change.reason:
+            reason += f": {change.reason}"
+        self._adopt(serving, reason=reason, actor=change.actor, change=change.kind)
 
-    def _adopt(self, version: int, reason: str) -> None:
+    def _adopt(self, version: int, reason: str, **details: str) -> None:
         learner = self.recent_versions.get(version)
         if learner is None:
             try:
@@ -622,7 +640,9 @@ class JobRuntime:
         self._unserved_publish_s = []
         self._adopted_at = (version, self.clock())
         self.account.pointer_changes_adopted += 1
-        self._record("adopted", version=version, previous=previous, reason=reason)
+        self._record(
+            "adopted", version=version, previous=previous, reason=reason, **details
+        )
         logger.info("adopted v%d (was %s): %s", version, version_text(previous), reason)
 
     def _goodness(self, learner: OnlineLearner) -> float:

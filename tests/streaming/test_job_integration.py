@@ -173,6 +173,8 @@ def test_operator_rollback_adopted(tmp_path: Path) -> None:
 
     _adds_up(summary)
     assert summary["events_read"] == 3000
+    adopted = next(d for d in decisions(run_dir) if d["kind"] == "adopted")
+    assert adopted["reason"] == "rollback by ops:test: test operator rollback"
     records = decisions(run_dir)
     adopted_at = next(
         i for i, d in enumerate(records) if d["kind"] == "adopted" and d["version"] == 1

@@ -227,9 +227,13 @@ def test_operator_rollback_adopted(tmp_path: Path) -> None:
     assert len(kinds(records, "promotion")) >= 2
     highest = max(registry.versions())
 
-    registry.rollback(1, actor="ops:test", reason="test")
+    registry.rollback(1, actor="ops:test", reason="v2 mislabels senior roles")
     runtime.follow_registry()
     assert runtime.serving_version == 1
+    adopted = kinds(records, "adopted")[-1]
+    assert adopted["reason"] == "rollback by ops:test: v2 mislabels senior roles"
+    assert adopted["actor"] == "ops:test"
+    assert adopted["change"] == "rollback"
     v1 = OnlineLearner.from_files(registry.read(1).files, device="cpu")
     sample = EVENTS[3000:3020]
     assert runtime.learner.predict(sample) == v1.predict(sample)
