@@ -63,7 +63,12 @@ def _resolve(target: str) -> Callable[[list[str]], int]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand and return its exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help", "help"):
+    if not args:
+        # Like argparse without a required argument: the usage, then exit 2.
+        print(_usage(), file=sys.stderr)
+        print("streamlearn: missing subcommand", file=sys.stderr)
+        return 2
+    if args[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
     name, rest = args[0], args[1:]

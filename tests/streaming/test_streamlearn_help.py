@@ -54,6 +54,14 @@ def test_unknown_subcommand_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert "unknown subcommand 'nosuch'" in capsys.readouterr().err
 
 
+def test_missing_subcommand_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "streamlearn: missing subcommand" in captured.err
+    assert "usage: streamlearn SUBCOMMAND" in captured.err
+
+
 def test_predict_help_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["predict", "--help"])
