@@ -564,16 +564,7 @@ class Registry:
 
         def build(state: ServingState, change_id: str) -> PointerChange:
             if state.paused == paused:
-                last = state.last_pause()
-                since = (
-                    ""
-                    if last is None
-                    else f" by {last.actor} at {last.time:%Y-%m-%d %H:%M:%S%z}"
-                )
-                word = "paused" if paused else "running"
-                raise AlreadyInPauseState(
-                    f"automatic promotion is already {word}{since}; nothing to do"
-                )
+                raise AlreadyInPauseState(_unchanged_pause(state, reason))
             return self._change(
                 state, change_id, actor, kind, state.serving, state.serving, reason, {}
             )
@@ -886,3 +877,20 @@ def _name(version: int | _AnyVersion | None) -> str:
     if isinstance(version, int):
         return format_version(version)
     return "no version" if version is None else "any version"
+
+
+def _unchanged_pause(state: ServingState, reason: str) -> str:
+    """Return the message for a pause or resume that changes nothing."""
+    last = state.last_pause()
+    when = "" if last is None else f"{last.actor} at {last.time:%Y-%m-%d %H:%M:%S %Z}"
+    if state.paused:
+        text = "automatic promotion is already paused"
+        if last is not None:
+            text += f" by {when}" + (f" ({last.reason})" if last.reason else "")
+    else:
+        text = "automatic promotion is not paused"
+        if last is not None:
+            text += f" (resumed by {when})"
+    if reason:
+        text += f"; the reason {reason!r} was not recorded"
+    return text + "; nothing to do"

@@ -226,6 +226,7 @@ def test_pause_and_resume(registry: Registry) -> None:
     status = run("rollback", "--status", "--registry", registry.url)
     again = run("rollback", "--pause", "--reason", "twice", "--registry", registry.url)
     resumed = run("rollback", "--resume", "--registry", registry.url)
+    resumed_again = run("rollback", "--resume", "--registry", registry.url)
 
     assert missing_reason.returncode == 2
     assert paused.stdout == "paused automatic promotion; v3 serves\n"
@@ -233,7 +234,13 @@ def test_pause_and_resume(registry: Registry) -> None:
     assert "(incident 7)" in status.stdout
     assert again.returncode == 0
     assert "already paused" in again.stdout
+    assert "UTC (incident 7)" in again.stdout
+    assert "the reason 'twice' was not recorded" in again.stdout
     assert resumed.stdout == "resumed automatic promotion; v3 serves\n"
+    assert resumed_again.returncode == 0
+    assert resumed_again.stdout.startswith(
+        "automatic promotion is not paused (resumed by operator:"
+    )
     assert not registry.is_paused()
 
 
