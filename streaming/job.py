@@ -351,8 +351,9 @@ def run_job(
     _print(args, {"event": "started", "job": settings.job_name})
 
     interrupted = _stop_on_signals()
-    # A restored checkpoint's counts are not this run's work.
-    learned_before = slot.runtime.account.learned
+    # The progress line's rate counts from the previous line, and so leaves
+    # out a restored checkpoint's counts.
+    last_progress = (started, slot.runtime.account.learned)
     last_seen = (-1, time.monotonic())
     reading = _ReadingRate(restored=restored_read)
     next_progress = started + args.progress_interval_s
@@ -364,7 +365,9 @@ def run_job(
         account = slot.runtime.account
         reading.observe(now, account.events_read)
         if now >= next_progress:
-            _print_progress(args, slot.runtime, now - started, learned_before)
+            rate = _learned_rate(last_progress, now, account.learned)
+            _print_progress(args, slot.runtime, now - started, rate)
+            last_progress = (now, account.learned)
             next_progress += args.progress_interval_s
         handled = account.events_read + sum(account.dead_lettered.values())
         if handled != last_seen[0] or slot.runtime.ticks_handled == 0:
@@ -373,7 +376,8 @@ def run_job(
             # timeout to start reading.
             last_seen = (handled, now)
         if args.stop_after and handled >= args.stop_after:
-            _print_progress(args, slot.runtime, now - started, learned_before)
+            rate = _learned_rate(last_progress, now, account.learned)
+            _print_progress(args, slot.runtime, now - started, rate)
             break
         if interrupted.is_set():
             logger.warning("interrupted: stopping after the last micro-batch")
@@ -493,12 +497,18 @@ def _print(args: argparse.Namespace, record: dict[str, Any]) -> None:
 POLL_S = 0.05
 
 
+def _learned_rate(since: tuple[float, int], now: float, learned: int) -> float:
+    """Return events learned per second from ``since`` (time, count) to now."""
+    seconds = now - since[0]
+    return (learned - since[1]) / seconds if seconds > 0 else 0.0
+
+
 def _print_progress(
-    args: argparse.Namespace, runtime: Any, elapsed_s: float, learned_before: int
+    args: argparse.Namespace, runtime: Any, elapsed_s: float, rate: float
 ) -> None:
+    """Print one progress line; ``rate`` is the events learned per second
+    since the previous line."""
     account = runtime.account
-    learned = account.learned - learned_before
-    rate = learned / elapsed_s if elapsed_s > 0 else 0.0
     if args.format == "json":
         _print(args, {"event": "progress", "elapsed_s": elapsed_s, **account.to_dict()})
         return
@@ -532,20 +542,20 @@ def _stop_on_signals() -> threading.Event:
 
 
 class _ReadingRate:
-    """Events per second from the first poll that saw this run read an event
-    to the last poll that saw the count grow.
+    """Events per second over the polls that saw the count of events read grow.
 
     That is the rate while events flowed. It leaves out the runner's
-    start-up, the wait for the stop and the events a restored checkpoint
-    counted before this run.
+    start-up, idle stretches between bursts, the wait for the stop and the
+    events a restored checkpoint counted before this run.
     """
 
     def __init__(self, restored: int | None = None) -> None:
         # The count before this run: the restored checkpoint's, or else the
         # first poll's.
         self._start: int | None = restored
-        self._first: tuple[float, int] | None = None
-        self._last: tuple[float, int] | None = None
+        self._previous: tuple[float, int] | None = None
+        self._busy_s = 0.0
+        self._busy_events = 0
 
     def observe(self, now: float, events_read: int) -> None:
         """Record the count of events read at one poll."""
@@ -553,21 +563,21 @@ class _ReadingRate:
             self._start = events_read
         if events_read == self._start:
             return
-        if self._first is None:
-            self._first = (now, events_read)
-        if self._last is None or events_read > self._last[1]:
-            self._last = (now, events_read)
+        previous = self._previous
+        if previous is not None and events_read > previous[1]:
+            self._busy_s += now - previous[0]
+            self._busy_events += events_read - previous[1]
+        self._previous = (now, events_read)
 
     def rate(self, elapsed_s: float) -> float:
         """Return the rate; over ``elapsed_s`` when fewer than two polls saw
         the count grow, 0 when this run read nothing."""
-        start = self._start or 0
-        if self._first is None or self._last is None:
+        if self._previous is None:
             return 0.0
-        seconds = self._last[0] - self._first[0]
-        if seconds <= 0:
-            return (self._last[1] - start) / elapsed_s if elapsed_s > 0 else 0.0
-        return (self._last[1] - self._first[1]) / seconds
+        if self._busy_s <= 0:
+            read = self._previous[1] - (self._start or 0)
+            return read / elapsed_s if elapsed_s > 0 else 0.0
+        return self._busy_events / self._busy_s
 
 
 def _print_summary(
@@ -634,9 +644,8 @@ def render_summary(summary: dict[str, Any]) -> str:
         f"    duplicates           {summary['duplicates']}",
         f"    pending              {summary.get('pending', 0)}",
         f"    refused (non-finite) {summary.get('refused_non_finite', 0)}",
-        f"  dead letters         {sum(dead.values())} {f'{dead} ' if dead else ''}"
-        "(bad messages and "
-        "invalid events, not counted as read)",
+        f"  dead letters         {sum(dead.values())} {_by_reason(dead)}(bad "
+        "messages and invalid events, not counted as read)",
         f"  messages read        {summary.get('messages_read', 0)}",
         f"  control messages     {summary.get('control_messages', 0)}",
         f"  events per second    {summary['events_per_s']} (while events arrived)",
@@ -647,6 +656,13 @@ def render_summary(summary: dict[str, Any]) -> str:
     for record in summary["decisions"]:
         lines.append("  " + _describe(record))
     return "\n".join(lines)
+
+
+def _by_reason(counts: dict[str, int]) -> str:
+    """Return counts as "[reason count, ...] ", or "" when there are none."""
+    if not counts:
+        return ""
+    return "[" + ", ".join(f"{r} {n}" for r, n in sorted(counts.items())) + "] "
 
 
 def _describe(record: dict[str, Any]) -> str:

@@ -505,7 +505,12 @@ def test_summary_names_versions(tmp_path: Path) -> None:
     assert f"rejected {candidate}, kept v{rejection['serving_version']}:" in text
     assert f"holdout top-1 {rejection['candidate_top1']:.3f}, top-5" in text
     assert f"    pending              {runtime.account.pending}\n" in text
+    assert "dead letters         0 (bad messages" in text
     assert_adds_up(runtime)
+    summary["dead_lettered"] = {"undecodable": 2, "invalid-event": 1}
+    assert "dead letters         3 [invalid-event 1, undecodable 2] (bad" in (
+        render_summary(summary)
+    )
 
 
 def test_publish_lost_to_pause_recorded(tmp_path: Path) -> None:
@@ -552,6 +557,16 @@ def test_reading_rate_leaves_out_idle_polls() -> None:
     rate.observe(4.0, 2100)
     rate.observe(9.0, 2100)
     assert rate.rate(elapsed_s=9.0) == 1000.0
+
+
+def test_reading_rate_leaves_out_gaps() -> None:
+    # Two bursts of 1,000 events/s with 47 idle seconds between them.
+    rate = _ReadingRate()
+    for moment, read in [(0, 0), (1, 100), (2, 1100), (3, 2100), (50, 2100)]:
+        rate.observe(float(moment), read)
+    for moment, read in [(51, 3100), (52, 4100), (60, 4100)]:
+        rate.observe(float(moment), read)
+    assert rate.rate(elapsed_s=60.0) == 1000.0
 
 
 def test_reading_rate_leaves_out_restored_events() -> None:
