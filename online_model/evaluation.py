@@ -59,7 +59,9 @@ class EvaluationConfig:
 class Metrics:
     """Classification metrics over a set of scored events.
 
-    Every rate and the log loss are NaN when ``n_events`` is 0.
+    Every rate and the log loss are NaN when ``n_events`` is 0. ``n_labels``
+    is the number of labels the macro scores average over: those that
+    occurred or were predicted in these events.
     """
 
     n_events: int

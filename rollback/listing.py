@@ -31,7 +31,9 @@ Filter keys are the dotted fields of --format json: version, status, parent,
 created_at, events.count, metrics.holdout.NAME, metrics.champion.NAME,
 fingerprint, code_version. The streaming job's metric NAMEs are n_events,
 top1_accuracy, top_k, top_k_hit_rate, log_loss, macro_precision,
-macro_recall, macro_f1 and n_labels. Operators: = != < <= > >= : (contains)
+macro_recall, macro_f1 and n_labels (the labels the macro scores average
+over: those that occurred or were predicted in the holdout window, not all
+the labels the version knows). Operators: = != < <= > >= : (contains)
 ~ (regex).
 """
 
