@@ -21,9 +21,11 @@ import re
 import shutil
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from rollback.registry import Registry, open_registry
 from streaming.topics import (
     DEFAULT_PROJECT,
     JobTopics,
@@ -149,7 +151,10 @@ def main(argv: list[str]) -> int:
         args.device,
     ]
     print(f"run folder: {run_dir}", flush=True)
-    return job.main(job_argv, epilogue=lambda: finish_demo(topics, run_dir))
+    burst_from = None
+    if args.demo_bad_labels:
+        burst_from = events[int(len(events) * BURST_START_SHARE)]["event_time"]
+    return job.main(job_argv, epilogue=lambda: finish_demo(topics, run_dir, burst_from))
 
 
 def remove_old_runs(runs_dir: Path, keep: int) -> list[Path]:
@@ -169,14 +174,22 @@ def remove_old_runs(runs_dir: Path, keep: int) -> list[Path]:
     return removed
 
 
-def finish_demo(topics: JobTopics, run_dir: Path) -> None:
-    """Delete the demo's topics and print where its files are and what next."""
+def finish_demo(
+    topics: JobTopics, run_dir: Path, burst_from: datetime | None = None
+) -> None:
+    """Delete the demo's topics and print where its files are and what next.
+
+    ``burst_from`` is the event time of the first event in the burst of wrong
+    labels, if the demo injected one.
+    """
     delete_topics(topics)
     print(
         f"deleted the topics and subscriptions {topics.job_name}-* from the emulator",
         flush=True,
     )
     registry = (run_dir / "registry").resolve()
+    if burst_from is not None:
+        print(burst_account(open_registry(str(registry)), burst_from), flush=True)
     size_mb = folder_size_bytes(run_dir) / 1e6
     print(
         f"registry: {registry}\n"
@@ -188,6 +201,42 @@ def finish_demo(topics: JobTopics, run_dir: Path) -> None:
         f"rm -r {run_dir}",
         flush=True,
     )
+
+
+def burst_account(registry: Registry, burst_from: datetime) -> str:
+    """Return which versions learned events from the burst's time on.
+
+    A version whose latest learned event is older than ``burst_from`` never
+    learned a wrong label. The job learns events in about the order the
+    demo publishes them, event-time order.
+    """
+    before: list[int] = []
+    after: list[int] = []
+    for version in registry.versions():
+        latest = registry.describe(version).fields.event_time_max
+        (before if latest is not None and latest < burst_from else after).append(
+            version
+        )
+    lines = [
+        f"wrong labels: the burst starts at event time {burst_from:%Y-%m-%d %H:%M}"
+    ]
+    if after:
+        lines.append(
+            f"  {_versions(after)} learned events from that time on, some with "
+            "wrong labels"
+        )
+    if before:
+        lines.append(
+            f"  v{before[-1]} is the last version published before the burst; "
+            f"to serve it again: rollback --to v{before[-1]}"
+        )
+    return "\n".join(lines)
+
+
+def _versions(numbers: list[int]) -> str:
+    if len(numbers) == 1:
+        return f"v{numbers[0]}"
+    return f"v{numbers[0]} to v{numbers[-1]}"
 
 
 def folder_size_bytes(folder: Path) -> int:

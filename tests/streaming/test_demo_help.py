@@ -7,12 +7,15 @@ import os
 import subprocess
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import ClassVar
 
 import pytest
 
-from streaming.demo import parse_args
+from rollback.registry import open_registry
+from streaming.demo import burst_account, parse_args
+from tests.rollback.registry_helpers import make_fields, make_files
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 
@@ -88,3 +91,26 @@ def test_demo_rejects_abbreviated_help(capsys: pytest.CaptureFixture[str]) -> No
 
     assert raised.value.code == 2
     assert "unrecognized arguments: --he" in capsys.readouterr().err
+
+
+def test_burst_account_names_versions(tmp_path: Path) -> None:
+    registry = open_registry(tmp_path / "registry", create=True)
+    for day in (1, 2, 3, 4):
+        fields = make_fields(
+            event_time_min=datetime(2023, 1, 1, tzinfo=UTC),
+            event_time_max=datetime(2023, 1, day, 12, tzinfo=UTC),
+        )
+        registry.publish(make_files(day), fields, actor="job", reason="test")
+
+    text = burst_account(registry, datetime(2023, 1, 3, tzinfo=UTC))
+
+    lines = text.splitlines()
+    assert lines[0] == "wrong labels: the burst starts at event time 2023-01-03 00:00"
+    assert (
+        lines[1]
+        == "  v3 to v4 learned events from that time on, some with wrong labels"
+    )
+    assert lines[2] == (
+        "  v2 is the last version published before the burst; "
+        "to serve it again: rollback --to v2"
+    )
