@@ -426,7 +426,12 @@ class JobRuntime:
         self._last_validation = self._last_gate
         self.follow_registry()
         if len(self.recent_versions) > 1:
+            rollbacks = self.account.rollbacks_automatic
             self.confirm_drop(alert=False)
+            if self.account.rollbacks_automatic > rollbacks:
+                # The learner now is the version rolled back to: there is no
+                # candidate to validate, only a copy of the serving version.
+                return
 
         self.account.candidates_validated += 1
         candidate_id = f"c{self.account.candidates_validated}"

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from online_model.datasets import iter_events
+from online_model.drift.monitor import DriftMonitor, DriftMonitorConfig
 from online_model.learner import LearnerConfig, OnlineLearner
 from online_model.spec import load_spec
 from rollback.registry import Registry, open_registry
@@ -324,6 +325,34 @@ def test_wrong_labels_roll_back_once(tmp_path: Path) -> None:
     changes = [c for c in registry.history() if c.kind == "auto_rollback"]
     assert len(changes) == 1
     assert changes[0].to_version == rollback["to_version"]
+
+
+def test_gate_rollback_validates_no_copy(tmp_path: Path) -> None:
+    # Without drift detectors only the check at each gate can roll back. The
+    # gate that rolls back must not then publish the learner, which is only
+    # a copy of the version it returned to.
+    registry = open_registry(tmp_path / "registry", create=True)
+    runtime, records = make_runtime(
+        tmp_path,
+        FakeClock(),
+        registry,
+        learner_config=LearnerConfig(hidden_units=64),
+        gate_tolerance=100.0,
+        holdout_window_size=150,
+    )
+    runtime.drift = DriftMonitor(DriftMonitorConfig(adwin=None, page_hinkley=None))
+    feed(runtime, EVENTS[:2500])
+    feed(runtime, wrong_labels(EVENTS[2500:3700]))
+    feed(runtime, EVENTS[3700:5500])
+
+    rollback = kinds(records, "rollback")[0]
+    assert rollback["reason"].startswith("gate check:")
+    after = records[records.index(rollback) + 1 :]
+    first = next(r for r in after if r["kind"] == "promotion")
+    assert first["parent"] == rollback["to_version"]
+    assert first["candidate_value"] != first["serving_value"]
+    published = registry.read(first["version"]).files
+    assert published != registry.read(rollback["to_version"]).files
 
 
 def test_drop_without_better_version_alerts(tmp_path: Path) -> None:
