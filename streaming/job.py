@@ -34,6 +34,7 @@ from streaming.job_metrics import version_text
 from streaming.topics import (
     DEFAULT_PROJECT,
     JobTopics,
+    allow_large_emulator_messages,
     check_job_name,
     ensure_topics,
     require_emulator,
@@ -273,6 +274,7 @@ def main(argv: list[str], epilogue: Callable[[], None] | None = None) -> int:
     except RuntimeError as error:
         print(f"streamlearn run: {error}", file=sys.stderr)
         return 2
+    allow_large_emulator_messages()
 
     from streaming.pipeline import JobSettings
 

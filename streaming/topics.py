@@ -13,6 +13,7 @@ import os
 import re
 import urllib.request
 from dataclasses import dataclass
+from typing import Any
 
 from google.api_core.exceptions import AlreadyExists, NotFound
 from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient
@@ -46,6 +47,40 @@ def check_topic_path(path: str) -> None:
             f"invalid topic {path!r}: expected projects/PROJECT/topics/TOPIC, "
             "such as projects/streamlearn-local/topics/j1-events"
         )
+
+
+# Pub/Sub accepts messages of up to 10 MB; gRPC receives 4 MiB by default.
+_UNLIMITED_RECEIVE = ("grpc.max_receive_message_length", -1)
+
+
+def allow_large_emulator_messages() -> None:
+    """Let this process's Pub/Sub clients receive messages over 4 MiB from the
+    emulator.
+
+    With PUBSUB_EMULATOR_HOST set, google-cloud-pubsub connects through a
+    plain ``grpc.insecure_channel(target=...)`` without the unlimited receive
+    size it sets for Google's servers. A pull that returns a larger message
+    then fails, and the DirectRunner retries it forever, so the message is
+    neither read nor dead-lettered. This wraps ``grpc.insecure_channel`` to
+    add the option wherever the caller did not set it. Calling it again does
+    nothing.
+    """
+    import grpc
+
+    original = grpc.insecure_channel
+    if getattr(original, "allows_large_messages", False):
+        return
+
+    def insecure_channel(
+        target: str, options: Any = None, compression: Any = None
+    ) -> Any:
+        given = list(options or [])
+        if not any(name == _UNLIMITED_RECEIVE[0] for name, _ in given):
+            given.append(_UNLIMITED_RECEIVE)
+        return original(target, given, compression)
+
+    insecure_channel.allows_large_messages = True  # type: ignore[attr-defined]
+    grpc.insecure_channel = insecure_channel
 
 
 class TopicSetupError(RuntimeError):

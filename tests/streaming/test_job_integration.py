@@ -42,6 +42,7 @@ from streaming.pipeline import (
     build_decoder,
     shared_decoder,
 )
+from streaming.topics import allow_large_emulator_messages
 from streaming.wire import (
     REASON_ATTRIBUTE,
     RECORD_INDEX_ATTRIBUTE,
@@ -142,6 +143,29 @@ def test_stream_with_bad_messages(tmp_path: Path) -> None:
         assert body["event_id"] == message.attributes["event_id"]
         if message.attributes["model_version"]:
             assert len(body["top"]) == 5
+
+
+def test_messages_over_4_mib_read(tmp_path: Path) -> None:
+    # gRPC receives 4 MiB by default; Pub/Sub allows 10 MB. One container of
+    # 30,000 events (about 4.4 MB) and 4.5 MB of garbage.
+    allow_large_emulator_messages()
+    topics = fresh_topics("large")
+    events = job_postings(30_000)
+    container = encode_container(events, SCHEMA)
+    garbage = b"\x00" * 4_500_000
+    assert len(container) > 4 * 1024 * 1024
+
+    run_dir = tmp_path / "run"
+    process = start_job(topics, run_dir, stop_after=30_000 + 1)
+    publish_raw(topics, container, origin="large")
+    publish_raw(topics, garbage, origin="garbage")
+    summary = finish(process, run_dir)
+
+    assert summary["events_read"] == 30_000
+    assert summary["dead_lettered"] == {"undecodable": 1}
+    _adds_up(summary)
+    letters = pull_all(topics.dead_letter_subscription, expected=1)
+    assert [letter.data == garbage for letter in letters] == [True]
 
 
 def test_operator_rollback_adopted(tmp_path: Path) -> None:
