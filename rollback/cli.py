@@ -245,7 +245,8 @@ def _run_rollback(args: argparse.Namespace) -> int:
     if config.announce_topic is None:
         print(
             "rollback: note: no announce topic is configured, so running jobs "
-            "pick up the change at their next pointer check",
+            "pick up the change at their next pointer check (the streaming "
+            "job reads the pointer every 5 s)",
             file=sys.stderr,
         )
     return 0

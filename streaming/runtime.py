@@ -54,6 +54,9 @@ Event = dict[str, Any]
 Ranked = list[tuple[str, float]]
 Clock = Callable[[], float]
 ACTOR = "job"
+# Seconds between reads of the registry's pointer on ticks. Announcements
+# bring a pointer change at once; this catches a change made without one.
+POINTER_CHECK_S = 5.0
 
 
 class VersionRegistry(Protocol):
@@ -228,6 +231,7 @@ class JobRuntime:
         self._unserved_publish_s: list[float] = []
         self._event_time_range: tuple[int, int] | None = None
         self._adopted_at: tuple[int, float] | None = None
+        self._last_pointer_check = now
 
     # ------------------------------------------------------------ inputs
 
@@ -255,9 +259,18 @@ class JobRuntime:
         return predictions
 
     def handle_tick(self) -> None:
-        """Close a micro-batch that waited too long; run due gates and checkpoints."""
+        """Close a micro-batch that waited too long; run due gates and checkpoints.
+
+        Every ``POINTER_CHECK_S`` the tick also reads the registry's pointer,
+        so a rollback made without an announcement is followed even when no
+        events arrive.
+        """
         self.ticks_handled += 1
         self.account.control_messages += 1
+        now = self.clock()
+        if now - self._last_pointer_check >= POINTER_CHECK_S:
+            self._last_pointer_check = now
+            self.follow_registry()
         self._after_input()
 
     def handle_pointer_notice(self) -> None:
@@ -827,9 +840,8 @@ class JobRuntime:
             self._event_time_range = (low, high)
 
         serving = state["serving_version"]
-        if serving is not None:
-            loaded = self.registry.read(serving)
-            self._set_serving(serving, self._load(loaded.files))
+        if serving is not None and not self._restore_serving(serving):
+            serving = None
         self._record("restored", number=number, **self._totals())
         logger.info(
             "restored checkpoint %d: %d events learned, serving %s",
@@ -839,6 +851,27 @@ class JobRuntime:
         )
         self._skip_pending_in_pointer_version()
         self.follow_registry()
+
+    def _restore_serving(self, version: int) -> bool:
+        """Serve ``version``, the checkpoint's serving version; return whether
+        it could be loaded.
+
+        A version damaged since the checkpoint must not stop the restart: the
+        job then follows the registry's pointer, which an operator can move.
+        """
+        try:
+            loaded = self.registry.read(version)
+            self._set_serving(version, self._load(loaded.files))
+        except (RegistryError, LearnerStateError) as error:
+            self._record("restore_serving_failed", version=version, error=str(error))
+            logger.error(
+                "cannot load v%d, the checkpoint's serving version: %s; "
+                "following the registry's pointer instead",
+                version,
+                error,
+            )
+            return False
+        return True
 
     def _skip_pending_in_pointer_version(self) -> None:
         """Drop the restored pending events that the version the pointer names

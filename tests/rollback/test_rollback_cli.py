@@ -28,7 +28,8 @@ from rollback.registry import Registry, open_registry, version_key
 
 NO_TOPIC_NOTE = (
     "rollback: note: no announce topic is configured, so running jobs pick up "
-    "the change at their next pointer check\n"
+    "the change at their next pointer check (the streaming job reads the "
+    "pointer every 5 s)\n"
 )
 
 

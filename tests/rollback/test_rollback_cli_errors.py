@@ -132,7 +132,8 @@ def test_no_topic_note_only_without_topic(registry: Registry) -> None:
 
     assert moved.stderr == (
         "rollback: note: no announce topic is configured, so running jobs pick up "
-        "the change at their next pointer check\n"
+        "the change at their next pointer check (the streaming job reads the "
+        "pointer every 5 s)\n"
     )
     assert paused.stderr == ""
 

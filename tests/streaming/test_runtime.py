@@ -19,7 +19,7 @@ from streaming.checkpoint import CheckpointStore
 from streaming.job import _ReadingRate, render_summary
 from streaming.job_config import JobConfig
 from streaming.report.records import read_run
-from streaming.runtime import EventBatch, JobRuntime, holdout_share
+from streaming.runtime import POINTER_CHECK_S, EventBatch, JobRuntime, holdout_share
 
 SPEC = load_spec("job_postings")
 EVENTS = list(itertools.islice(iter_events("job_postings"), 5500))
@@ -246,6 +246,25 @@ def test_operator_rollback_adopted(tmp_path: Path) -> None:
     assert kinds(records, "learned_from_adopted")[0]["version"] == 1
 
 
+def test_ticks_follow_unannounced_rollback(tmp_path: Path) -> None:
+    clock = FakeClock()
+    registry = open_registry(tmp_path / "registry", create=True)
+    runtime, _ = make_runtime(
+        tmp_path, clock, registry, gate_metric="top5", gate_tolerance=0.5
+    )
+    feed(runtime, EVENTS[:2600])
+    assert runtime.serving_version is not None
+    assert runtime.serving_version > 1
+    registry.rollback(1, actor="ops:test", reason="no announcement")
+
+    clock.now += POINTER_CHECK_S - 1
+    runtime.handle_tick()
+    assert runtime.serving_version != 1
+    clock.now += 1
+    runtime.handle_tick()
+    assert runtime.serving_version == 1
+
+
 def test_operator_rollback_stands(tmp_path: Path) -> None:
     # The versions the operator rolled back from must not come back through
     # the job's automatic rollback, even when they score better.
@@ -397,6 +416,35 @@ def test_checkpoint_restore_continues(tmp_path: Path) -> None:
     feed(second, EVENTS[1500:1700])
     assert second.account.duplicates == 200
     assert kinds(records, "restored")[0]["learned"] == first.account.learned
+
+
+def test_restore_survives_damaged_serving(tmp_path: Path) -> None:
+    clock = FakeClock()
+    registry = open_registry(tmp_path / "registry", create=True)
+    first, _ = make_runtime(
+        tmp_path, clock, registry, gate_metric="top5", gate_tolerance=0.5
+    )
+    feed(first, EVENTS[:2600])
+    first.save_checkpoint()
+    damaged = first.serving_version
+    assert damaged is not None
+    assert damaged > 1
+    folder = tmp_path / "registry" / "versions" / f"v{damaged:06d}"
+    weights = next(folder.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:1000])
+
+    # Still served by the pointer: the restart goes on without a version.
+    second, records = make_runtime(tmp_path, clock, registry)
+    second.restore(first.checkpoint_number)
+    assert second.serving_version is None
+    assert kinds(records, "restore_serving_failed")[0]["version"] == damaged
+    assert second.account == first.account
+
+    # After an operator's rollback, the restart serves the pointer's version.
+    registry.rollback(1, actor="ops:test", reason="damaged weights")
+    third, _ = make_runtime(tmp_path, clock, registry)
+    third.restore(first.checkpoint_number)
+    assert third.serving_version == 1
 
 
 def test_restore_skips_pending_of_later_version(tmp_path: Path) -> None:
