@@ -248,8 +248,18 @@ class Registry:
         return LoadedVersion(manifest=manifest, files=files)
 
     def verify(self, version: int | str) -> Manifest:
-        """Check every file of ``version`` as ``read`` does; return its manifest."""
-        return self.read(version).manifest
+        """Check every file of ``version`` as ``read`` does; return its manifest.
+
+        A ``*.safetensors`` file must also parse as one, so that a rollback
+        never points at weights the job cannot load even though their SHA-256
+        matches the manifest. Parsing reads the tensors as plain bytes and
+        runs no code from the file.
+        """
+        loaded = self.read(version)
+        for name, data in loaded.files.items():
+            if name.endswith(".safetensors"):
+                _check_safetensors(loaded.manifest.version, name, data)
+        return loaded.manifest
 
     def manifests(self, versions: list[int]) -> dict[int, Manifest | RegistryError]:
         """Return the manifest of each of ``versions``, or the error reading it.
@@ -894,3 +904,16 @@ def _unchanged_pause(state: ServingState, reason: str) -> str:
     if reason:
         text += f"; the reason {reason!r} was not recorded"
     return text + "; nothing to do"
+
+
+def _check_safetensors(version: int, name: str, data: bytes) -> None:
+    """Raise CorruptVersion unless ``data`` is a well-formed safetensors file."""
+    import safetensors
+
+    try:
+        safetensors.deserialize(data)
+    except Exception as error:  # safetensors raises its own SafetensorError
+        raise CorruptVersion(
+            f"version {format_version(version)} is corrupt: file {name} is not "
+            f"a valid safetensors file ({error})"
+        ) from None

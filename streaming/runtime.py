@@ -232,6 +232,8 @@ class JobRuntime:
         self._event_time_range: tuple[int, int] | None = None
         self._adopted_at: tuple[int, float] | None = None
         self._last_pointer_check = now
+        # Versions the pointer named that could not be loaded.
+        self._unloadable: set[int] = set()
 
     # ------------------------------------------------------------ inputs
 
@@ -636,17 +638,21 @@ class JobRuntime:
         learner = self.recent_versions.get(version)
         if learner is None:
             try:
-                loaded = self.registry.read(version)
-            except RegistryError as error:
-                logger.error("cannot load v%d to adopt it: %s", version, error)
-                return
-            try:
-                learner = self._load(loaded.files)
-            except LearnerStateError as error:
-                # The registry checked the files' SHA-256 but cannot parse them;
-                # keep serving what works rather than stop learning.
-                self._record("adopt_failed", version=version, error=str(error))
-                logger.error("cannot load v%d to adopt it: %s", version, error)
+                learner = self._load(self.registry.read(version).files)
+            except (RegistryError, LearnerStateError) as error:
+                # Keep serving what works rather than stop learning. The
+                # pointer is read every few seconds, so each version that
+                # cannot be loaded is recorded and logged once.
+                if version not in self._unloadable:
+                    self._unloadable.add(version)
+                    self._record("adopt_failed", version=version, error=str(error))
+                    logger.error(
+                        "cannot load v%d to adopt it: %s; serving %s until the "
+                        "pointer moves again",
+                        version,
+                        error,
+                        version_text(self.serving_version),
+                    )
                 return
         previous = self.serving_version
         # The operator chose this version: versions the job kept in memory

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -48,9 +49,22 @@ def make_fields(
 def make_files(seed: int) -> dict[str, bytes]:
     """Two files whose content differs per seed."""
     return {
-        "weights.safetensors": bytes([seed % 256]) * (1000 + seed),
+        "weights.safetensors": safetensors_bytes(bytes([seed % 256]) * (1000 + seed)),
         "learner.json": f'{{"seed": {seed}}}'.encode(),
     }
+
+
+def safetensors_bytes(data: bytes) -> bytes:
+    """Return a safetensors file with one uint8 tensor holding ``data``.
+
+    The format: the header's length as 8 bytes little-endian, the JSON
+    header (padded with spaces to a multiple of 8), then the tensor bytes.
+    """
+    header = json.dumps(
+        {"w": {"dtype": "U8", "shape": [len(data)], "data_offsets": [0, len(data)]}}
+    ).encode()
+    header += b" " * (-len(header) % 8)
+    return len(header).to_bytes(8, "little") + header + data
 
 
 def pull(subscription: str, count: int) -> list[Any]:

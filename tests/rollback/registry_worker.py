@@ -30,7 +30,7 @@ def churn(registry: Registry, seed: int) -> None:
     while True:
         files = {
             name: rng.randbytes(rng.randint(500_000, 2_000_000))
-            for name in ("weights.safetensors", "optimizer.safetensors", "learner.json")
+            for name in ("weights.bin", "optimizer.bin", "learner.json")
         }
         version = registry.publish(files, make_fields(), "job", "churn")
         emit({"op": "publish", "version": version})
@@ -45,7 +45,7 @@ def churn(registry: Registry, seed: int) -> None:
 
 def publish(registry: Registry, worker: str, count: int) -> None:
     for index in range(count):
-        files = {"weights.safetensors": f"{worker}-{index}".encode() * 100}
+        files = {"weights.bin": f"{worker}-{index}".encode() * 100}
         version = registry.publish(files, make_fields(), worker, f"publish {index}")
         emit({"op": "publish", "version": version})
 

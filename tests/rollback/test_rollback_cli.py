@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -177,6 +178,7 @@ def test_invalid_name_checked_before_store(tmp_path: Path) -> None:
 
 def test_corrupt_target_refused(registry: Registry) -> None:
     path = Path(registry.url) / version_key(1, "weights.safetensors")
+    size = path.stat().st_size
     path.write_bytes(path.read_bytes()[:10])
 
     result = run("rollback", "--to", "v1", "--registry", registry.url)
@@ -184,9 +186,39 @@ def test_corrupt_target_refused(registry: Registry) -> None:
     assert result.returncode == 1
     assert result.stderr == (
         "rollback: version v1 is corrupt: file weights.safetensors has 10 bytes, "
-        "the manifest records 1000\n"
+        f"the manifest records {size}\n"
     )
     assert registry.serving() == 3
+
+
+class _Planted:
+    """A pickle that creates a file when unpickled."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (str(self.marker), "w"))
+
+
+def test_unparsable_weights_refused(registry: Registry, tmp_path: Path) -> None:
+    # Files whose SHA-256 matches the manifest, but the weights are a pickle.
+    marker = tmp_path / "unpickled"
+    files = make_files(7)
+    files["weights.safetensors"] = pickle.dumps(_Planted(marker))
+    planted = registry.publish(
+        files, make_fields(), "job", "planted", move_pointer=False
+    )
+
+    result = run("rollback", "--to", f"v{planted}", "--registry", registry.url)
+
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        f"rollback: version v{planted} is corrupt: file weights.safetensors is "
+        "not a valid safetensors file ("
+    )
+    assert registry.serving() == 3
+    assert not marker.exists()
 
 
 def test_incompatible_target_refused(registry: Registry) -> None:

@@ -302,6 +302,7 @@ def test_unloadable_version_not_adopted(tmp_path: Path) -> None:
     )
     registry.set_serving(broken, actor="ops:test", reason="test")
     runtime.follow_registry()
+    runtime.follow_registry()
 
     assert runtime.serving_version == serving
     failures = kinds(records, "adopt_failed")
