@@ -339,6 +339,7 @@ def build_runtime(settings: JobSettings) -> Any:
     latest = store.latest()
     if latest is not None:
         runtime.restore(latest)
+        runtime.last_candidate_number = decisions.last_candidate_number()
     else:
         runtime.follow_registry()
     return runtime
@@ -355,6 +356,24 @@ class DecisionLog:
         line = json.dumps(record, default=str)
         with self._lock, open(self.path, "a", encoding="utf-8") as stream:
             stream.write(line + "\n")
+
+    def last_candidate_number(self) -> int:
+        """Return the highest candidate number (N of "cN") in the log, or 0.
+
+        A line cut short by a crash is skipped.
+        """
+        highest = 0
+        if not self.path.exists():
+            return highest
+        with open(self.path, encoding="utf-8") as stream:
+            for line in stream:
+                try:
+                    candidate = json.loads(line).get("candidate")
+                except (json.JSONDecodeError, AttributeError):
+                    continue
+                if isinstance(candidate, str) and candidate[1:].isdigit():
+                    highest = max(highest, int(candidate[1:]))
+        return highest
 
 
 class Learn(beam.DoFn):

@@ -215,6 +215,10 @@ class JobRuntime:
             )
         )
         self.checkpoint_number = 0
+        # The highest candidate number used. After a crash the restored
+        # account may count fewer candidates than the killed run named, so a
+        # restart sets this from its decision log and numbers go on from it.
+        self.last_candidate_number = 0
         # Ticks seen by this process (not checkpointed): they show that the
         # pipeline delivers input, before any event has arrived.
         self.ticks_handled = 0
@@ -449,7 +453,10 @@ class JobRuntime:
                 return
 
         self.account.candidates_validated += 1
-        candidate_id = f"c{self.account.candidates_validated}"
+        self.last_candidate_number = max(
+            self.last_candidate_number + 1, self.account.candidates_validated
+        )
+        candidate_id = f"c{self.last_candidate_number}"
         candidate, candidate_confusion = self._holdout_evaluation(self.learner)
         champion, champion_confusion = None, None
         if self.serving_learner is not None:

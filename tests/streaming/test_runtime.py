@@ -18,6 +18,7 @@ from streaming import monitoring as mon
 from streaming.checkpoint import CheckpointStore
 from streaming.job import _ReadingRate, render_summary
 from streaming.job_config import JobConfig
+from streaming.pipeline import DecisionLog
 from streaming.report.records import read_run
 from streaming.runtime import POINTER_CHECK_S, EventBatch, JobRuntime, holdout_share
 
@@ -446,6 +447,25 @@ def test_restore_survives_damaged_serving(tmp_path: Path) -> None:
     third, _ = make_runtime(tmp_path, clock, registry)
     third.restore(first.checkpoint_number)
     assert third.serving_version == 1
+
+
+def test_restart_numbers_candidates_on(tmp_path: Path) -> None:
+    # The killed run named candidates up to c7 after its last checkpoint,
+    # and its log ends with a line cut short.
+    log = DecisionLog(tmp_path / "decisions.jsonl")
+    log({"kind": "promotion", "candidate": "c3", "version": 2})
+    log({"kind": "rejection", "candidate": "c7"})
+    log({"kind": "checkpoint", "number": 4})
+    with open(log.path, "a", encoding="utf-8") as stream:
+        stream.write('{"kind": "promotion", "candidate": "c9"')
+    assert log.last_candidate_number() == 7
+    assert DecisionLog(tmp_path / "none.jsonl").last_candidate_number() == 0
+
+    runtime, records = make_runtime(tmp_path, FakeClock())
+    runtime.last_candidate_number = log.last_candidate_number()
+    feed(runtime, EVENTS[:2600])
+    validated = [r for r in records if r["kind"] in ("promotion", "rejection")]
+    assert [r["candidate"] for r in validated[:2]] == ["c8", "c9"]
 
 
 def test_restore_skips_pending_of_later_version(tmp_path: Path) -> None:
