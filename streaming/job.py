@@ -14,12 +14,14 @@ import argparse
 import json
 import logging
 import os
+import re
 import secrets
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +151,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--holdout-fraction",
         type=float,
         default=_DEFAULTS.holdout_fraction,
-        help="share of labelled events held out for validation, in [0, 1), "
+        help="share of labelled events held out for validation, in (0, 1), "
         "chosen by a hash of the event id",
     )
     parser.add_argument(
@@ -211,6 +213,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _with_options(message: str) -> str:
+    """Return ``message`` with JobConfig field names written as the run
+    command's options, such as --micro-batch-size for micro_batch_size."""
+    for name in fields(JobConfig):
+        option = "--" + name.name.replace("_", "-")
+        message = re.sub(rf"\b{name.name}\b", option, message)
+    return message
+
+
 def _checkpoint_location(text: str) -> str:
     from streaming.checkpoint import check_location
 
@@ -267,7 +278,10 @@ def main(argv: list[str], epilogue: Callable[[], None] | None = None) -> int:
         )
         _check_names(args)
     except ValueError as error:
-        print(f"streamlearn run: invalid setting: {error}", file=sys.stderr)
+        print(
+            f"streamlearn run: invalid setting: {_with_options(str(error))}",
+            file=sys.stderr,
+        )
         return 2
     try:
         require_emulator()

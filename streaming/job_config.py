@@ -69,9 +69,10 @@ class JobConfig:
                 f"gate_metric must be one of {', '.join(METRIC_FIELDS)}, "
                 f"got {self.gate_metric!r}"
             )
-        if not 0.0 <= self.holdout_fraction < 1.0:
+        # With no holdout events no gate runs, so no version is ever published.
+        if not 0.0 < self.holdout_fraction < 1.0:
             raise ValueError(
-                f"holdout_fraction must be in [0, 1), got {self.holdout_fraction!r}"
+                f"holdout_fraction must be in (0, 1), got {self.holdout_fraction!r}"
             )
         for name in (
             "micro_batch_max_wait_s",
