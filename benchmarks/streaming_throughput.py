@@ -278,8 +278,8 @@ def main() -> int:
         type=int,
         default=3,
         help="copies of the --events events, each with fresh event ids, that "
-        "the longer end-to-end runs publish, so that their rate leaves out "
-        "the first seconds' warm-up (default: 3)",
+        "the longer end-to-end runs publish, so that their rate is measured "
+        "over more seconds (default: 3)",
     )
     parser.add_argument(
         "--single-events",
