@@ -14,6 +14,7 @@ reason                    rejects   behaviour
 ``non_finite_number``     yes       NaN or an infinite number
 ``unknown_category``      yes       a symbol outside an Avro enum
 ``invalid_label``         yes       an empty label string
+``invalid_event_id``      yes       an event id string that is empty or only spaces
 ``duplicate_event_id``    yes       an event id seen earlier in the same micro-batch
 ``empty_list``            no        an empty multi-valued field, learned as "no values"
 ``no_label``              no        a prediction request: scored, never learned from
@@ -48,6 +49,7 @@ WRONG_TYPE = "wrong_type"
 NON_FINITE_NUMBER = "non_finite_number"
 UNKNOWN_CATEGORY = "unknown_category"
 INVALID_LABEL = "invalid_label"
+INVALID_EVENT_ID = "invalid_event_id"
 DUPLICATE_EVENT_ID = "duplicate_event_id"
 EMPTY_LIST = "empty_list"
 NO_LABEL = "no_label"
@@ -62,6 +64,7 @@ REJECTING_REASONS: frozenset[str] = frozenset(
         NON_FINITE_NUMBER,
         UNKNOWN_CATEGORY,
         INVALID_LABEL,
+        INVALID_EVENT_ID,
         DUPLICATE_EVENT_ID,
     }
 )
@@ -162,6 +165,8 @@ class EventScreen:
                 check = 5 if base == "long" else 6
             if avro_field.name == spec.event_time_field and base == "long":
                 check = 7
+            if avro_field.name == spec.event_id_field and base == "string":
+                check = 8
             if base not in _PYTHON_TYPES or (
                 base == "array" and avro_field.items != "string"
             ):
@@ -295,7 +300,8 @@ class _FieldRule(NamedTuple):
     number, 2 a list of strings, 3 an enum symbol. 4 always fails (a type the
     screen does not handle, left to :func:`check_event`). 5 and 6 test for an
     integer in the range of Avro's long and int, 7 for an event time in
-    milliseconds that a datetime can carry.
+    milliseconds that a datetime can carry, 8 for an event id string that is
+    not empty or only spaces.
     """
 
     name: str
@@ -313,7 +319,7 @@ class _FieldRule(NamedTuple):
         return self.check == 0 or self.value_test()(value)
 
     def value_test(self) -> Callable[[Any], bool]:
-        """Return the test of a value whose type passed, for checks 1 to 3, 5, 6."""
+        """Return the test of a value whose type passed (checks 1-3 and 5-8)."""
         if self.check == 1:
             return _is_finite
         if self.check == 2:
@@ -324,6 +330,8 @@ class _FieldRule(NamedTuple):
             return _in_int_range
         if self.check == 7:
             return _in_time_range
+        if self.check == 8:
+            return _is_not_blank
         return self.symbols.__contains__
 
     def column_passes(self, column: Sequence[Any]) -> bool:
@@ -365,6 +373,8 @@ class _FieldRule(NamedTuple):
             return set(values) <= self.symbols
         if self.check == 4:
             return not values
+        if self.check == 8:
+            return all(map(_is_not_blank, values))
         if self.check in (5, 6, 7):
             integers = [value for value in values if type(value) is int]
             low, high = (
@@ -374,6 +384,10 @@ class _FieldRule(NamedTuple):
             )
             return not integers or (low <= min(integers) and max(integers) <= high)
         return True
+
+
+def _is_not_blank(text: str) -> bool:
+    return not text.isspace() and text != ""
 
 
 def _is_finite(number: float) -> bool:
@@ -482,6 +496,14 @@ def _check_field(
         return _check_array(name, value, avro_field)
     if name == spec.label_field and value == "":
         return EventProblem(INVALID_LABEL, name, "the label is an empty string")
+    if (
+        name == spec.event_id_field
+        and isinstance(value, str)
+        and not _is_not_blank(value)
+    ):
+        return EventProblem(
+            INVALID_EVENT_ID, name, f"the event id {value!r} is empty or only spaces"
+        )
     return None
 
 

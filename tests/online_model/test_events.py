@@ -92,6 +92,12 @@ def test_empty_label_rejects() -> None:
     assert reasons(posting(job_role="")) == [ev.INVALID_LABEL]
 
 
+def test_blank_event_id_rejects() -> None:
+    assert reasons(posting(event_id="")) == [ev.INVALID_EVENT_ID]
+    assert reasons(posting(event_id="  ")) == [ev.INVALID_EVENT_ID]
+    assert reasons(posting(event_id=" a ")) == []
+
+
 def test_unknown_label_with_vocabulary() -> None:
     problems = check_event(
         posting(job_role="Prompt Engineer"), SPEC, labels=["Data Engineer"]
@@ -124,6 +130,8 @@ BAD_OR_NOTED = [
     posting(salary_year_avg=math.nan),
     posting(salary_year_avg=-math.inf),
     posting(event_id=7),
+    posting(event_id=""),
+    posting(event_id=" \t"),
     posting(job_role=""),
     {k: v for k, v in posting().items() if k != "source_site"},
     "not a record",
