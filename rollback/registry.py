@@ -251,8 +251,9 @@ class Registry:
         """Check every file of ``version`` as ``read`` does; return its manifest.
 
         A ``*.safetensors`` file must also parse as one, so that a rollback
-        never points at weights the job cannot load even though their SHA-256
-        matches the manifest. Parsing reads the tensors as plain bytes and
+        does not point at weights that are something else, such as a pickle,
+        even though their SHA-256 matches the manifest. Tensor names and
+        shapes are not checked. Parsing reads the tensors as plain bytes and
         runs no code from the file.
         """
         loaded = self.read(version)
@@ -912,7 +913,7 @@ def _check_safetensors(version: int, name: str, data: bytes) -> None:
 
     try:
         safetensors.deserialize(data)
-    except Exception as error:  # safetensors raises its own SafetensorError
+    except safetensors.SafetensorError as error:
         raise CorruptVersion(
             f"version {format_version(version)} is corrupt: file {name} is not "
             f"a valid safetensors file ({error})"

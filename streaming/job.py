@@ -276,12 +276,16 @@ def main(argv: list[str], epilogue: Callable[[], None] | None = None) -> int:
             checkpoint_every_s=args.checkpoint_every_s,
             decode_limits=decode_limits_from(args),
         )
-        _check_names(args)
     except ValueError as error:
         print(
             f"streamlearn run: invalid setting: {_with_options(str(error))}",
             file=sys.stderr,
         )
+        return 2
+    try:
+        _check_names(args)
+    except ValueError as error:
+        print(f"streamlearn run: invalid setting: {error}", file=sys.stderr)
         return 2
     try:
         require_emulator()
@@ -557,12 +561,20 @@ def _stop_on_signals() -> threading.Event:
     return requested
 
 
-class _ReadingRate:
-    """Events per second over the polls that saw the count of events read grow.
+# A stretch this long without new events counts as idle in the reading rate.
+READING_IDLE_S = 2.0
 
-    That is the rate while events flowed. It leaves out the runner's
-    start-up, idle stretches between bursts, the wait for the stop and the
-    events a restored checkpoint counted before this run.
+
+class _ReadingRate:
+    """Events per second while events flowed.
+
+    The rate counts from the first poll that saw this run read an event.
+    Events are counted a message at a time, so the time between two polls
+    that saw the count grow counts in full, unless it is longer than
+    ``READING_IDLE_S``: then only the poll interval before the growth counts.
+    That leaves out the runner's start-up, idle stretches between bursts, the
+    wait for the stop and the events a restored checkpoint counted before
+    this run.
     """
 
     def __init__(self, restored: int | None = None) -> None:
@@ -570,6 +582,7 @@ class _ReadingRate:
         # first poll's.
         self._start: int | None = restored
         self._previous: tuple[float, int] | None = None
+        self._last_growth: float | None = None
         self._busy_s = 0.0
         self._busy_events = 0
 
@@ -577,13 +590,20 @@ class _ReadingRate:
         """Record the count of events read at one poll."""
         if self._start is None:
             self._start = events_read
-        if events_read == self._start:
-            return
         previous = self._previous
-        if previous is not None and events_read > previous[1]:
-            self._busy_s += now - previous[0]
-            self._busy_events += events_read - previous[1]
         self._previous = (now, events_read)
+        if previous is None or events_read <= previous[1]:
+            return
+        if self._last_growth is None:
+            # The first poll that saw events read: the rate counts from here.
+            self._last_growth = now
+            return
+        since_growth = now - self._last_growth
+        if since_growth > READING_IDLE_S:
+            since_growth = now - previous[0]
+        self._busy_s += since_growth
+        self._busy_events += events_read - previous[1]
+        self._last_growth = now
 
     def rate(self, elapsed_s: float) -> float:
         """Return the rate; over ``elapsed_s`` when fewer than two polls saw

@@ -31,9 +31,10 @@ class JobConfig:
     window by ``rollback_margin`` or more, in the same metric.
     """
 
-    # 512, not 256: the learn step limits the job's throughput, and at 512 the
-    # learner stage runs about 16% more events per second for about 0.002 less
-    # top-1 on the job postings (benchmarks/results/streaming.md).
+    # 512, not 256: the learn step limits the job's throughput. On the job
+    # postings the learner stage alone ran 32,541-33,604 events/s at 256 and
+    # 36,755-38,965 at 512 (benchmarks/results/streaming.md), and top-1 was
+    # 0.581 and 0.580 (benchmarks/learner_only.py --micro-batch 512).
     micro_batch_size: int = 512
     micro_batch_max_wait_s: float = 2.0
     holdout_fraction: float = 0.1

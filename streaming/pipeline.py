@@ -339,9 +339,10 @@ def build_runtime(settings: JobSettings) -> Any:
     latest = store.latest()
     if latest is not None:
         runtime.restore(latest)
-        runtime.last_candidate_number = decisions.last_candidate_number()
     else:
         runtime.follow_registry()
+    # A run killed before its first checkpoint has named candidates too.
+    runtime.last_candidate_number = decisions.last_candidate_number()
     return runtime
 
 

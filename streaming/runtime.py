@@ -56,6 +56,7 @@ Clock = Callable[[], float]
 ACTOR = "job"
 # Seconds between reads of the registry's pointer on ticks. Announcements
 # bring a pointer change at once; this catches a change made without one.
+# rollback/cli.py and rollback/README.md state this value to operators.
 POINTER_CHECK_S = 5.0
 
 
@@ -521,6 +522,19 @@ class JobRuntime:
             )
             return None
 
+        blocked = self._pointer_unloadable()
+        if blocked is not None:
+            # Publishing would lose the race with the pointer every time and
+            # leave an unused version behind at every gate.
+            self._record(
+                "publish_lost_race",
+                reason=f"the registry serves v{blocked}, which this job cannot "
+                "load; nothing is published until the pointer moves "
+                "(rollback --to)",
+                **numbers,
+            )
+            return None
+
         fields = self._manifest_fields(candidate, champion)
         # The learner is serialised once, for the registry. The serving copy
         # is a clone in memory with the same state, which is faster than
@@ -623,6 +637,9 @@ class JobRuntime:
             logger.warning("cannot read the serving pointer: %s", error)
             return
         serving = state.serving
+        # A version the pointer no longer names gets a new record and log line
+        # if it fails to load again later.
+        self._unloadable &= {serving}
         if serving is None or serving == self.serving_version:
             return
         change = next(
@@ -654,8 +671,8 @@ class JobRuntime:
                     self._unloadable.add(version)
                     self._record("adopt_failed", version=version, error=str(error))
                     logger.error(
-                        "cannot load v%d to adopt it: %s; serving %s until the "
-                        "pointer moves again",
+                        "cannot load v%d to adopt it: %s. The job serves %s and "
+                        "retries at each pointer check",
                         version,
                         error,
                         version_text(self.serving_version),
@@ -743,6 +760,16 @@ class JobRuntime:
         self._roll_back(
             best, _unsign(metric, serving_score), _unsign(metric, scores[best]), trigger
         )
+
+    def _pointer_unloadable(self) -> int | None:
+        """Return the version the pointer names if the job could not load it."""
+        if not self._unloadable:
+            return None
+        try:
+            pointer = self.registry.serving()
+        except RegistryError:
+            return None
+        return pointer if pointer in self._unloadable else None
 
     def _promotion_paused(self) -> bool:
         try:
@@ -876,12 +903,15 @@ class JobRuntime:
             loaded = self.registry.read(version)
             self._set_serving(version, self._load(loaded.files))
         except (RegistryError, LearnerStateError) as error:
+            self._unloadable.add(version)
             self._record("restore_serving_failed", version=version, error=str(error))
             logger.error(
-                "cannot load v%d, the checkpoint's serving version: %s; "
-                "following the registry's pointer instead",
+                "cannot load v%d, the checkpoint's serving version: %s. The job "
+                "follows the registry's pointer; if it names v%d, serve another "
+                "version with rollback --to",
                 version,
                 error,
+                version,
             )
             return False
         return True

@@ -59,9 +59,10 @@ def allow_large_emulator_messages() -> None:
 
     With PUBSUB_EMULATOR_HOST set, google-cloud-pubsub connects through a
     plain ``grpc.insecure_channel(target=...)`` without the unlimited receive
-    size it sets for Google's servers. A pull that returns a larger message
-    then fails, and the DirectRunner retries it forever, so the message is
-    neither read nor dead-lettered. This wraps ``grpc.insecure_channel`` to
+    size it sets for Google's servers (google-cloud-pubsub 2.x). A pull that
+    returns a larger message then fails, and the DirectRunner of apache-beam
+    2.x retries it every ack deadline, so the message is neither read nor
+    dead-lettered. This wraps ``grpc.insecure_channel`` to
     add the option wherever the caller did not set it. Calling it again does
     nothing.
     """

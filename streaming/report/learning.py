@@ -112,7 +112,7 @@ def holdout_section(records: RunRecords) -> str:
         "<p>Each row shows a model at the latest gate it took part in: a "
         "candidate (cN) when it met the gate, a version (vN) when it served and "
         "a later candidate met it. The holdout window moves between gates, so "
-        "a candidate and the version it became (such as c1 and v1), and the "
+        "a candidate and the version it became (such as c5 and v3), and the "
         "numbers in <code>versions list</code>, come from different events.</p>"
     )
     return "<h2>Holdout metrics per version</h2>" + note + chart + table

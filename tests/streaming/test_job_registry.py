@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -108,3 +109,17 @@ def test_rollback_rejects_other_state_format(
 
     assert rollback_cli.main([*argv, "--to", f"v{same}"]) == 0
     assert open_registry(settings.registry_url).serving() == same
+
+
+def test_restart_before_checkpoint_numbers_on(settings: JobSettings) -> None:
+    # A run killed before its first checkpoint named c1 and c2.
+    log = Path(settings.run_dir) / "decisions.jsonl"
+    log.parent.mkdir(parents=True)
+    log.write_text('{"kind": "rejection", "candidate": "c2"}\n', encoding="utf-8")
+
+    run_until_published(settings)
+
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    named = [r["candidate"] for r in records[1:] if "candidate" in r]
+    assert named
+    assert named == [f"c{number}" for number in range(3, 3 + len(named))]

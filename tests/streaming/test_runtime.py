@@ -435,12 +435,23 @@ def test_restore_survives_damaged_serving(tmp_path: Path) -> None:
     weights = next(folder.glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:1000])
 
-    # Still served by the pointer: the restart goes on without a version.
+    # Still served by the pointer: the restart goes on without a version,
+    # and its gates publish nothing until an operator moves the pointer.
     second, records = make_runtime(tmp_path, clock, registry)
     second.restore(first.checkpoint_number)
     assert second.serving_version is None
     assert kinds(records, "restore_serving_failed")[0]["version"] == damaged
     assert second.account == first.account
+    versions_before = registry.versions()
+    feed(second, EVENTS[2600:3600])
+    blocked = kinds(records, "publish_lost_race")
+    assert blocked
+    assert (
+        f"the registry serves v{damaged}, which this job cannot load"
+        in (blocked[0]["reason"])
+    )
+    assert registry.versions() == versions_before
+    assert kinds(records, "adopt_failed") == []
 
     # After an operator's rollback, the restart serves the pointer's version.
     registry.rollback(1, actor="ops:test", reason="damaged weights")
@@ -665,6 +676,15 @@ def test_reading_rate_leaves_out_gaps() -> None:
     for moment, read in [(51, 3100), (52, 4100), (60, 4100)]:
         rate.observe(float(moment), read)
     assert rate.rate(elapsed_s=60.0) == 1000.0
+
+
+def test_reading_rate_counts_message_steps() -> None:
+    # 500-event messages every 0.25 s, polled every 0.05 s: 2,000 events/s.
+    rate = _ReadingRate()
+    for poll in range(200):
+        moment = poll * 0.05
+        rate.observe(moment, 500 * int(moment / 0.25 + 1e-9))
+    assert rate.rate(elapsed_s=10.0) == pytest.approx(2000.0)
 
 
 def test_reading_rate_leaves_out_restored_events() -> None:
