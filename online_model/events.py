@@ -14,7 +14,8 @@ reason                    rejects   behaviour
 ``non_finite_number``     yes       NaN or an infinite number
 ``unknown_category``      yes       a symbol outside an Avro enum
 ``invalid_label``         yes       an empty label string
-``invalid_event_id``      yes       an event id string that is empty or only spaces
+``invalid_event_id``      yes       an event id string that is empty, only spaces or
+                                    over 1,024 bytes in UTF-8
 ``duplicate_event_id``    yes       an event id seen earlier in the same micro-batch
 ``empty_list``            no        an empty multi-valued field, learned as "no values"
 ``no_label``              no        a prediction request: scored, never learned from
@@ -50,6 +51,9 @@ NON_FINITE_NUMBER = "non_finite_number"
 UNKNOWN_CATEGORY = "unknown_category"
 INVALID_LABEL = "invalid_label"
 INVALID_EVENT_ID = "invalid_event_id"
+# Event ids travel as Pub/Sub attribute values (on predictions and dead
+# letters), which may not exceed 1,024 bytes.
+MAX_EVENT_ID_BYTES = 1024
 DUPLICATE_EVENT_ID = "duplicate_event_id"
 EMPTY_LIST = "empty_list"
 NO_LABEL = "no_label"
@@ -301,7 +305,7 @@ class _FieldRule(NamedTuple):
     screen does not handle, left to :func:`check_event`). 5 and 6 test for an
     integer in the range of Avro's long and int, 7 for an event time in
     milliseconds that a datetime can carry, 8 for an event id string that is
-    not empty or only spaces.
+    not empty or only spaces and fits in MAX_EVENT_ID_BYTES.
     """
 
     name: str
@@ -331,7 +335,7 @@ class _FieldRule(NamedTuple):
         if self.check == 7:
             return _in_time_range
         if self.check == 8:
-            return _is_not_blank
+            return _is_id
         return self.symbols.__contains__
 
     def column_passes(self, column: Sequence[Any]) -> bool:
@@ -374,7 +378,7 @@ class _FieldRule(NamedTuple):
         if self.check == 4:
             return not values
         if self.check == 8:
-            return all(map(_is_not_blank, values))
+            return all(map(_is_id, values))
         if self.check in (5, 6, 7):
             integers = [value for value in values if type(value) is int]
             low, high = (
@@ -386,8 +390,13 @@ class _FieldRule(NamedTuple):
         return True
 
 
-def _is_not_blank(text: str) -> bool:
-    return not text.isspace() and text != ""
+def _is_id(text: str) -> bool:
+    if text == "" or text.isspace():
+        return False
+    # A character takes at most 4 bytes in UTF-8, so short ids need no encoding.
+    return len(text) * 4 <= MAX_EVENT_ID_BYTES or (
+        len(text.encode("utf-8", "surrogatepass")) <= MAX_EVENT_ID_BYTES
+    )
 
 
 def _is_finite(number: float) -> bool:
@@ -496,13 +505,12 @@ def _check_field(
         return _check_array(name, value, avro_field)
     if name == spec.label_field and value == "":
         return EventProblem(INVALID_LABEL, name, "the label is an empty string")
-    if (
-        name == spec.event_id_field
-        and isinstance(value, str)
-        and not _is_not_blank(value)
-    ):
+    if name == spec.event_id_field and isinstance(value, str) and not _is_id(value):
         return EventProblem(
-            INVALID_EVENT_ID, name, f"the event id {value!r} is empty or only spaces"
+            INVALID_EVENT_ID,
+            name,
+            f"the event id {_short(value)} is empty, only spaces or over "
+            f"{MAX_EVENT_ID_BYTES} bytes in UTF-8",
         )
     return None
 

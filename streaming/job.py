@@ -645,8 +645,8 @@ def _print_summary(
 
 
 def _read_decisions(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
+    from streaming.pipeline import read_decisions
+
     kinds = {
         "promotion",
         "rejection",
@@ -657,13 +657,10 @@ def _read_decisions(path: Path) -> list[dict[str, Any]]:
         "adopted",
         "restored",
         "skipped_pending",
+        "restore_serving_failed",
+        "adopt_failed",
     }
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        record = json.loads(line)
-        if record.get("kind") in kinds:
-            records.append(record)
-    return records
+    return [r for r in read_decisions(path) if r.get("kind") in kinds]
 
 
 def render_summary(summary: dict[str, Any]) -> str:
@@ -735,6 +732,8 @@ def _describe(record: dict[str, Any]) -> str:
         )
     if kind == "alert":
         return f"alert: {record['reason']}"
+    if kind in ("adopt_failed", "restore_serving_failed"):
+        return f"could not load v{record['version']}: {record['error']}"
     if kind == "adopted":
         return (
             f"adopted v{record['version']} (was "

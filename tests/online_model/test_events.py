@@ -96,6 +96,10 @@ def test_blank_event_id_rejects() -> None:
     assert reasons(posting(event_id="")) == [ev.INVALID_EVENT_ID]
     assert reasons(posting(event_id="  ")) == [ev.INVALID_EVENT_ID]
     assert reasons(posting(event_id=" a ")) == []
+    assert reasons(posting(event_id="x" * 1024)) == []
+    assert reasons(posting(event_id="é" * 512)) == []
+    assert reasons(posting(event_id="x" * 1025)) == [ev.INVALID_EVENT_ID]
+    assert reasons(posting(event_id="é" * 513)) == [ev.INVALID_EVENT_ID]
 
 
 def test_unknown_label_with_vocabulary() -> None:
@@ -132,6 +136,8 @@ BAD_OR_NOTED = [
     posting(event_id=7),
     posting(event_id=""),
     posting(event_id=" \t"),
+    posting(event_id="x" * 1025),
+    posting(event_id="é" * 513),
     posting(job_role=""),
     {k: v for k, v in posting().items() if k != "source_site"},
     "not a record",

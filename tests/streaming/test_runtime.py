@@ -16,11 +16,17 @@ from online_model.spec import load_spec
 from rollback.registry import Registry, open_registry
 from streaming import monitoring as mon
 from streaming.checkpoint import CheckpointStore
-from streaming.job import _ReadingRate, render_summary
+from streaming.job import _read_decisions, _ReadingRate, render_summary
 from streaming.job_config import JobConfig
-from streaming.pipeline import DecisionLog
+from streaming.pipeline import DecisionLog, read_decisions
 from streaming.report.records import read_run
-from streaming.runtime import POINTER_CHECK_S, EventBatch, JobRuntime, holdout_share
+from streaming.runtime import (
+    POINTER_CHECK_S,
+    Account,
+    EventBatch,
+    JobRuntime,
+    holdout_share,
+)
 
 SPEC = load_spec("job_postings")
 EVENTS = list(itertools.islice(iter_events("job_postings"), 5500))
@@ -472,6 +478,16 @@ def test_restart_numbers_candidates_on(tmp_path: Path) -> None:
     assert log.last_candidate_number() == 7
     assert DecisionLog(tmp_path / "none.jsonl").last_candidate_number() == 0
 
+    # The next run's log starts a new line after the cut one.
+    DecisionLog(log.path)({"kind": "alert", "reason": "after the crash"})
+    records = read_decisions(log.path)
+    assert [r["kind"] for r in records] == [
+        "promotion",
+        "rejection",
+        "checkpoint",
+        "alert",
+    ]
+
     runtime, records = make_runtime(tmp_path, FakeClock())
     runtime.last_candidate_number = log.last_candidate_number()
     feed(runtime, EVENTS[:2600])
@@ -620,6 +636,27 @@ def test_summary_names_versions(tmp_path: Path) -> None:
     assert "dead letters         3 [invalid-event 1, undecodable 2] (bad" in (
         render_summary(summary)
     )
+
+
+def test_summary_reads_torn_log(tmp_path: Path) -> None:
+    log = DecisionLog(tmp_path / "decisions.jsonl")
+    log({"kind": "adopt_failed", "version": 3, "error": "v3 is corrupt"})
+    with open(log.path, "a", encoding="utf-8") as stream:
+        stream.write('{"kind": "promotion", "candidate": "c7"')
+
+    records = _read_decisions(log.path)
+
+    assert [r["kind"] for r in records] == ["adopt_failed"]
+    text = render_summary(
+        {
+            "elapsed_s": 1.0,
+            "events_per_s": 1.0,
+            "serving_version": None,
+            **Account().to_dict(),
+            "decisions": records,
+        }
+    )
+    assert "  could not load v3: v3 is corrupt" in text
 
 
 def test_publish_lost_to_pause_recorded(tmp_path: Path) -> None:
