@@ -143,16 +143,29 @@ class LocalStorage:
 
     def _replace(self, path: Path, data: bytes) -> None:
         temporary = self._write_temporary(path, data)
-        os.replace(temporary, path)
+        try:
+            os.replace(temporary, path)
+        except OSError:
+            temporary.unlink(missing_ok=True)
+            raise
         _fsync_folder(path.parent)
 
     def _write_temporary(self, path: Path, data: bytes) -> Path:
+        """Write ``data`` to a new hidden file beside ``path``; return its path.
+
+        A failed write (such as a full disk) removes the partial file, so
+        that it does not keep the space it took.
+        """
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.parent / f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}"
-        with open(temporary, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
+        try:
+            with open(temporary, "wb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
         return temporary
 
     @contextlib.contextmanager

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -10,6 +12,7 @@ from typing import Any
 import pytest
 from registry_helpers import make_fields
 
+from rollback.backends.local import LocalStorage
 from rollback.errors import (
     CorruptVersion,
     InvalidInput,
@@ -17,6 +20,7 @@ from rollback.errors import (
     NotARegistry,
     RegistryError,
     RegistryNotFound,
+    RegistryNotWritable,
 )
 from rollback.filters import compile_filter, flatten
 from rollback.layout import parse_version_folder
@@ -396,3 +400,23 @@ def test_open_missing_bucket(gcs_bucket: str) -> None:
 def test_open_unsupported_scheme() -> None:
     with pytest.raises(RegistryError, match="unsupported registry URL 's3://b/p'"):
         open_registry("s3://b/p")
+
+
+def test_failed_write_leaves_no_partial_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = LocalStorage(tmp_path)
+    storage.put("versions/v000001/weights.bin", b"kept")
+
+    def disk_full(descriptor: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(RegistryNotWritable):
+        storage.put("versions/v000001/weights.bin", b"x" * 1000)
+    with pytest.raises(RegistryNotWritable):
+        storage.create("versions/v000002/weights.bin", b"x" * 1000)
+
+    left = sorted(path.name for path in tmp_path.rglob("*") if path.is_file())
+    assert left == ["weights.bin"]
+    assert (tmp_path / "versions/v000001/weights.bin").read_bytes() == b"kept"
