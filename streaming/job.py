@@ -659,6 +659,7 @@ def _read_decisions(path: Path) -> list[dict[str, Any]]:
         "skipped_pending",
         "restore_serving_failed",
         "adopt_failed",
+        "publish_failed",
     }
     return [r for r in read_decisions(path) if r.get("kind") in kinds]
 
@@ -680,6 +681,7 @@ def render_summary(summary: dict[str, Any]) -> str:
         f"  dead letters         {sum(dead.values())} {_by_reason(dead)}(bad "
         "messages and invalid events, not counted as read)",
         f"  messages read        {summary.get('messages_read', 0)}",
+        *_failures(summary),
         f"  control messages     {summary.get('control_messages', 0)}",
         f"  events per second    {summary['events_per_s']} (while events arrived)",
         f"  serving version      {version_text(summary['serving_version'])}",
@@ -689,6 +691,18 @@ def render_summary(summary: dict[str, Any]) -> str:
     for record in summary["decisions"]:
         lines.append("  " + _describe(record))
     return "\n".join(lines)
+
+
+def _failures(summary: dict[str, Any]) -> list[str]:
+    """Return account lines for failed checkpoints and learner-stage errors."""
+    lines = []
+    failed = summary.get("checkpoints_failed", 0)
+    if failed:
+        lines.append(f"  checkpoints failed   {failed} (see the log for why)")
+    errors = summary.get("stage_errors", 0)
+    if errors:
+        lines.append(f"  learner-stage errors {errors} (see the log for why)")
+    return lines
 
 
 def _by_reason(counts: dict[str, int]) -> str:
@@ -723,6 +737,8 @@ def _describe(record: dict[str, Any]) -> str:
         )
     if kind == "promotion_paused":
         return f"kept {candidate} in training: promotion is paused"
+    if kind == "publish_failed":
+        return f"failed to publish {candidate}: {record['reason']}"
     if kind == "publish_lost_race":
         return f"did not publish {candidate}: {record['reason']}"
     if kind == "skipped_pending":

@@ -434,16 +434,45 @@ class Learn(beam.DoFn):
                             error,
                         )
                 return
-            if isinstance(item, EventBatch):
-                predictions = runtime.handle_batch(item)
-            elif isinstance(item, PointerNotice):
-                runtime.handle_pointer_notice()
-            else:
-                runtime.handle_tick()
+            try:
+                if isinstance(item, EventBatch):
+                    predictions = runtime.handle_batch(item)
+                elif isinstance(item, PointerNotice):
+                    runtime.handle_pointer_notice()
+                else:
+                    runtime.handle_tick()
+            except Exception as error:
+                # The runner would process the input again after an error and
+                # count its events twice, while the runtime has handled part
+                # of it already. So the error is counted and logged instead.
+                runtime.account.stage_errors += 1
+                _log_stage_error(error, runtime.account.stage_errors)
             checkpoint.write(runtime.checkpoint_number)
-            write_account(self.settings, runtime)
+            try:
+                write_account(self.settings, runtime)
+            except OSError as error:
+                logger.warning("failed to write the account file: %s", error)
         for prediction in predictions:
             yield _prediction_message(prediction)
+
+
+# Errors of these types have been logged with their traceback in this process.
+_LOGGED_ERRORS: set[type[BaseException]] = set()
+
+
+def _log_stage_error(error: Exception, count: int) -> None:
+    """Log an error of the learner stage: the first of each type with its
+    traceback, later ones in one line."""
+    if type(error) in _LOGGED_ERRORS:
+        logger.error("error in the learner stage (%d so far): %s", count, error)
+        return
+    _LOGGED_ERRORS.add(type(error))
+    logger.error(
+        "error in the learner stage (%d so far); the job goes on, and the "
+        "events of this input may be only partly handled",
+        count,
+        exc_info=error,
+    )
 
 
 def return_to_topic(

@@ -43,7 +43,7 @@ from online_model.spec import FeatureSpec
 from rollback.errors import PointerConflict, RegistryError
 from rollback.manifest import ManifestFields
 from rollback.state import ServingState
-from streaming.checkpoint import CheckpointStore
+from streaming.checkpoint import CheckpointError, CheckpointStore
 from streaming.holdout import HoldoutWindow
 from streaming.job_config import JobConfig
 from streaming.job_metrics import JobMetrics, version_text
@@ -153,6 +153,9 @@ class Account:
     drift_alarms: int = 0
     alerts: int = 0
     checkpoints: int = 0
+    checkpoints_failed: int = 0
+    # Errors the learner stage caught and logged instead of raising.
+    stage_errors: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -555,6 +558,13 @@ class JobRuntime:
             self._record("publish_lost_race", reason=str(conflict), **numbers)
             self.follow_registry()
             return None
+        except RegistryError as error:
+            # Such as a full disk: the candidate keeps training and meets the
+            # next gate. Raising here would make the runner process the input
+            # again and count its events twice.
+            logger.error("failed to publish %s: %s", numbers["candidate"], error)
+            self._record("publish_failed", reason=str(error), **numbers)
+            return None
 
         parent = self.serving_version
         self.account.versions_published += 1
@@ -852,7 +862,17 @@ class JobRuntime:
         files["holdout.avro"] = self._events_to_avro(list(self.holdout))
         files["pending.avro"] = self._events_to_avro(self.pending)
         files["state.json"] = json.dumps(self._state_dict()).encode("utf-8")
-        self.checkpoints.save(self.checkpoint_number, files)
+        try:
+            self.checkpoints.save(self.checkpoint_number, files)
+        except CheckpointError as error:
+            # The next checkpoint is tried after the usual interval. Raising
+            # would make the runner process the input again.
+            self.checkpoint_number -= 1
+            self.account.checkpoints -= 1
+            self.account.checkpoints_failed += 1
+            logger.error("%s; the job goes on and tries again", error)
+            self._record("checkpoint_failed", error=str(error))
+            return
         self._record("checkpoint", number=self.checkpoint_number, **self._totals())
 
     def restore(self, number: int) -> None:

@@ -18,7 +18,7 @@ from rollback.manifest import ManifestFields
 from rollback.registry import open_registry
 from streaming import monitoring as mon
 from streaming.job_config import JobConfig
-from streaming.pipeline import JobSettings, build_runtime
+from streaming.pipeline import _SLOTS, JobSettings, Learn, build_runtime, runtime_slot
 from streaming.runtime import EventBatch
 
 SPEC = load_spec("job_postings")
@@ -123,3 +123,38 @@ def test_restart_before_checkpoint_numbers_on(settings: JobSettings) -> None:
     named = [r["candidate"] for r in records[1:] if "candidate" in r]
     assert named
     assert named == [f"c{number}" for number in range(3, 3 + len(named))]
+
+
+class _State:
+    """Beam's per-key state as Learn uses it: one value, read and written."""
+
+    def __init__(self) -> None:
+        self.value: int | None = None
+
+    def read(self) -> int | None:
+        return self.value
+
+    def write(self, value: int) -> None:
+        self.value = value
+
+
+def test_learn_stage_error_counted_once(
+    settings: JobSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An error inside the runtime must not reach the runner, which would run
+    # the input again and count its events twice.
+    stage = Learn(settings)
+    runtime = runtime_slot(settings).runtime
+    try:
+
+        def broken(events: Any) -> Any:
+            raise RuntimeError("learner broke")
+
+        monkeypatch.setattr(runtime.learner, "learn", broken)
+        batch = EventBatch(EVENTS[:300])
+        list(stage.process(("learner", batch), checkpoint=_State()))
+
+        assert runtime.account.stage_errors == 1
+        assert runtime.account.events_read == 300
+    finally:
+        _SLOTS.pop(settings.job_name, None)

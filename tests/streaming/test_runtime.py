@@ -13,9 +13,10 @@ from online_model.datasets import iter_events
 from online_model.drift.monitor import DriftMonitor, DriftMonitorConfig
 from online_model.learner import LearnerConfig, OnlineLearner
 from online_model.spec import load_spec
+from rollback.errors import RegistryNotWritable
 from rollback.registry import Registry, open_registry
 from streaming import monitoring as mon
-from streaming.checkpoint import CheckpointStore
+from streaming.checkpoint import CheckpointError, CheckpointStore
 from streaming.job import _read_decisions, _ReadingRate, render_summary
 from streaming.job_config import JobConfig
 from streaming.pipeline import DecisionLog, read_decisions
@@ -636,6 +637,41 @@ def test_summary_names_versions(tmp_path: Path) -> None:
     assert "dead letters         3 [invalid-event 1, undecodable 2] (bad" in (
         render_summary(summary)
     )
+
+
+def test_failed_publish_and_checkpoint_go_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = open_registry(tmp_path / "registry", create=True)
+    runtime, records = make_runtime(tmp_path, FakeClock(), registry)
+    real_publish, real_save = registry.publish, runtime.checkpoints.save
+
+    def disk_full(*args: Any, **kwargs: Any) -> Any:
+        raise RegistryNotWritable("No space left on device")
+
+    def checkpoint_disk_full(*args: Any, **kwargs: Any) -> Any:
+        raise CheckpointError("failed to write checkpoint 1: No space left")
+
+    monkeypatch.setattr(registry, "publish", disk_full)
+    monkeypatch.setattr(runtime.checkpoints, "save", checkpoint_disk_full)
+    feed(runtime, EVENTS[:1500])
+    runtime.save_checkpoint()
+
+    failed = kinds(records, "publish_failed")
+    assert failed
+    assert "No space left on device" in failed[0]["reason"]
+    assert runtime.serving_version is None
+    assert runtime.checkpoint_number == 0
+    assert runtime.account.checkpoints == 0
+    assert runtime.account.checkpoints_failed == 1
+    assert_adds_up(runtime)
+
+    monkeypatch.setattr(registry, "publish", real_publish)
+    monkeypatch.setattr(runtime.checkpoints, "save", real_save)
+    feed(runtime, EVENTS[1500:2600])
+    runtime.save_checkpoint()
+    assert runtime.serving_version is not None
+    assert kinds(records, "checkpoint")[-1]["number"] == 1
 
 
 def test_summary_reads_torn_log(tmp_path: Path) -> None:

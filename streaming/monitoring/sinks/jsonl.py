@@ -118,6 +118,8 @@ class JsonLinesSink(Sink):
         )
         self._last_flush_s = clock()
         self._series: dict[tuple[str, tuple[str, ...]], _SeriesLog] = {}
+        # Writes and flushes that failed, such as on a full disk.
+        self.failed_writes = 0
         self._write(
             {"type": "run", "time": self._last_flush_s, "job": job, "model": model}
         )
@@ -185,7 +187,10 @@ class JsonLinesSink(Sink):
         with self._lock:
             self._flush_locked(self._clock(), held_back_too=True)
             if self._file is not None:
-                self._file.close()
+                try:
+                    self._file.close()
+                except OSError as error:
+                    self._failed(error)
                 self._file = None
 
     def _flush_locked(self, now: float, *, held_back_too: bool) -> None:
@@ -202,7 +207,10 @@ class JsonLinesSink(Sink):
             if log.summary is not None and log.summary.count:
                 self._write_summary(log, now)
         if self._file is not None:
-            self._file.flush()
+            try:
+                self._file.flush()
+            except OSError as error:
+                self._failed(error)
         self._last_flush_s = now
 
     def _write_summary(self, log: _SeriesLog, now: float) -> None:
@@ -228,7 +236,24 @@ class JsonLinesSink(Sink):
         if self._file is None:
             logger.debug("dropped a record written after close: %s", line)
             return
-        self._file.write(line)
+        try:
+            self._file.write(line)
+        except OSError as error:
+            self._failed(error)
+
+    def _failed(self, error: OSError) -> None:
+        """Count a failed write; the job goes on without metrics meanwhile.
+
+        A full disk must not stop learning. The first failure is logged.
+        """
+        self.failed_writes += 1
+        if self.failed_writes == 1:
+            logger.error(
+                "cannot write metrics to %s: %s; records are dropped until "
+                "writing works again",
+                self.path,
+                error,
+            )
 
 
 def _series_json(point: Point) -> str:

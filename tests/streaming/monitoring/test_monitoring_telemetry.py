@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import io
 import json
+import logging
 import sys
 import threading
 from pathlib import Path
@@ -161,6 +164,38 @@ def test_jsonl_records_every_kind(tmp_path: Path, clock: FakeClock) -> None:
         ["analyst", "engineer", 3],
     ]
     assert len(records) == 8
+
+
+class _FullDisk(io.StringIO):
+    """A file whose writes and flushes fail as on a full disk."""
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def flush(self) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_jsonl_full_disk_drops_records(
+    tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    sink = mon.JsonLinesSink(
+        tmp_path, job="jobs-demo", model="roles", clock=clock, point_interval_s=0
+    )
+    sink._file = _FullDisk()
+    telemetry = mon.Telemetry([sink], clock=clock)
+
+    with caplog.at_level(logging.ERROR):
+        telemetry.count(mon.EVENTS_LEARNED, 256)
+        clock.advance(2)
+        telemetry.count(mon.EVENTS_LEARNED, 128)
+        telemetry.record_event(mon.EventKind.DRIFT_ALARM, labels={"detector": "a"})
+        telemetry.close()
+
+    assert sink.failed_writes >= 3
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert "No space left on device" in errors[0]
 
 
 def test_jsonl_writes_numpy_and_nan(tmp_path: Path, clock: FakeClock) -> None:
