@@ -298,6 +298,11 @@ def main(argv: list[str], epilogue: Callable[[], None] | None = None) -> int:
 
     run_dir = Path(args.run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        _lock_run_dir(run_dir)
+    except RunDirInUse as error:
+        print(f"streamlearn run: {error}", file=sys.stderr)
+        return 2
     token = secrets.token_hex(8)
     settings = JobSettings(
         job_name=args.job_name,
@@ -314,6 +319,42 @@ def main(argv: list[str], epilogue: Callable[[], None] | None = None) -> int:
     )
     ensure_topics(settings.topics)
     return run_job(settings, args, epilogue)
+
+
+class RunDirInUse(RuntimeError):
+    """Another process runs a job in this run folder."""
+
+
+# Open lock files of this process's run folders, kept so the locks last until
+# the process exits.
+_RUN_DIR_LOCKS: list[Any] = []
+RUN_DIR_LOCK = ".run.lock"
+
+
+def _lock_run_dir(run_dir: Path) -> None:
+    """Take the run folder's lock for the rest of this process, or raise
+    RunDirInUse naming the process that holds it.
+
+    Two runs in one folder would overwrite each other's checkpoints, account
+    and decisions, and both publish to the registry.
+    """
+    import fcntl
+
+    stream = open(run_dir / RUN_DIR_LOCK, "a+", encoding="utf-8")  # noqa: SIM115
+    try:
+        fcntl.flock(stream.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        stream.seek(0)
+        holder = stream.read().strip() or "unknown"
+        stream.close()
+        raise RunDirInUse(
+            f"another run uses the run folder {run_dir} (process {holder}); "
+            "stop it first, or give this run its own --run-dir"
+        ) from None
+    stream.truncate(0)
+    stream.write(str(os.getpid()))
+    stream.flush()
+    _RUN_DIR_LOCKS.append(stream)
 
 
 # Earlier runs' control tokens kept in the run folder: their ticks may still

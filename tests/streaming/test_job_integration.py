@@ -434,6 +434,27 @@ def test_run_rejects_invalid_argument(
     assert not (tmp_path / "d").exists()
 
 
+def test_run_dir_in_use_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    job._lock_run_dir(run_dir)
+    try:
+        argv = ["--registry", str(tmp_path / "r"), "--run-dir", str(run_dir)]
+        assert job.main(argv) == 2
+    finally:
+        job._RUN_DIR_LOCKS.pop().close()
+
+    error = capsys.readouterr().err
+    assert f"another run uses the run folder {run_dir} (process {os.getpid()})" in (
+        error
+    )
+    assert not (run_dir / "checkpoints").exists()
+    job._lock_run_dir(run_dir)
+    job._RUN_DIR_LOCKS.pop().close()
+
+
 def test_report_missing_names_run_dir(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
