@@ -113,8 +113,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--stop-after",
         type=non_negative_int,
         default=0,
-        help="stop once this many events and dead letters are accounted for "
-        "(0: run until interrupted)",
+        help="stop once this many events and dead letters are accounted for, "
+        "counting those of a restored checkpoint (0: run until interrupted)",
     )
     parser.add_argument(
         "--idle-timeout-s",
