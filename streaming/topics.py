@@ -75,10 +75,10 @@ def allow_large_emulator_messages() -> None:
     def insecure_channel(
         target: str, options: Any = None, compression: Any = None
     ) -> Any:
-        given = list(options or [])
-        if not any(name == _UNLIMITED_RECEIVE[0] for name, _ in given):
-            given.append(_UNLIMITED_RECEIVE)
-        return original(target, given, compression)
+        channel_options = list(options or [])
+        if not any(name == _UNLIMITED_RECEIVE[0] for name, _ in channel_options):
+            channel_options.append(_UNLIMITED_RECEIVE)
+        return original(target, channel_options, compression)
 
     insecure_channel.allows_large_messages = True  # type: ignore[attr-defined]
     grpc.insecure_channel = insecure_channel

@@ -319,6 +319,20 @@ def test_unloadable_version_not_adopted(tmp_path: Path) -> None:
     assert_adds_up(runtime)
 
 
+def permissive_runtime(
+    tmp_path: Path, registry: Registry
+) -> tuple[JobRuntime, list[dict[str, Any]]]:
+    """A runtime whose gate promotes anything, with a small holdout window."""
+    return make_runtime(
+        tmp_path,
+        FakeClock(),
+        registry,
+        learner_config=LearnerConfig(hidden_units=64),
+        gate_tolerance=100.0,
+        holdout_window_size=150,
+    )
+
+
 def test_wrong_labels_roll_back_once(tmp_path: Path) -> None:
     # A gate that promotes anything lets bad versions out. Once clean events
     # refill the (small) holdout window, the check at each gate must bring
@@ -327,14 +341,7 @@ def test_wrong_labels_roll_back_once(tmp_path: Path) -> None:
     # which on these events is back within the rollback margin before the
     # window is clean, so the job rightly adapts instead.
     registry = open_registry(tmp_path / "registry", create=True)
-    runtime, records = make_runtime(
-        tmp_path,
-        FakeClock(),
-        registry,
-        learner_config=LearnerConfig(hidden_units=64),
-        gate_tolerance=100.0,
-        holdout_window_size=150,
-    )
+    runtime, records = permissive_runtime(tmp_path, registry)
     feed(runtime, EVENTS[:2500])
     good = runtime.serving_version
     assert good is not None
@@ -360,14 +367,7 @@ def test_gate_rollback_validates_no_copy(tmp_path: Path) -> None:
     # gate that rolls back must not then publish the learner, which is only
     # a copy of the version it returned to.
     registry = open_registry(tmp_path / "registry", create=True)
-    runtime, records = make_runtime(
-        tmp_path,
-        FakeClock(),
-        registry,
-        learner_config=LearnerConfig(hidden_units=64),
-        gate_tolerance=100.0,
-        holdout_window_size=150,
-    )
+    runtime, records = permissive_runtime(tmp_path, registry)
     runtime.drift = DriftMonitor(DriftMonitorConfig(adwin=None, page_hinkley=None))
     feed(runtime, EVENTS[:2500])
     feed(runtime, wrong_labels(EVENTS[2500:3700]))
