@@ -13,7 +13,7 @@ reason                    rejects   behaviour
 ``wrong_type``            yes       a value of the wrong Python type for its Avro type
 ``non_finite_number``     yes       NaN or an infinite number
 ``unknown_category``      yes       a symbol outside an Avro enum
-``invalid_label``         yes       an empty label string
+``invalid_label``         yes       a label string that is empty or only spaces
 ``invalid_event_id``      yes       an event id string that is empty, only spaces or
                                     over 1,024 bytes in UTF-8
 ``duplicate_event_id``    yes       an event id seen earlier in the same micro-batch
@@ -212,7 +212,7 @@ class EventScreen:
         label = event[self._label_field]
         if label is None:
             return UNLABELLED
-        return CLEAN if label != "" else NEEDS_CHECK
+        return CLEAN if _is_label(label) else NEEDS_CHECK
 
     def _plan_value_tests(
         self, types: tuple[type, ...]
@@ -267,7 +267,7 @@ class EventScreen:
                 for i, event in enumerate(events)
             ]
         labels = columns[self._label_position]
-        if not failed and None not in labels and "" not in labels:
+        if not failed and None not in labels and all(map(_is_label, labels)):
             return [CLEAN] * len(events)
         return [
             NEEDS_CHECK if i in failed else _label_status(label)
@@ -294,7 +294,13 @@ class EventScreen:
 def _label_status(label: Any) -> int:
     if label is None:
         return UNLABELLED
-    return CLEAN if label != "" else NEEDS_CHECK
+    return CLEAN if _is_label(label) else NEEDS_CHECK
+
+
+def _is_label(label: Any) -> bool:
+    """Return whether a label that is not None may be learned: not empty and
+    not only spaces (a value of the wrong type fails elsewhere)."""
+    return not isinstance(label, str) or (label != "" and not label.isspace())
 
 
 class _FieldRule(NamedTuple):
@@ -503,8 +509,10 @@ def _check_field(
         return _check_enum(name, value, spec)
     if avro_field.base_type == "array":
         return _check_array(name, value, avro_field)
-    if name == spec.label_field and value == "":
-        return EventProblem(INVALID_LABEL, name, "the label is an empty string")
+    if name == spec.label_field and isinstance(value, str) and not _is_label(value):
+        return EventProblem(
+            INVALID_LABEL, name, f"the label {value!r} is empty or only spaces"
+        )
     if name == spec.event_id_field and isinstance(value, str) and not _is_id(value):
         return EventProblem(
             INVALID_EVENT_ID,

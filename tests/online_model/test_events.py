@@ -90,6 +90,8 @@ def test_missing_label_is_prediction_request() -> None:
 
 def test_empty_label_rejects() -> None:
     assert reasons(posting(job_role="")) == [ev.INVALID_LABEL]
+    assert reasons(posting(job_role="  ")) == [ev.INVALID_LABEL]
+    assert reasons(posting(job_role=" Data Engineer")) == []
 
 
 def test_blank_event_id_rejects() -> None:
@@ -139,6 +141,7 @@ BAD_OR_NOTED = [
     posting(event_id="x" * 1025),
     posting(event_id="é" * 513),
     posting(job_role=""),
+    posting(job_role=" \t "),
     {k: v for k, v in posting().items() if k != "source_site"},
     "not a record",
 ]
