@@ -228,7 +228,8 @@ def burst_account(registry: Registry, burst_from: datetime) -> str:
     if before:
         lines.append(
             f"  v{before[-1]} is the last version published before the burst; "
-            f"to serve it again: rollback --to v{before[-1]}"
+            "to serve it again: .venv/bin/rollback --registry "
+            f"{registry.url} --to v{before[-1]}"
         )
     return "\n".join(lines)
 

@@ -111,6 +111,6 @@ def test_burst_account_names_versions(tmp_path: Path) -> None:
         == "  v3 to v4 learned events from that time on, some with wrong labels"
     )
     assert lines[2] == (
-        "  v2 is the last version published before the burst; "
-        "to serve it again: rollback --to v2"
+        "  v2 is the last version published before the burst; to serve it "
+        f"again: .venv/bin/rollback --registry {registry.url} --to v2"
     )
