@@ -724,7 +724,7 @@ def render_summary(summary: dict[str, Any]) -> str:
         f"  messages read        {summary.get('messages_read', 0)}",
         *_failures(summary),
         f"  control messages     {summary.get('control_messages', 0)}",
-        f"  events per second    {summary['events_per_s']} (while events arrived)",
+        f"  events per second    {_rate_text(summary['events_per_s'])}",
         f"  serving version      {version_text(summary['serving_version'])}",
         f"  registry             {summary.get('registry', '?')}",
         "decisions:",
@@ -744,6 +744,12 @@ def _failures(summary: dict[str, Any]) -> list[str]:
     if errors:
         lines.append(f"  learner-stage errors {errors} (see the log for why)")
     return lines
+
+
+def _rate_text(events_per_s: float) -> str:
+    if not events_per_s:
+        return "none (no event arrived in this run)"
+    return f"{events_per_s} (while events arrived)"
 
 
 def _by_reason(counts: dict[str, int]) -> str:
@@ -789,6 +795,11 @@ def _describe(record: dict[str, Any]) -> str:
         )
     if kind == "alert":
         return f"alert: {record['reason']}"
+    if kind == "restored":
+        return (
+            f"restored checkpoint {record['number']}: {record['events_read']} "
+            f"events read and {record['learned']} learned before this run"
+        )
     if kind in ("adopt_failed", "restore_serving_failed"):
         return f"could not load v{record['version']}: {record['error']}"
     if kind == "adopted":

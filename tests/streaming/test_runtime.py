@@ -693,6 +693,24 @@ def test_summary_reads_torn_log(tmp_path: Path) -> None:
         }
     )
     assert "  could not load v3: v3 is corrupt" in text
+    assert "  events per second    1.0 (while events arrived)" in text
+
+
+def test_summary_after_idle_restart() -> None:
+    restored = {"kind": "restored", "number": 14, "events_read": 32672}
+    text = render_summary(
+        {
+            "elapsed_s": 9.0,
+            "events_per_s": 0.0,
+            "serving_version": 2,
+            **Account().to_dict(),
+            "decisions": [{**restored, "learned": 29465, "pending": 0}],
+        }
+    )
+    assert "  events per second    none (no event arrived in this run)" in text
+    assert (
+        "  restored checkpoint 14: 32672 events read and 29465 learned before this run"
+    ) in text
 
 
 def test_publish_lost_to_pause_recorded(tmp_path: Path) -> None:
