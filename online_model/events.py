@@ -51,8 +51,8 @@ NON_FINITE_NUMBER = "non_finite_number"
 UNKNOWN_CATEGORY = "unknown_category"
 INVALID_LABEL = "invalid_label"
 INVALID_EVENT_ID = "invalid_event_id"
-# Event ids travel as Pub/Sub attribute values (on predictions and dead
-# letters), which may not exceed 1,024 bytes.
+# Event ids travel as a Pub/Sub attribute of each prediction, and attribute
+# values may not exceed 1,024 bytes.
 MAX_EVENT_ID_BYTES = 1024
 DUPLICATE_EVENT_ID = "duplicate_event_id"
 EMPTY_LIST = "empty_list"

@@ -468,7 +468,7 @@ def _log_stage_error(error: Exception, count: int) -> None:
         return
     _LOGGED_ERRORS.add(type(error))
     logger.error(
-        "error in the learner stage (%d so far); the job goes on, and the "
+        "error in the learner stage (%d so far). The job goes on, and the "
         "events of this input may be only partly handled",
         count,
         exc_info=error,

@@ -559,9 +559,9 @@ class JobRuntime:
             self.follow_registry()
             return None
         except RegistryError as error:
-            # Such as a full disk: the candidate keeps training and meets the
-            # next gate. Raising here would make the runner process the input
-            # again and count its events twice.
+            # A full disk, for example. The candidate keeps training and meets
+            # the next gate. Raising here would make the runner process the
+            # input again and count its events twice.
             logger.error("failed to publish %s: %s", numbers["candidate"], error)
             self._record("publish_failed", reason=str(error), **numbers)
             return None
@@ -870,7 +870,7 @@ class JobRuntime:
             self.checkpoint_number -= 1
             self.account.checkpoints -= 1
             self.account.checkpoints_failed += 1
-            logger.error("%s; the job goes on and tries again", error)
+            logger.error("%s. The job goes on and tries at the next checkpoint", error)
             self._record("checkpoint_failed", error=str(error))
             return
         self._record("checkpoint", number=self.checkpoint_number, **self._totals())

@@ -254,15 +254,23 @@ def test_operator_rollback_adopted(tmp_path: Path) -> None:
     assert kinds(records, "learned_from_adopted")[0]["version"] == 1
 
 
-def test_ticks_follow_unannounced_rollback(tmp_path: Path) -> None:
-    clock = FakeClock()
-    registry = open_registry(tmp_path / "registry", create=True)
-    runtime, _ = make_runtime(
+def several_versions(
+    tmp_path: Path, clock: FakeClock, registry: Registry
+) -> tuple[JobRuntime, list[dict[str, Any]]]:
+    """A runtime that published at least two versions, with v2 or later serving."""
+    runtime, records = make_runtime(
         tmp_path, clock, registry, gate_metric="top5", gate_tolerance=0.5
     )
     feed(runtime, EVENTS[:2600])
     assert runtime.serving_version is not None
     assert runtime.serving_version > 1
+    return runtime, records
+
+
+def test_ticks_follow_unannounced_rollback(tmp_path: Path) -> None:
+    clock = FakeClock()
+    registry = open_registry(tmp_path / "registry", create=True)
+    runtime, _ = several_versions(tmp_path, clock, registry)
     registry.rollback(1, actor="ops:test", reason="no announcement")
 
     clock.now += POINTER_CHECK_S - 1
@@ -430,14 +438,10 @@ def test_checkpoint_restore_continues(tmp_path: Path) -> None:
 def test_restore_survives_damaged_serving(tmp_path: Path) -> None:
     clock = FakeClock()
     registry = open_registry(tmp_path / "registry", create=True)
-    first, _ = make_runtime(
-        tmp_path, clock, registry, gate_metric="top5", gate_tolerance=0.5
-    )
-    feed(first, EVENTS[:2600])
+    first, _ = several_versions(tmp_path, clock, registry)
     first.save_checkpoint()
     damaged = first.serving_version
     assert damaged is not None
-    assert damaged > 1
     folder = tmp_path / "registry" / "versions" / f"v{damaged:06d}"
     weights = next(folder.glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:1000])
