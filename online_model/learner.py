@@ -131,7 +131,11 @@ class LearnerConfig:
 
     # Defaults chosen on the four shipped streams at micro-batch 256 with
     # benchmarks/learner_only.py. Adagrad beat Adam on all four streams. Two
-    # steps at rate 0.05 beat one step (at 0.05 or 0.1) and three at 0.03. A
+    # steps at rate 0.05 beat one step (at 0.05 or 0.1) and three at 0.03.
+    # Since new output rows start as unit vectors, rate 0.04 beats 0.05 on
+    # the job postings and the survey (top-1 +0.003 and +0.001) and loses
+    # 0.001 of top-5 and 0.011 of log loss on ai-jobs; 0.03 and 0.02 lose
+    # more on ai-jobs and Electricity. A
     # larger model (embedding 64, hidden 128) was no better. 2**16 buckets
     # scored within the spread of three seeds of 2**18 on all four streams,
     # and make a saved version 16 MiB instead of 64 MiB. No hidden layer
@@ -145,7 +149,7 @@ class LearnerConfig:
     hash_bits: int = 16
     embedding_dim: int = 32
     hidden_units: int = 0
-    learning_rate: float = 0.05
+    learning_rate: float = 0.04
     optimizer: str = "adagrad"
     steps_per_batch: int = 2
     top_k: int = 5

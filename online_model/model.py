@@ -115,16 +115,24 @@ class HashedSoftmaxModel(nn.Module):
         return F.linear(features, self.output_weight, self.output_bias)
 
     def grow_output(self, new_labels: int) -> tuple[nn.Parameter, nn.Parameter]:
-        """Add ``new_labels`` output rows (zero weights); return the new parameters.
+        """Add ``new_labels`` output rows; return the new parameters.
 
-        Existing rows keep their values. The caller moves optimizer state
-        from the old parameters to the new ones.
+        Label ``k``'s row starts as the unit vector of embedding column
+        ``k % embedding_dim``, and its bias at zero. Existing rows keep their
+        values. The caller moves optimizer state from the old parameters to
+        the new ones.
         """
         weight = self.output_weight.detach()
         bias = self.output_bias.detach()
-        self.output_weight = nn.Parameter(
-            torch.cat([weight, weight.new_zeros(new_labels, weight.shape[1])])
-        )
+        # All-zero rows give the embedding no gradient until the output
+        # weights move away from zero. A unit vector makes each label start as
+        # a linear model on its own embedding column. On the survey, top-1
+        # rose from 0.437 to 0.451 over the first 10,240 events and from
+        # 0.487 to 0.492 over the whole stream (benchmarks/learner_only.py).
+        rows = weight.new_zeros(new_labels, weight.shape[1])
+        labels = torch.arange(new_labels, device=weight.device)
+        rows[labels, (labels + weight.shape[0]) % self.embedding_dim] = 1.0
+        self.output_weight = nn.Parameter(torch.cat([weight, rows]))
         self.output_bias = nn.Parameter(torch.cat([bias, bias.new_zeros(new_labels)]))
         self.label_counts = torch.cat(
             [self.label_counts, self.label_counts.new_zeros(new_labels)]

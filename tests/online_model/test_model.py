@@ -56,12 +56,30 @@ def test_distinct_tokens_equals_unique(buckets: int) -> None:
     assert torch.equal(distinct[positions], tokens)
 
 
+def test_grow_output_starts_unit_rows() -> None:
+    model = HashedSoftmaxModel(64, 4, 1, 0, torch.Generator().manual_seed(5))
+    model.grow_output(3)
+    with torch.no_grad():
+        model.output_weight.add_(0.5)
+        model.output_bias.add_(0.25)
+    learned = model.output_weight.detach().clone()
+    weight, bias = model.grow_output(3)
+
+    assert torch.equal(weight[:3], learned)
+    # Labels 3 to 5 take columns 3, 0 and 1 of the four embedding columns.
+    # The two numeric columns (value and missing flag) stay at zero.
+    expected = torch.zeros(3, 6)
+    expected[0, 3] = expected[1, 0] = expected[2, 1] = 1.0
+    assert torch.equal(weight[3:], expected)
+    assert torch.equal(bias, torch.tensor([0.25, 0.25, 0.25, 0.0, 0.0, 0.0]))
+
+
 def test_embedding_gradient_matches_embedding_bag() -> None:
     generator = torch.Generator().manual_seed(4)
     model = HashedSoftmaxModel(64, 4, 1, 8, generator)
     weight, _ = model.grow_output(3)
     with torch.no_grad():
-        # New output rows start at zero, which would leave no gradient.
+        # Random rows, so that every embedding column gets a gradient.
         weight.normal_(generator=generator)
     # Three events, and the second has no tokens. Token 5 appears twice.
     tokens = torch.tensor([5, 5, 63, 9, 40, 9])
