@@ -144,8 +144,8 @@ class LearnerConfig:
     # 0.016 of log loss, Electricity 0.002 of log loss. Learning ran about 8%
     # faster.
     # NOTE: the streaming job learns in micro-batches of 512, for which these
-    # defaults were not tuned again (top-1 on the job postings: 0.580 at 512,
-    # 0.581 at 256).
+    # defaults were not tuned again (top-1 on the job postings: 0.578 at 512,
+    # 0.583 at 256).
     hash_bits: int = 16
     embedding_dim: int = 32
     hidden_units: int = 0
