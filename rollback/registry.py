@@ -428,7 +428,8 @@ class Registry:
 
         ``to=None`` means the previous version from the history. Raises
         AlreadyServing, VersionNotFound, CorruptVersion, IncompatibleVersion
-        or NoPreviousVersion; changes nothing.
+        or NoPreviousVersion; changes nothing. A serving version that is
+        damaged raises CorruptVersion, not AlreadyServing.
         """
         if to is None:
             state = self._state()
@@ -438,6 +439,13 @@ class Registry:
             state = self._state()
         current = state.serving
         if target == current:
+            try:
+                self.verify(target)
+            except CorruptVersion as error:
+                raise CorruptVersion(
+                    f"{error}; it serves already, so roll to an intact version "
+                    "or publish a new one"
+                ) from error
             raise AlreadyServing(
                 f"version {format_version(target)} serves already; nothing to do"
             )

@@ -191,6 +191,23 @@ def test_corrupt_target_refused(registry: Registry) -> None:
     assert registry.serving() == 3
 
 
+def test_rollback_to_damaged_serving_fails(registry: Registry) -> None:
+    path = Path(registry.url) / version_key(3, "weights.safetensors")
+    size = path.stat().st_size
+    path.write_bytes(path.read_bytes()[:10])
+
+    result = run("rollback", "--to", "v3", "--registry", registry.url)
+
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr == (
+        "rollback: version v3 is corrupt: file weights.safetensors has 10 bytes, "
+        f"the manifest records {size}; it serves already, so roll to an intact "
+        "version or publish a new one\n"
+    )
+    assert registry.serving() == 3
+
+
 class _Planted:
     """A pickle that creates a file when unpickled."""
 
