@@ -12,12 +12,14 @@ a ``gs://`` registry or an announce topic.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 import unicodedata
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from rollback.config import ENV_REGISTRY, OperatorConfig, load_config
 from rollback.errors import (
@@ -49,6 +51,7 @@ ROLLBACK_EXAMPLES = """examples:
   rollback --pause --reason "incident 7"     stop automatic promotion
   rollback --resume                          let the job promote again
   rollback --status                          show what serves and what is next
+  rollback --status --format json            the same, for scripts
 
 Without --to, the target is the version older than the serving one that
 served most recently and whose last move away was not a rollback: after
@@ -152,6 +155,13 @@ def _rollback_parser() -> argparse.ArgumentParser:
         help="print the serving version, the pause state and the rollback target",
     )
 
+    parser.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="output of --status: text, one line; json: serving, paused, the "
+        "last pause while paused, and the rollback target (default: %(default)s)",
+    )
     parser.add_argument("--reason", default="", help="why, recorded in the history")
     parser.add_argument(
         "--dry-run", action="store_true", help="check and print, change nothing"
@@ -215,7 +225,10 @@ def _run_rollback(args: argparse.Namespace) -> int:
     registry, config = open_from_options(args.registry, args.announce_topic)
     actor = args.actor or f"operator:{_user()}"
     if args.status:
-        print(_status_line(registry))
+        if args.format == "json":
+            print(json.dumps(_status_document(registry), indent=1))
+        else:
+            print(_status_line(registry))
         return 0
     if args.pause or args.resume:
         return _run_pause(registry, args, actor)
@@ -254,6 +267,11 @@ def _run_rollback(args: argparse.Namespace) -> int:
 
 def _check_arguments(args: argparse.Namespace) -> None:
     """Raise InvalidVersionName or InvalidInput for an invalid argument."""
+    if args.format != "text" and not args.status:
+        raise InvalidInput(
+            f"--format {args.format} needs --status, as in "
+            "'rollback --status --format json'"
+        )
     if args.to is not None:
         parse_version(args.to)
     check_text("--reason", args.reason, MAX_REASON_LENGTH)
@@ -327,6 +345,21 @@ def _status_line(registry: Registry) -> str:
     if previous is not None:
         parts.append(f"'rollback' would return to {format_version(previous)}")
     return "; ".join(parts)
+
+
+def _status_document(registry: Registry) -> dict[str, Any]:
+    """Return what ``--status`` prints, as a JSON-ready dict."""
+    state = registry.state()
+    last_pause = state.last_pause()
+    previous = state.previous_version()
+    return {
+        "serving": None if state.serving is None else format_version(state.serving),
+        "paused": state.paused,
+        "pause": (
+            last_pause.to_dict() if state.paused and last_pause is not None else None
+        ),
+        "rollback_target": None if previous is None else format_version(previous),
+    }
 
 
 def _warn_if_not_announced(registry: Registry) -> None:

@@ -117,6 +117,49 @@ def test_status_names_default_target(
     assert after.endswith("; 'rollback' would return to v4\n")
 
 
+def test_status_json_while_paused(registry: Registry) -> None:
+    registry.rollback("v2", "ops:ana", "v3 bad")
+    registry.pause("ops:bo", "incident 7")
+
+    result = run("rollback", "--status", "--format", "json", "--registry", registry.url)
+
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["serving"] == "v2"
+    assert document["paused"] is True
+    assert document["pause"]["actor"] == "ops:bo"
+    assert document["pause"]["reason"] == "incident 7"
+    assert document["pause"]["kind"] == "pause"
+    assert document["rollback_target"] == "v1"
+
+
+def test_status_json_without_versions(tmp_path: Path) -> None:
+    registry = open_registry(tmp_path / "registry", create=True)
+
+    result = run("rollback", "--status", "--format", "json", "--registry", registry.url)
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {
+        "serving": None,
+        "paused": False,
+        "pause": None,
+        "rollback_target": None,
+    }
+
+
+def test_format_json_needs_status(registry: Registry) -> None:
+    result = run(
+        "rollback", "--to", "v1", "--format", "json", "--registry", registry.url
+    )
+
+    assert result.returncode == 2
+    assert result.stderr == (
+        "rollback: --format json needs --status, as in "
+        "'rollback --status --format json'\n"
+    )
+    assert registry.serving() == 3
+
+
 def test_dry_run_changes_nothing(registry: Registry) -> None:
     result = run("rollback", "--dry-run", "--registry", registry.url)
 
