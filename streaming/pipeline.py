@@ -333,14 +333,16 @@ def build_runtime(settings: JobSettings) -> Any:
         decisions=decisions,
         telemetry=telemetry,
     )
-    registry.set_running_fingerprint(
-        runtime.learner.fingerprint, actor="job", state_format=STATE_FORMAT_NAME
-    )
     latest = store.latest()
     if latest is not None:
         runtime.restore(latest)
     else:
         runtime.follow_registry()
+    # Recorded after the restore: a learner from a checkpoint or a version
+    # keeps the settings it was saved with, which may differ from the defaults.
+    registry.set_running_fingerprint(
+        runtime.learner.fingerprint, actor="job", state_format=STATE_FORMAT_NAME
+    )
     # A run killed before its first checkpoint has named candidates too.
     runtime.last_candidate_number = decisions.last_candidate_number()
     return runtime

@@ -11,7 +11,12 @@ from typing import Any
 import pytest
 
 from online_model.datasets import iter_events
-from online_model.learner import STATE_FORMAT, STATE_FORMAT_NAME, OnlineLearner
+from online_model.learner import (
+    STATE_FORMAT,
+    STATE_FORMAT_NAME,
+    LearnerConfig,
+    OnlineLearner,
+)
 from online_model.spec import load_spec
 from rollback import cli as rollback_cli
 from rollback.manifest import ManifestFields
@@ -76,6 +81,26 @@ def test_job_records_running_state_format(settings: JobSettings) -> None:
     registry = open_registry(settings.registry_url)
     assert registry.running_fingerprint() == runtime.learner.fingerprint
     assert registry.running_state_format() == STATE_FORMAT_NAME
+
+
+def test_job_records_fingerprint_of_restored_learner(settings: JobSettings) -> None:
+    # A version saved with other settings, as by an earlier release.
+    older = OnlineLearner(SPEC, LearnerConfig(learning_rate=0.05), seed=0, device="cpu")
+    default_fingerprint = OnlineLearner(SPEC, seed=0, device="cpu").fingerprint
+    registry = open_registry(settings.registry_url, create=True)
+    fields = ManifestFields(
+        fingerprint=older.fingerprint, state_format=STATE_FORMAT_NAME
+    )
+    registry.publish(older.to_files(), fields, "test", "earlier release")
+
+    followed = build_runtime(settings)
+    followed.save_checkpoint()
+    restored = build_runtime(settings)
+
+    assert older.fingerprint != default_fingerprint
+    assert followed.learner.fingerprint == older.fingerprint
+    assert restored.learner.fingerprint == older.fingerprint
+    assert registry.running_fingerprint() == older.fingerprint
 
 
 def test_job_versions_declare_state_format(settings: JobSettings) -> None:
