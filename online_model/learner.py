@@ -132,11 +132,12 @@ class LearnerConfig:
     # Defaults chosen on the four shipped streams at micro-batch 256 with
     # benchmarks/learner_only.py. Adagrad beat Adam on all four streams. Two
     # steps at rate 0.05 beat one step (at 0.05 or 0.1) and three at 0.03.
-    # Since new output rows start as unit vectors, rate 0.04 beats 0.05 on
-    # the job postings and the survey (top-1 +0.003 and +0.001) and loses
-    # 0.001 of top-5 and 0.011 of log loss on ai-jobs; 0.03 and 0.02 lose
-    # more on ai-jobs and Electricity. A
-    # larger model (embedding 64, hidden 128) was no better. 2**16 buckets
+    # With new output rows starting as unit vectors, rate 0.04 beat 0.05 on
+    # the job postings and the survey (top-1 +0.003 and +0.001). On ai-jobs
+    # its top-5 was 0.001 lower and its log loss 0.011 higher, on
+    # Electricity its log loss 0.001 higher. Rates 0.03 and 0.02 did worse
+    # on ai-jobs and Electricity.
+    # A larger model (embedding 64, hidden 128) was no better. 2**16 buckets
     # scored within the spread of three seeds of 2**18 on all four streams,
     # and make a saved version 16 MiB instead of 64 MiB. No hidden layer
     # against 64 units, three seeds each: job postings and the survey scored
@@ -461,6 +462,7 @@ class OnlineLearner:
             "seed": self.seed,
             "labels": self._labels,
             "counters": self.counters(),
+            "output_rows": "unit" if self._model.unit_rows else "zero",
         }
         return {
             TENSORS_FILE: safetensors.torch.save(tensors),
@@ -940,6 +942,14 @@ class OnlineLearner:
     def _restore(
         self, state: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]
     ) -> None:
+        # A state without this key comes from before new output rows started
+        # as unit vectors.
+        output_rows = state.get("output_rows", "zero")
+        if output_rows not in ("unit", "zero"):
+            raise ValueError(
+                f"invalid output_rows {output_rows!r}: expected 'unit' or 'zero'"
+            )
+        self._model.unit_rows = output_rows == "unit"
         labels = [str(label) for label in state["labels"]]
         self._add_labels([{self.spec.label_field: label} for label in labels])
         model_state = {

@@ -76,6 +76,7 @@ DAMAGE: list[tuple[str, Callable[[Files], object], str]] = [
     ("wrong format", _edit_state(_set("format", 99)), "has format 99"),
     ("no spec", _edit_state(lambda state: state.pop("spec")), "KeyError"),
     ("config typo", _edit_state(_set("config", {"nosuch": 1})), "TypeError"),
+    ("output rows", _edit_state(_set("output_rows", "ones")), "invalid output_rows"),
     (
         "tensors not safetensors",
         lambda files: files.__setitem__(TENSORS_FILE, b"garbage"),
@@ -103,3 +104,25 @@ def test_intact_state_loads(saved: Files) -> None:
     restored = OnlineLearner.from_files(dict(saved), device="cpu")
     assert restored.examples_seen == 200
     assert restored.labels == ["UP", "DOWN"]
+
+
+def test_state_without_output_rows_grows_zero_rows(saved: Files) -> None:
+    # States saved before new output rows started as unit vectors lack the key.
+    files = dict(saved)
+    _edit_state(lambda state: state.pop("output_rows"))(files)
+    restored = OnlineLearner.from_files(files, device="cpu")
+    current = OnlineLearner.from_files(dict(saved), device="cpu")
+    event = next(iter_events("electricity"))
+
+    for learner in (restored, current):
+        learner.learn([{**event, "event_id": "new", "class": "FLAT"}])
+
+    assert json.loads(saved[STATE_FILE])["output_rows"] == "unit"
+    assert json.loads(restored.to_files()[STATE_FILE])["output_rows"] == "zero"
+    grown = safetensors.torch.load(restored.to_files()[TENSORS_FILE])
+    current_grown = safetensors.torch.load(current.to_files()[TENSORS_FILE])
+    # The new label's row after one micro-batch: still zero in the embedding
+    # columns without the unit vector, and near 1 in column 2 with it.
+    assert restored.labels == ["UP", "DOWN", "FLAT"]
+    assert grown["model.output_weight"][2, 2].abs() < 0.5
+    assert current_grown["model.output_weight"][2, 2] > 0.5
