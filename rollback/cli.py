@@ -159,8 +159,9 @@ def _rollback_parser() -> argparse.ArgumentParser:
         "--format",
         choices=("text", "json"),
         default="text",
-        help="output of --status: text, one line; json: serving, paused, the "
-        "last pause while paused, and the rollback target (default: %(default)s)",
+        help="output format of --status: text (one line) or json (serving, "
+        "paused, the last pause while paused, the rollback target) "
+        "(default: %(default)s)",
     )
     parser.add_argument("--reason", default="", help="why, recorded in the history")
     parser.add_argument(
@@ -356,7 +357,13 @@ def _status_document(registry: Registry) -> dict[str, Any]:
         "serving": None if state.serving is None else format_version(state.serving),
         "paused": state.paused,
         "pause": (
-            last_pause.to_dict() if state.paused and last_pause is not None else None
+            {
+                "actor": last_pause.actor,
+                "time": last_pause.time.isoformat(),
+                "reason": last_pause.reason,
+            }
+            if state.paused and last_pause is not None
+            else None
         ),
         "rollback_target": None if previous is None else format_version(previous),
     }

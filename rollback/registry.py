@@ -443,8 +443,8 @@ class Registry:
                 self.verify(target)
             except CorruptVersion as error:
                 raise CorruptVersion(
-                    f"{error}; it serves already, so roll to an intact version "
-                    "or publish a new one"
+                    f"{error}. It serves already: move serving to an intact "
+                    "version with 'rollback --to', or publish a new one"
                 ) from error
             raise AlreadyServing(
                 f"version {format_version(target)} serves already; nothing to do"

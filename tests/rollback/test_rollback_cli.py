@@ -127,9 +127,10 @@ def test_status_json_while_paused(registry: Registry) -> None:
     document = json.loads(result.stdout)
     assert document["serving"] == "v2"
     assert document["paused"] is True
+    assert set(document["pause"]) == {"actor", "time", "reason"}
     assert document["pause"]["actor"] == "ops:bo"
     assert document["pause"]["reason"] == "incident 7"
-    assert document["pause"]["kind"] == "pause"
+    assert document["pause"]["time"] == registry.history()[-1].time.isoformat()
     assert document["rollback_target"] == "v1"
 
 
@@ -245,8 +246,8 @@ def test_rollback_to_damaged_serving_fails(registry: Registry) -> None:
     assert result.stdout == ""
     assert result.stderr == (
         "rollback: version v3 is corrupt: file weights.safetensors has 10 bytes, "
-        f"the manifest records {size}; it serves already, so roll to an intact "
-        "version or publish a new one\n"
+        f"the manifest records {size}. It serves already: move serving to an "
+        "intact version with 'rollback --to', or publish a new one\n"
     )
     assert registry.serving() == 3
 
