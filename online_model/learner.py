@@ -290,6 +290,15 @@ class OnlineLearner:
         return list(self._labels)
 
     @property
+    def label_count(self) -> int:
+        """The number of labels in the vocabulary."""
+        return len(self._labels)
+
+    def knows_label(self, label: Any) -> bool:
+        """Return whether ``label`` is in the vocabulary."""
+        return label in self._label_index
+
+    @property
     def escape_probability(self) -> float:
         """The probability that the next labelled event has a label never seen.
 

@@ -199,6 +199,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="minimum seconds between two gates, however fast micro-batches fill",
     )
     parser.add_argument(
+        "--max-labels",
+        type=int,
+        default=_DEFAULTS.max_labels,
+        help="maximum number of labels the model may have; a labelled event "
+        "with one more label is dead-lettered as label-limit",
+    )
+    parser.add_argument(
         "--checkpoint-every-s",
         type=float,
         default=_DEFAULTS.checkpoint_every_s,
@@ -274,6 +281,7 @@ def main(argv: list[str], epilogue: Callable[[], None] | None = None) -> int:
             gate_every_s=args.gate_every_s,
             gate_min_interval_s=args.gate_min_interval_s,
             checkpoint_every_s=args.checkpoint_every_s,
+            max_labels=args.max_labels,
             decode_limits=decode_limits_from(args),
         )
     except ValueError as error:
@@ -712,13 +720,15 @@ def render_summary(summary: dict[str, Any]) -> str:
         "",
         f"account after {summary['elapsed_s']} s:",
         f"  events read          {summary['events_read']} (learned + held out + "
-        "predictions + duplicates + pending + refused)",
+        "predictions + duplicates + pending + refused + over the label limit)",
         f"    learned              {summary['learned']}",
         f"    held out             {summary['held_out']}",
         f"    predictions answered {summary['predictions']}",
         f"    duplicates           {summary['duplicates']}",
         f"    pending              {summary.get('pending', 0)}",
         f"    refused (non-finite) {summary.get('refused_non_finite', 0)}",
+        f"    over the label limit {summary.get('over_label_limit', 0)} "
+        "(dead-lettered as label-limit)",
         f"  dead letters         {sum(dead.values())} {_by_reason(dead)}(bad "
         "messages and invalid events, not counted as read)",
         f"  messages read        {summary.get('messages_read', 0)}",

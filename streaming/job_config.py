@@ -34,7 +34,8 @@ class JobConfig:
     # 512, not 256: the learn step limits the job's throughput. On the job
     # postings the learner stage alone ran 32,541-33,604 events/s at 256 and
     # 36,755-38,965 at 512 (benchmarks/results/streaming.md), and top-1 was
-    # 0.581 and 0.580 (benchmarks/learner_only.py --micro-batch 512).
+    # 0.581 and 0.580 (benchmarks/learner_only.py --micro-batch 512). Since new
+    # output rows start as unit vectors, top-1 is 0.583 and 0.578.
     micro_batch_size: int = 512
     micro_batch_max_wait_s: float = 2.0
     holdout_fraction: float = 0.1
@@ -53,6 +54,11 @@ class JobConfig:
     rollback_cooldown_micro_batches: int = 10
     checkpoint_every_s: float = 5.0
     dedup_window_size: int = 200_000
+    # Each label adds an output row to the model and to every version. With
+    # 100,000 distinct labels a micro-batch of job postings took about 4 s
+    # instead of 0.08 s, and each version 30 MB. A labelled event whose label
+    # would be one more than this is dead-lettered as label-limit.
+    max_labels: int = 2000
     top_k: int = 5
     seed: int = 0
     decode_limits: DecodeLimits = field(default_factory=DecodeLimits)
@@ -64,6 +70,7 @@ class JobConfig:
         _at_least("gate_every_micro_batches", self.gate_every_micro_batches, 1)
         _at_least("rollback_versions_kept", self.rollback_versions_kept, 1)
         _at_least("dedup_window_size", self.dedup_window_size, 1)
+        _at_least("max_labels", self.max_labels, 1)
         _at_least("top_k", self.top_k, 1)
         if self.gate_metric not in METRIC_FIELDS:
             raise ValueError(

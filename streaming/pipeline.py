@@ -2,11 +2,12 @@
 
 ::
 
-    ReadEvents -> DecodeEvents --dead letters--> WriteDeadLetters
-                       |
-    (ReadTicks) -------+--> MergeLearnerInputs -> KeyForLearner -> Learn
-    (ReadPointerChanges)+                                           |
-                                                  WritePredictions <+
+    ReadEvents -> DecodeEvents --dead letters--> MergeDeadLetters -> WriteDeadLetters
+                       |                                ^
+    (ReadTicks) -------+--> MergeLearnerInputs          | events over the
+    (ReadPointerChanges)+   -> KeyForLearner -> Learn --+ label limit
+                                                  |
+                                 WritePredictions <+
 
 Decoding runs in parallel. Everything after it goes to one key, because one
 logical model learns from the whole stream. ``Learn`` hands the inputs to a
@@ -395,7 +396,8 @@ class DecisionLog:
 
 
 class Learn(beam.DoFn):
-    """Feed the learner stage; emit one prediction message per request."""
+    """Feed the learner stage; emit one prediction message per request, and a
+    dead letter per event the runtime rejected (tagged DEAD_LETTER_TAG)."""
 
     CHECKPOINT = ReadModifyWriteStateSpec("checkpoint_number", VarIntCoder())
 
@@ -406,7 +408,7 @@ class Learn(beam.DoFn):
         self,
         keyed: tuple[str, Any],
         checkpoint: Any = beam.DoFn.StateParam(CHECKPOINT),  # noqa: B008 (Beam API)
-    ) -> Iterator[PubsubMessage]:
+    ) -> Iterator[Any]:
         from streaming.runtime import EventBatch
 
         _, item = keyed
@@ -421,6 +423,7 @@ class Learn(beam.DoFn):
                 freeze_long_lived_objects()
             runtime = slot.runtime
             predictions = []
+            rejected = []
             if runtime.finished:
                 # The run printed its account and is stopping: events go back
                 # to the topic, and ticks and pointer notices are ignored.
@@ -449,6 +452,8 @@ class Learn(beam.DoFn):
                 # of it already. So the error is counted and logged instead.
                 runtime.account.stage_errors += 1
                 _log_stage_error(error, runtime.account.stage_errors)
+            rejected = runtime.take_rejected()
+            schema = runtime.spec.schema
             checkpoint.write(runtime.checkpoint_number)
             try:
                 write_account(self.settings, runtime)
@@ -456,6 +461,31 @@ class Learn(beam.DoFn):
                 logger.warning("failed to write the account file: %s", error)
         for prediction in predictions:
             yield _prediction_message(prediction)
+        for event in rejected:
+            yield beam.pvalue.TaggedOutput(
+                DEAD_LETTER_TAG, _rejected_event_letter(event, schema)
+            )
+
+
+def _rejected_event_letter(rejected: Any, schema: Any) -> PubsubMessage:
+    """Return the dead letter of an event the runtime rejected: the event
+    alone in an Avro container, with the reason and detail attributes."""
+    from streaming.wire import (
+        ENCODING_ATTRIBUTE,
+        DeadLetter,
+        DeadLetterReason,
+        Encoding,
+        encode_container,
+    )
+
+    letter = DeadLetter(
+        DeadLetterReason(rejected.reason),
+        rejected.detail,
+        encode_container([rejected.event], schema),
+        {ENCODING_ATTRIBUTE: Encoding.CONTAINER.value},
+        record_index=0,
+    )
+    return PubsubMessage(letter.data, letter.to_attributes())
 
 
 # Errors of these types have been logged with their traceback in this process.
@@ -562,9 +592,6 @@ def build_pipeline(
             DEAD_LETTER_TAG, main="events"
         )
     )
-    _ = decoded[DEAD_LETTER_TAG] | "WriteDeadLetters" >> WriteToPubSub(
-        topics.dead_letter_topic, with_attributes=True
-    )
     inputs = [decoded["events"]]
     if control == "separate":
         from apache_beam.transforms.periodicsequence import PeriodicImpulse
@@ -580,11 +607,19 @@ def build_pipeline(
             >> ReadFromPubSub(subscription=topics.model_versions_subscription)
             | "AsPointerNotices" >> beam.Map(lambda _: PointerNotice())
         )
-    _ = (
+    learned = (
         tuple(inputs)
         | "MergeLearnerInputs" >> beam.Flatten()
         | "KeyForLearner" >> beam.Map(lambda item: (LEARNER_KEY, item))
-        | "Learn" >> beam.ParDo(Learn(settings))
-        | "WritePredictions"
-        >> WriteToPubSub(topics.predictions_topic, with_attributes=True)
+        | "Learn"
+        >> beam.ParDo(Learn(settings)).with_outputs(DEAD_LETTER_TAG, main="predictions")
+    )
+    _ = learned["predictions"] | "WritePredictions" >> WriteToPubSub(
+        topics.predictions_topic, with_attributes=True
+    )
+    _ = (
+        (decoded[DEAD_LETTER_TAG], learned[DEAD_LETTER_TAG])
+        | "MergeDeadLetters" >> beam.Flatten()
+        | "WriteDeadLetters"
+        >> WriteToPubSub(topics.dead_letter_topic, with_attributes=True)
     )

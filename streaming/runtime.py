@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import logging
 import math
@@ -47,6 +48,7 @@ from streaming.checkpoint import CheckpointError, CheckpointStore
 from streaming.holdout import HoldoutWindow
 from streaming.job_config import JobConfig
 from streaming.job_metrics import JobMetrics, version_text
+from streaming.wire import DeadLetterReason
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +115,15 @@ class EventBatch:
 
 
 @dataclass(frozen=True)
+class RejectedEvent:
+    """A decoded event the runtime rejected, to be dead-lettered with the reason."""
+
+    event: Event
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True)
 class Prediction:
     """Top-k roles for one prediction request; version None before any exists."""
 
@@ -126,7 +137,9 @@ class Account:
     """Counts that add up: every event read is in exactly one outcome.
 
     ``events_read == duplicates + held_out + learned + predictions + pending
-    + refused_non_finite``, where ``pending`` is the open micro-batch. Every
+    + refused_non_finite + over_label_limit``, where ``pending`` is the open
+    micro-batch and ``over_label_limit`` counts the labelled events
+    dead-lettered because their label would exceed ``JobConfig.max_labels``. Every
     message read is a data message (``messages_read``, which includes the
     dead-lettered ones) or a control message (a tick or a pointer notice).
     """
@@ -139,6 +152,7 @@ class Account:
     predictions: int = 0
     pending: int = 0
     refused_non_finite: int = 0
+    over_label_limit: int = 0
     dead_lettered: dict[str, int] = field(default_factory=dict)
     control_messages: int = 0
     micro_batches: int = 0
@@ -242,6 +256,12 @@ class JobRuntime:
         self._last_pointer_check = now
         # Versions the pointer named that could not be loaded.
         self._unloadable: set[int] = set()
+        # Labels of pending and held-out events that the learner did not know.
+        # Labels it learns since stay here until the next recount at the limit.
+        self._new_labels: set[Any] = set()
+        self._labels_counted_at: tuple[int, int, int] | None = None
+        # Events rejected since the caller last took them.
+        self.rejected: list[RejectedEvent] = []
 
     # ------------------------------------------------------------ inputs
 
@@ -254,11 +274,16 @@ class JobRuntime:
                 self.account.dead_lettered.get(reason, 0) + count
             )
         requests: list[Event] = []
+        over_limit_before = self.account.over_label_limit
         duplicates, held_out = self._route(batch, requests)
         predictions = self._answer(requests)
+        dead_letters = dict(batch.dead_letters)
+        over_limit = self.account.over_label_limit - over_limit_before
+        if over_limit:
+            dead_letters[DeadLetterReason.LABEL_LIMIT.value] = over_limit
         self.metrics.routed(
             len(batch.events),
-            batch.dead_letters,
+            dead_letters,
             duplicates=duplicates,
             held_out=held_out,
             requests=len(requests),
@@ -323,8 +348,11 @@ class JobRuntime:
             if len(seen_ids) > window:
                 seen_ids.popitem(last=False)
 
-            if event.get(label_field) is None:
+            label = event.get(label_field)
+            if label is None:
                 requests.append(event)
+            elif self._over_label_limit(label):
+                self._reject_label(event, label)
             elif holdout_share(event_id) < fraction:
                 self.holdout.append(event)
                 held_out += 1
@@ -338,6 +366,57 @@ class JobRuntime:
         self.account.held_out += held_out
         self.account.pending = len(pending)
         return duplicates, held_out
+
+    def _over_label_limit(self, label: Any) -> bool:
+        """Return whether ``label`` is new and the job has ``max_labels`` labels.
+
+        The job's labels are the learner's and those of the events waiting
+        to be learned or in the holdout window.
+        """
+        learner = self.learner
+        if learner.knows_label(label) or label in self._new_labels:
+            return False
+        limit = self.config.max_labels
+        if learner.label_count + len(self._new_labels) >= limit:
+            # Labels learned since they were counted would count twice, and a
+            # rollback may have replaced the learner, so count afresh once the
+            # learner has changed.
+            state = (id(learner), learner.label_count, self.account.micro_batches)
+            if state != self._labels_counted_at:
+                self._labels_counted_at = state
+                label_field = self.spec.label_field
+                self._new_labels = {
+                    e[label_field]
+                    for e in itertools.chain(self.pending, self.holdout)
+                    if not learner.knows_label(e[label_field])
+                }
+            if learner.label_count + len(self._new_labels) >= limit:
+                return True
+        self._new_labels.add(label)
+        return False
+
+    def _reject_label(self, event: Event, label: Any) -> None:
+        self.account.over_label_limit += 1
+        limit = self.config.max_labels
+        detail = (
+            f"label {label!r} is new, and the job has its limit of {limit} labels "
+            "(--max-labels)"
+        )
+        if self.account.over_label_limit == 1:
+            logger.warning(
+                "dead-lettered event %s: %s; later events over the limit are "
+                "counted as over_label_limit",
+                event[self.spec.event_id_field],
+                detail,
+            )
+        self.rejected.append(
+            RejectedEvent(event, DeadLetterReason.LABEL_LIMIT.value, detail)
+        )
+
+    def take_rejected(self) -> list[RejectedEvent]:
+        """Return the events rejected since the last call, and forget them."""
+        rejected, self.rejected = self.rejected, []
+        return rejected
 
     def _answer(self, requests: list[Event]) -> list[Prediction]:
         if not requests:

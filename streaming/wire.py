@@ -112,6 +112,8 @@ class DeadLetterReason(StrEnum):
     UNKNOWN_SCHEMA = "unknown-schema"
     INCOMPATIBLE_SCHEMA = "incompatible-schema"
     INVALID_FIELDS = "invalid-fields"
+    # Set by the learner stage, not the decoder: see JobConfig.max_labels.
+    LABEL_LIMIT = "label-limit"
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ held out, given a prediction, dead-lettered or counted as a duplicate.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -15,6 +16,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import fastavro
 import grpc
 import pytest
 from google.api_core.exceptions import NotFound
@@ -67,6 +69,7 @@ def _adds_up(summary: dict[str, Any]) -> None:
         + summary["duplicates"]
         + summary["pending"]
         + summary["refused_non_finite"]
+        + summary["over_label_limit"]
     )
     assert outcomes == summary["events_read"]
     assert summary["pending"] == 0
@@ -144,6 +147,36 @@ def test_stream_with_bad_messages(tmp_path: Path) -> None:
         assert body["event_id"] == message.attributes["event_id"]
         if message.attributes["model_version"]:
             assert len(body["top"]) == 5
+
+
+def test_labels_over_limit_dead_lettered(tmp_path: Path) -> None:
+    topics = fresh_topics("labels")
+    events = job_postings(1500)
+    run_dir = tmp_path / "run"
+    process = start_job(topics, run_dir, 1500, "--max-labels", "3")
+    publish(topics, events)
+    summary = finish(process, run_dir)
+
+    over = summary["over_label_limit"]
+    assert over > 0
+    _adds_up(summary)
+    letters = pull_all(topics.dead_letter_subscription, expected=over)
+    assert len(letters) == over
+    rejected = []
+    for letter in letters:
+        assert letter.attributes[REASON_ATTRIBUTE] == "label-limit"
+        assert letter.attributes[RECORD_INDEX_ATTRIBUTE] == "0"
+        assert "limit of 3 labels" in letter.attributes["dead-letter-detail"]
+        records = list(fastavro.reader(io.BytesIO(letter.data)))
+        assert len(records) == 1
+        rejected.append(records[0])
+    by_id = {e["event_id"]: e for e in events}
+    assert all(by_id[r["event_id"]]["job_role"] == r["job_role"] for r in rejected)
+    registry = open_registry(str(tmp_path / "registry"))
+    serving = registry.read(registry.serving())
+    learned_labels = json.loads(serving.files["learner.json"])["labels"]
+    assert len(learned_labels) == 3
+    assert not {r["job_role"] for r in rejected} & set(learned_labels)
 
 
 def test_messages_over_4_mib_read(

@@ -103,6 +103,7 @@ def assert_adds_up(runtime: JobRuntime) -> None:
         + account.duplicates
         + account.pending
         + account.refused_non_finite
+        + account.over_label_limit
     )
     assert outcomes == account.events_read
 
@@ -124,6 +125,54 @@ def test_counts_with_duplicates_and_requests(tmp_path: Path) -> None:
     )
     assert account.held_out == expected_holdout
     assert account.learned + account.pending == 1350 - expected_holdout
+    assert_adds_up(runtime)
+
+
+def test_labels_over_limit_rejected(tmp_path: Path) -> None:
+    clock = FakeClock()
+    session = mon.open_telemetry(
+        mon.TelemetryConfig(job="t", model="job_postings", resource_interval_s=0),
+        clock=clock,
+    )
+    runtime, _ = make_runtime(
+        tmp_path, clock, telemetry=session.telemetry, max_labels=4
+    )
+    first_four = list(dict.fromkeys(e["job_role"] for e in EVENTS))[:4]
+    feed(runtime, EVENTS[:3000])
+    counted = session.telemetry.counter_total(
+        mon.EVENTS_DEAD_LETTERED, reason="label-limit"
+    )
+    session.close()
+
+    rejected = runtime.take_rejected()
+    over = [e for e in EVENTS[:3000] if e["job_role"] not in first_four]
+    assert over
+    assert runtime.account.over_label_limit == len(over)
+    assert counted == len(over)
+    assert [r.event for r in rejected] == over
+    assert {r.reason for r in rejected} == {"label-limit"}
+    assert "the job has its limit of 4 labels (--max-labels)" in rejected[0].detail
+    assert sorted(runtime.learner.labels) == sorted(first_four)
+    assert runtime.take_rejected() == []
+    assert_adds_up(runtime)
+
+
+def test_label_limit_counts_pending_labels(tmp_path: Path) -> None:
+    # Nothing is learned yet: the pending micro-batch's labels count.
+    runtime, _ = make_runtime(tmp_path, FakeClock(), max_labels=2)
+    events = [
+        {**EVENTS[0], "event_id": f"p{n}", "job_role": label}
+        for n, label in enumerate(["a", "b", "a", "c", "b", "d"])
+    ]
+    # Only ids that land outside the holdout, so that every event is pending.
+    events = [e for e in events if holdout_share(e["event_id"]) >= 0.1]
+    feed(runtime, events)
+
+    assert runtime.learner.label_count == 0
+    assert {e["job_role"] for e in runtime.pending} <= {"a", "b"}
+    assert [r.event["job_role"] for r in runtime.take_rejected()] == [
+        e["job_role"] for e in events if e["job_role"] in ("c", "d")
+    ]
     assert_adds_up(runtime)
 
 
@@ -556,6 +605,7 @@ def test_restore_keeps_pending_of_older_pointer(tmp_path: Path) -> None:
         ("checkpoint_every_s", -1.0),
         ("gate_min_interval_s", -1.0),
         ("gate_min_interval_s", float("inf")),
+        ("max_labels", 0),
     ],
 )
 def test_config_rejects_invalid(name: str, value: Any) -> None:
