@@ -79,22 +79,57 @@ def random_model(events: int, labels: int, escape: float, seed: int) -> torch.Te
     return torch.softmax(logits, dim=1) * (1 - escape)
 
 
-def test_sequence_matches_the_event_by_event_reference() -> None:
-    # 700 events cross two chunk boundaries; labels 4 and 5 are new in the
-    # batch, unknown to the model.
+@pytest.mark.parametrize("labels", [6, recency.SPARSE_FROM_LABELS + 24])
+@pytest.mark.parametrize("carried", [True, False])
+def test_sequence_matches_the_event_by_event_reference(
+    labels: int, carried: bool
+) -> None:
+    # 700 events cross two chunk boundaries, and the last two labels are new
+    # in the batch, unknown to the model. With many labels and a carried
+    # state, every chunk takes the sparse form. Without a carried state the
+    # first chunk is dense, because its rates have seen no label yet.
     generator = torch.Generator().manual_seed(1)
-    targets = torch.randint(0, 6, (700,), generator=generator).tolist()
-    model = random_model(700, 4, 0.1, seed=2)
+    targets = torch.randint(0, labels, (700,), generator=generator).tolist()
+    known = labels - 2
+    model = random_model(700, known, 0.1, seed=2)
     escapes = [0.1] * 700
     state = LabelRecency()
-    state.resize(4)
-    state.frequencies[:, 1] = 1.0
+    state.resize(known)
+    if carried:
+        state.frequencies[:, 1] = 1.0
     expected = reference_sequence(state, model, targets, escapes)
     got = state.mix_sequence(
         model, torch.tensor(targets), torch.tensor(escapes, dtype=torch.float64)
     )
-    assert got.shape == (700, 6)
+    assert got.shape == (700, labels)
     assert torch.allclose(got, expected, atol=1e-12)
+
+
+def test_many_labels_skip_dense_form(monkeypatch: pytest.MonkeyPatch) -> None:
+    labels = recency.SPARSE_FROM_LABELS
+    state = LabelRecency()
+    state.resize(labels)
+    state.frequencies[:, 0] = 1.0
+    calls: list[int] = []
+    dense = LabelRecency._dense_chunk
+
+    def counted(self: LabelRecency, *arguments: Any) -> torch.Tensor:
+        calls.append(len(arguments[1]))
+        return dense(self, *arguments)
+
+    monkeypatch.setattr(LabelRecency, "_dense_chunk", counted)
+    targets = torch.randint(0, labels, (300,), generator=torch.Generator())
+    escapes = torch.full((300,), 0.1, dtype=torch.float64)
+    state.mix_sequence(random_model(300, labels, 0.1, seed=7), targets, escapes)
+    assert calls == []
+
+    fewer = LabelRecency()
+    fewer.resize(labels - 1)
+    fewer.frequencies[:, 0] = 1.0
+    fewer.mix_sequence(
+        random_model(300, labels - 1, 0.1, seed=7), targets % (labels - 1), escapes
+    )
+    assert calls == [256, 44]
 
 
 def test_sequence_ignores_later_labels() -> None:
