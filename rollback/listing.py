@@ -33,8 +33,10 @@ fingerprint, code_version. The streaming job's metric NAMEs are n_events,
 top1_accuracy, top_k, top_k_hit_rate, log_loss, macro_precision,
 macro_recall, macro_f1 and n_labels (the labels the macro scores average
 over: those that occurred or were predicted in the holdout window, not all
-the labels the version knows). Operators: = != < <= > >= : (contains)
-~ (regex).
+the labels the version knows). The job's events.count is the number of
+labelled events it had learned when it published the version, counting
+those that rejected candidates learned before the job dropped them.
+Operators: = != < <= > >= : (contains) ~ (regex).
 """
 
 # Status of a version in the listing, from the pointer history.

@@ -229,7 +229,8 @@ def burst_account(registry: Registry, burst_from: datetime) -> str:
         lines.append(
             f"  v{before[-1]} is the last version published before the burst; "
             "to serve it again: .venv/bin/rollback --registry "
-            f"{registry.url} --to v{before[-1]}"
+            f"{registry.url} --to v{before[-1]} --reason "
+            f"'wrong labels from {burst_from:%Y-%m-%d %H:%M}'"
         )
     return "\n".join(lines)
 

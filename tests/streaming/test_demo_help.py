@@ -112,5 +112,6 @@ def test_burst_account_names_versions(tmp_path: Path) -> None:
     )
     assert lines[2] == (
         "  v2 is the last version published before the burst; to serve it "
-        f"again: .venv/bin/rollback --registry {registry.url} --to v2"
+        f"again: .venv/bin/rollback --registry {registry.url} --to v2 --reason "
+        "'wrong labels from 2023-01-03 00:00'"
     )
