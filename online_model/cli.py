@@ -60,15 +60,23 @@ def convert_main(argv: list[str]) -> int:
 
     from online_model.datasets import convert
 
+    progress_shown = False
+
     def progress(written: int) -> None:
+        nonlocal progress_shown
+        progress_shown = True
         print(f"\r  {written} events written", end="", file=sys.stderr, flush=True)
 
     try:
         report = convert(args.dataset, args.out, args.source, args.limit, progress)
     except (OSError, ValueError, csv.Error) as error:
+        if progress_shown:
+            print(file=sys.stderr)
         print(f"streamlearn convert: {error}", file=sys.stderr)
         return 1
-    print(file=sys.stderr)
+    if progress_shown:
+        # End the progress line, which each update rewrites in place.
+        print(file=sys.stderr)
     if args.format == "json":
         print(json.dumps(report.to_dict(), indent=1))
     else:

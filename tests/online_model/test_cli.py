@@ -67,8 +67,11 @@ def test_convert_writes_limited_file(
             "json",
         ]
     )
-    report = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
     assert code == 0
+    # 50 events end before the first progress line, so stderr stays empty.
+    assert captured.err == ""
     assert report["events"] == 50
     assert report["rows_read"] == 32672
     events = list(read_events(out))
