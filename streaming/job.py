@@ -202,8 +202,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--max-labels",
         type=int,
         default=_DEFAULTS.max_labels,
-        help="maximum number of labels the model may have; a labelled event "
-        "with one more label is dead-lettered as label-limit",
+        help="maximum number of labels: those the model knows plus those of "
+        "the events waiting to be learned or held out. A labelled event with "
+        "one more label is dead-lettered as label-limit",
     )
     parser.add_argument(
         "--checkpoint-every-s",
@@ -581,11 +582,17 @@ def _print_progress(
     if args.format == "json":
         _print(args, {"event": "progress", "elapsed_s": elapsed_s, **account.to_dict()})
         return
+    # Shown once there are any, because the limit is rarely reached.
+    over_limit = (
+        f" | over label limit {account.over_label_limit}"
+        if account.over_label_limit
+        else ""
+    )
     print(
         f"[{elapsed_s:6.1f} s] read {account.events_read} | learned "
         f"{account.learned} | held out {account.held_out} | predictions "
         f"{account.predictions} | dead letters {sum(account.dead_lettered.values())}"
-        f" | duplicates {account.duplicates} | serving "
+        f"{over_limit} | duplicates {account.duplicates} | serving "
         f"{version_text(runtime.serving_version)} | {rate:.0f} learned/s",
         flush=True,
     )

@@ -60,6 +60,9 @@ ACTOR = "job"
 # bring a pointer change at once; this catches a change made without one.
 # rollback/cli.py and rollback/README.md state this value to operators.
 POINTER_CHECK_S = 5.0
+# A label in a dead letter's detail and the log is cut to this many
+# characters, so that the detail fits a Pub/Sub attribute.
+MAX_SHOWN_LABEL_CHARS = 80
 
 
 class VersionRegistry(Protocol):
@@ -209,6 +212,8 @@ class JobRuntime:
         self.code_version = code_version
 
         self.account = Account()
+        # Counts the learners assigned, so that a change of learner is seen.
+        self._learner_generation = 0
         self.learner = new_learner()
         self.serving_version: int | None = None
         self.serving_learner: OnlineLearner | None = None
@@ -256,12 +261,24 @@ class JobRuntime:
         self._last_pointer_check = now
         # Versions the pointer named that could not be loaded.
         self._unloadable: set[int] = set()
-        # Labels of pending and held-out events that the learner did not know.
-        # Labels it learns since stay here until the next recount at the limit.
+        # Labels of pending and held-out events that the learner does not
+        # know, counted afresh when the learner has changed.
         self._new_labels: set[Any] = set()
         self._labels_counted_at: tuple[int, int, int] | None = None
+        # Whether this process logged its first event over the label limit.
+        self._label_limit_logged = False
         # Events rejected since the caller last took them.
         self.rejected: list[RejectedEvent] = []
+
+    @property
+    def learner(self) -> OnlineLearner:
+        """The learner that trains: the candidate of the next gate."""
+        return self._learner
+
+    @learner.setter
+    def learner(self, learner: OnlineLearner) -> None:
+        self._learner = learner
+        self._learner_generation += 1
 
     # ------------------------------------------------------------ inputs
 
@@ -344,15 +361,18 @@ class JobRuntime:
             if event_id in seen_ids:
                 duplicates += 1
                 continue
+            label = event.get(label_field)
+            if label is not None and self._over_label_limit(label):
+                # Its id is not remembered, so the event can be published
+                # again, from the dead letter, once the limit is raised.
+                self._reject_label(event, label)
+                continue
             seen_ids[event_id] = None
             if len(seen_ids) > window:
                 seen_ids.popitem(last=False)
 
-            label = event.get(label_field)
             if label is None:
                 requests.append(event)
-            elif self._over_label_limit(label):
-                self._reject_label(event, label)
             elif holdout_share(event_id) < fraction:
                 self.holdout.append(event)
                 held_out += 1
@@ -374,37 +394,44 @@ class JobRuntime:
         to be learned or in the holdout window.
         """
         learner = self.learner
-        if learner.knows_label(label) or label in self._new_labels:
+        if learner.knows_label(label):
             return False
-        limit = self.config.max_labels
-        if learner.label_count + len(self._new_labels) >= limit:
-            # Labels learned since they were counted would count twice, and a
-            # rollback may have replaced the learner, so count afresh once the
-            # learner has changed.
-            state = (id(learner), learner.label_count, self.account.micro_batches)
-            if state != self._labels_counted_at:
-                self._labels_counted_at = state
-                label_field = self.spec.label_field
-                self._new_labels = {
-                    e[label_field]
-                    for e in itertools.chain(self.pending, self.holdout)
-                    if not learner.knows_label(e[label_field])
-                }
-            if learner.label_count + len(self._new_labels) >= limit:
-                return True
+        # Since the last count the learner may have learned some of the
+        # labels, been replaced by a rollback or restored from a checkpoint,
+        # so the labels it does not know are counted afresh then.
+        state = (
+            self._learner_generation,
+            learner.label_count,
+            self.account.micro_batches,
+        )
+        if state != self._labels_counted_at:
+            self._labels_counted_at = state
+            label_field = self.spec.label_field
+            self._new_labels = {
+                e[label_field]
+                for e in itertools.chain(self.pending, self.holdout)
+                if not learner.knows_label(e[label_field])
+            }
+        if label in self._new_labels:
+            return False
+        if learner.label_count + len(self._new_labels) >= self.config.max_labels:
+            return True
         self._new_labels.add(label)
         return False
 
     def _reject_label(self, event: Event, label: Any) -> None:
         self.account.over_label_limit += 1
-        limit = self.config.max_labels
+        shown = repr(label)
+        if len(shown) > MAX_SHOWN_LABEL_CHARS:
+            shown = shown[:MAX_SHOWN_LABEL_CHARS] + "..."
         detail = (
-            f"label {label!r} is new, and the job has its limit of {limit} labels "
-            "(--max-labels)"
+            f"label {shown} is new, and the job has reached --max-labels "
+            f"{self.config.max_labels}"
         )
-        if self.account.over_label_limit == 1:
+        if not self._label_limit_logged:
+            self._label_limit_logged = True
             logger.warning(
-                "dead-lettered event %s: %s; later events over the limit are "
+                "dead-lettered event %s: %s. Later events over the limit are "
                 "counted as over_label_limit",
                 event[self.spec.event_id_field],
                 detail,
@@ -981,6 +1008,14 @@ class JobRuntime:
         serving = state["serving_version"]
         if serving is not None and not self._restore_serving(serving):
             serving = None
+        if self.learner.label_count > self.config.max_labels:
+            logger.warning(
+                "the restored learner has %d labels, more than --max-labels %d: "
+                "it keeps learning them, and events with any other label are "
+                "dead-lettered as label-limit",
+                self.learner.label_count,
+                self.config.max_labels,
+            )
         self._record("restored", number=number, **self._totals())
         logger.info(
             "restored checkpoint %d: %d events learned, serving %s",

@@ -60,7 +60,9 @@ REASON_ATTRIBUTE = "dead-letter-reason"
 DETAIL_ATTRIBUTE = "dead-letter-detail"
 RECORD_INDEX_ATTRIBUTE = "dead-letter-record-index"
 _SYNC_MARKER_BYTES = 16
-_MAX_DETAIL_CHARS = 500
+# Pub/Sub takes attribute values of at most 1,024 bytes, so the detail is
+# cut to this many bytes of UTF-8, at a character boundary.
+_MAX_DETAIL_BYTES = 500
 # The largest DecodeLimits.max_decoded_bytes: 1 TiB. The decompressors take
 # budget + 1 as max_length, a C ssize_t, and raise OverflowError above
 # 2**63 - 1 (CPython 3.11 zlib, bz2 and lzma), so any cap far below that
@@ -163,7 +165,8 @@ class DeadLetter:
         plus the reason, the detail and the record index."""
         attributes = dict(self.attributes)
         attributes[REASON_ATTRIBUTE] = self.reason.value
-        attributes[DETAIL_ATTRIBUTE] = self.detail[:_MAX_DETAIL_CHARS]
+        detail = self.detail.encode("utf-8")[:_MAX_DETAIL_BYTES]
+        attributes[DETAIL_ATTRIBUTE] = detail.decode("utf-8", errors="ignore")
         if self.record_index is not None:
             attributes[RECORD_INDEX_ATTRIBUTE] = str(self.record_index)
         return attributes

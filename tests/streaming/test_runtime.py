@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import itertools
 import logging
 from pathlib import Path
@@ -17,7 +19,12 @@ from rollback.errors import RegistryNotWritable
 from rollback.registry import Registry, open_registry
 from streaming import monitoring as mon
 from streaming.checkpoint import CheckpointError, CheckpointStore
-from streaming.job import _read_decisions, _ReadingRate, render_summary
+from streaming.job import (
+    _print_progress,
+    _read_decisions,
+    _ReadingRate,
+    render_summary,
+)
 from streaming.job_config import JobConfig
 from streaming.pipeline import DecisionLog, read_decisions
 from streaming.report.records import read_run
@@ -151,7 +158,7 @@ def test_labels_over_limit_rejected(tmp_path: Path) -> None:
     assert counted == len(over)
     assert [r.event for r in rejected] == over
     assert {r.reason for r in rejected} == {"label-limit"}
-    assert "the job has its limit of 4 labels (--max-labels)" in rejected[0].detail
+    assert rejected[0].detail.endswith("the job has reached --max-labels 4")
     assert sorted(runtime.learner.labels) == sorted(first_four)
     assert runtime.take_rejected() == []
     assert_adds_up(runtime)
@@ -174,6 +181,82 @@ def test_label_limit_counts_pending_labels(tmp_path: Path) -> None:
         e["job_role"] for e in events if e["job_role"] in ("c", "d")
     ]
     assert_adds_up(runtime)
+
+
+def relabelled(label: str, count: int, prefix: str) -> list[dict[str, Any]]:
+    """Return ``count`` events labelled ``label``, with ids outside the holdout."""
+    events = []
+    for number, event in enumerate(itertools.cycle(EVENTS)):
+        event_id = f"{prefix}{number}"
+        if holdout_share(event_id) >= 0.1:
+            events.append({**event, "event_id": event_id, "job_role": label})
+        if len(events) == count:
+            return events
+    raise AssertionError("unreachable")
+
+
+def test_label_limit_counts_restored_pending(tmp_path: Path) -> None:
+    first, _ = make_runtime(tmp_path, FakeClock(), max_labels=5)
+    feed(first, [*relabelled("A", 50, "a"), *relabelled("B", 50, "b")])
+    feed(first, relabelled("C", 28, "c"))
+    # One micro-batch of 128 learned A to C; D and E wait in the next one.
+    feed(first, [*relabelled("D", 20, "d"), *relabelled("E", 20, "e")])
+    assert first.learner.label_count == 3
+    first.save_checkpoint()
+
+    second, _ = make_runtime(tmp_path, FakeClock(), max_labels=5)
+    second.restore(first.checkpoint_number)
+    feed(second, [*relabelled("F", 20, "f"), *relabelled("G", 20, "g")])
+    feed(second, relabelled("A", 128, "x"))
+
+    assert second.account.over_label_limit == 40
+    assert second.learner.labels == ["A", "B", "C", "D", "E"]
+
+
+def test_label_limit_counts_after_learner_replaced(tmp_path: Path) -> None:
+    runtime, _ = make_runtime(tmp_path, FakeClock(), max_labels=3)
+    feed(runtime, relabelled("A", 128, "a"))
+    feed(runtime, [*relabelled("B", 64, "b"), *relabelled("C", 64, "c")])
+    feed(runtime, [*relabelled("B", 10, "p"), *relabelled("C", 10, "q")])
+    assert runtime.learner.labels == ["A", "B", "C"]
+    # As after a rollback to a version that learned only A: the pending
+    # events' labels are new to it, and leave no room for D.
+    earlier = OnlineLearner(SPEC, seed=0, device="cpu")
+    earlier.learn(relabelled("A", 128, "r"))
+    runtime.learner = earlier
+    feed(runtime, relabelled("D", 10, "d"))
+    feed(runtime, relabelled("A", 128, "x"))
+
+    assert runtime.account.over_label_limit == 10
+    assert runtime.learner.labels == ["A", "B", "C"]
+
+
+def test_rejected_event_accepted_after_limit_raised(tmp_path: Path) -> None:
+    runtime, _ = make_runtime(tmp_path, FakeClock(), max_labels=1)
+    feed(runtime, EVENTS[:300])
+    rejected = [r.event for r in runtime.take_rejected()]
+    assert rejected
+    runtime.config = dataclasses.replace(runtime.config, max_labels=2000)
+    before = runtime.account.events_read - runtime.account.over_label_limit
+    feed(runtime, rejected)
+
+    assert runtime.account.duplicates == 0
+    assert runtime.account.over_label_limit == len(rejected)
+    routed = runtime.account.events_read - runtime.account.over_label_limit
+    assert routed - before == len(rejected)
+    assert_adds_up(runtime)
+
+
+def test_long_label_cut_in_detail(tmp_path: Path) -> None:
+    runtime, _ = make_runtime(tmp_path, FakeClock(), max_labels=1)
+    feed(runtime, [*relabelled("A", 1, "a"), *relabelled("\U0001f600" * 400, 1, "b")])
+
+    (rejected,) = runtime.take_rejected()
+    assert len(rejected.detail) < 200
+    assert rejected.detail.startswith("label '" + "\U0001f600" * 20)
+    assert rejected.detail.endswith(
+        "... is new, and the job has reached --max-labels 1"
+    )
 
 
 def test_holdout_window_only_holdout_ids(tmp_path: Path) -> None:
@@ -691,6 +774,21 @@ def test_summary_names_versions(tmp_path: Path) -> None:
     assert "dead letters         3 [invalid-event 1, undecodable 2] (bad" in (
         render_summary(summary)
     )
+
+
+def test_progress_shows_label_limit_once_reached(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runtime, _ = make_runtime(tmp_path, FakeClock(), max_labels=1)
+    arguments = argparse.Namespace(format="text")
+    _print_progress(arguments, runtime, 1.0, 0.0)
+    feed(runtime, EVENTS[:300])
+    _print_progress(arguments, runtime, 2.0, 0.0)
+
+    before, after = capsys.readouterr().out.splitlines()
+    assert "over label limit" not in before
+    over = runtime.account.over_label_limit
+    assert f"| dead letters 0 | over label limit {over} | duplicates 0 |" in after
 
 
 def test_failed_publish_and_checkpoint_go_on(

@@ -20,6 +20,7 @@ from streaming.wire import (
     MAX_KEPT_SCHEMAS,
     REASON_ATTRIBUTE,
     RECORD_INDEX_ATTRIBUTE,
+    DeadLetter,
     DeadLetterReason,
     DecodeLimits,
     Encoding,
@@ -276,6 +277,16 @@ def test_dead_letter_attributes(decoder: MessageDecoder) -> None:
     assert attributes[REASON_ATTRIBUTE] == "invalid-fields"
     assert attributes[RECORD_INDEX_ATTRIBUTE] == "0"
     assert "skills" in attributes[DETAIL_ATTRIBUTE]
+
+
+def test_dead_letter_detail_cut_to_bytes() -> None:
+    # 300 characters of 4 bytes each: cut at 500 bytes, between characters.
+    letter = DeadLetter(DeadLetterReason.UNDECODABLE, "\U0001f600" * 300, b"", {})
+
+    detail = letter.to_attributes()[DETAIL_ATTRIBUTE]
+
+    assert detail == "\U0001f600" * 125
+    assert len(detail.encode("utf-8")) == 500
 
 
 def test_every_truncation_is_dead_lettered(decoder: MessageDecoder) -> None:
