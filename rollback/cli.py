@@ -241,6 +241,8 @@ def _run_rollback(args: argparse.Namespace) -> int:
         # is safe, as 'kubectl apply' of an unchanged object is.
         print(already)
         return 0
+    if registry.last_check_skipped is not None:
+        print(f"rollback: warning: {registry.last_check_skipped}", file=sys.stderr)
     verb = "roll back" if current is None or target < current else "move"
     moved = f"serving from {_name(current)} to {format_version(target)}"
     if args.dry_run:

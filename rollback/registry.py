@@ -209,6 +209,8 @@ class Registry:
         self.clock = clock
         self.max_attempts = max_attempts
         self.last_announce_error: AnnounceError | None = None
+        # Why the last compatibility check was skipped, or None.
+        self.last_check_skipped: str | None = None
         self._rng = rng  # created on the first retry: random is slow to import
         # (generation, parsed state): a large history costs more to parse
         # than to read, and one command reads the state several times.
@@ -441,8 +443,8 @@ class Registry:
         if target == current:
             try:
                 self.verify(target)
-            except CorruptVersion as error:
-                raise CorruptVersion(
+            except (CorruptVersion, VersionNotFound) as error:
+                raise type(error)(
                     f"{error}. It serves already: move serving to an intact "
                     "version with 'rollback --to', or publish a new one"
                 ) from error
@@ -746,7 +748,18 @@ class Registry:
         if running is None:
             if serving is None or serving == manifest.version:
                 return
-            fields = self.describe(serving).fields
+            try:
+                fields = self.describe(serving).fields
+            except (CorruptVersion, VersionNotFound) as error:
+                # Nothing to compare with, and refusing would leave no way
+                # off the damaged version.
+                self.last_check_skipped = (
+                    f"did not check that {manifest.name} is compatible: no job "
+                    "recorded its fingerprint, and the serving version's "
+                    f"manifest cannot be read ({error})"
+                )
+                logger.warning("%s", self.last_check_skipped)
+                return
             running = (fields.fingerprint, fields.state_format)
             source = f"the serving version {format_version(serving)}'s"
         reference, state_format = running

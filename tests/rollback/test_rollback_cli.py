@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -250,6 +251,33 @@ def test_rollback_to_damaged_serving_fails(registry: Registry) -> None:
         "intact version with 'rollback --to', or publish a new one\n"
     )
     assert registry.serving() == 3
+
+
+def test_rollback_to_deleted_serving_fails(registry: Registry) -> None:
+    shutil.rmtree((Path(registry.url) / version_key(3, "manifest.json")).parent)
+
+    result = run("rollback", "--to", "v3", "--registry", registry.url)
+
+    assert result.returncode == 1
+    assert result.stderr.startswith("rollback: unknown version 'v3'")
+    assert "It serves already: move serving to an intact version" in result.stderr
+
+
+def test_rollback_away_from_damaged_manifest(registry: Registry) -> None:
+    # No job recorded a fingerprint, so the serving version's manifest is
+    # the reference, and it cannot be read.
+    (Path(registry.url) / version_key(3, "manifest.json")).write_text("{")
+
+    result = run("rollback", "--to", "v2", "--registry", registry.url)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "rolled back serving from v3 to v2\n"
+    assert result.stderr.startswith(
+        "rollback: warning: did not check that v2 is compatible: no job "
+        "recorded its fingerprint, and the serving version's manifest cannot "
+        "be read (version v3 is corrupt: manifest.json is unreadable"
+    )
+    assert registry.serving() == 2
 
 
 class _Planted:
