@@ -57,8 +57,8 @@ class JobConfig:
     # Each label adds an output row to the model and to every version. With
     # 100,000 distinct labels a micro-batch of job postings took about 4 s
     # instead of 0.08 s, and each version 30 MB. At 2,000 labels a learned
-    # micro-batch of 512 took 75 ms against 12 ms with 10 labels (one ad-hoc
-    # timing on 2 cores). A labelled event whose label would be one more
+    # micro-batch of 512 took 39 ms against 10 ms with 10 labels (ad-hoc
+    # timings on 2 cores). A labelled event whose label would be one more
     # than this is dead-lettered as label-limit.
     max_labels: int = 2000
     top_k: int = 5
