@@ -310,6 +310,7 @@ def test_transform_names_stable() -> None:
         "ReadEvents",
         "DecodeEvents",
         "WriteDeadLetters",
+        "MergeDeadLetters",
         "ReadTicks",
         "AsTicks",
         "ReadPointerChanges",
