@@ -39,9 +39,10 @@ FLOOR = 1e-15
 # 10 ** 256 at rate 0.9.
 CHUNK = min(256, int(300 / -math.log10(1.0 - max(RATES))))
 # From this many labels on, a chunk is mixed without the [rates, events,
-# labels] tensors. A chunk of 256 events took, with and without them (CPU,
-# one thread, torch 2.13): 0.49 and 0.92 ms with 27 labels, 1.06 and
-# 0.97 ms with 96, 3.77 and 1.21 ms with 290, about 38 and 5 ms with 2,000.
+# labels] tensors. Timed on one CPU thread with torch 2.13, a chunk of 256
+# events took 0.49 ms with them and 0.92 ms without at 27 labels. At 96
+# labels it took 1.06 and 0.97 ms, at 290 3.77 and 1.21 ms, and at 2,000
+# about 38 and 5 ms.
 SPARSE_FROM_LABELS = 96
 # At most this many cells in a chunk's [rates, events, labels] tensors, so
 # that a stream with many labels takes smaller chunks (about 8 MB each).

@@ -421,11 +421,11 @@ class JobRuntime:
 
     def _reject_label(self, event: Event, label: Any) -> None:
         self.account.over_label_limit += 1
-        shown = repr(label)
-        if len(shown) > MAX_SHOWN_LABEL_CHARS:
-            shown = shown[:MAX_SHOWN_LABEL_CHARS] + "..."
+        shown_label = repr(label)
+        if len(shown_label) > MAX_SHOWN_LABEL_CHARS:
+            shown_label = shown_label[:MAX_SHOWN_LABEL_CHARS] + "..."
         detail = (
-            f"label {shown} is new, and the job has reached --max-labels "
+            f"label {shown_label} is new, and the job has reached --max-labels "
             f"{self.config.max_labels}"
         )
         if not self._label_limit_logged:

@@ -221,34 +221,30 @@ def test_invalid_name_checked_before_store(tmp_path: Path) -> None:
     assert not (tmp_path / "none").exists()
 
 
-def test_corrupt_target_refused(registry: Registry) -> None:
-    path = Path(registry.url) / version_key(1, "weights.safetensors")
+@pytest.mark.parametrize(
+    ("version", "advice"),
+    [
+        (1, ""),
+        # The serving version: not "serves already; nothing to do".
+        (
+            3,
+            ". It serves already: move serving to an intact version with "
+            "'rollback --to', or publish a new one",
+        ),
+    ],
+)
+def test_corrupt_target_refused(registry: Registry, version: int, advice: str) -> None:
+    path = Path(registry.url) / version_key(version, "weights.safetensors")
     size = path.stat().st_size
     path.write_bytes(path.read_bytes()[:10])
 
-    result = run("rollback", "--to", "v1", "--registry", registry.url)
-
-    assert result.returncode == 1
-    assert result.stderr == (
-        "rollback: version v1 is corrupt: file weights.safetensors has 10 bytes, "
-        f"the manifest records {size}\n"
-    )
-    assert registry.serving() == 3
-
-
-def test_rollback_to_damaged_serving_fails(registry: Registry) -> None:
-    path = Path(registry.url) / version_key(3, "weights.safetensors")
-    size = path.stat().st_size
-    path.write_bytes(path.read_bytes()[:10])
-
-    result = run("rollback", "--to", "v3", "--registry", registry.url)
+    result = run("rollback", "--to", f"v{version}", "--registry", registry.url)
 
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr == (
-        "rollback: version v3 is corrupt: file weights.safetensors has 10 bytes, "
-        f"the manifest records {size}. It serves already: move serving to an "
-        "intact version with 'rollback --to', or publish a new one\n"
+        f"rollback: version v{version} is corrupt: file weights.safetensors has "
+        f"10 bytes, the manifest records {size}{advice}\n"
     )
     assert registry.serving() == 3
 
