@@ -149,9 +149,11 @@ class LabelRecency:
             kernel.state_decay * frequencies.sum(dim=1, keepdim=True)
             + kernel.earlier_sums
         )
-        if labels < SPARSE_FROM_LABELS or known == 0 or bool((row_sums == 0).any()):
+        if labels < SPARSE_FROM_LABELS or known == 0 or bool((row_sums < FLOOR).any()):
             # Few labels, the first labels of a stream, or a state saved
-            # without recency.
+            # without recency. The dense form also floors a sum below FLOOR,
+            # which only a damaged state has, as a stream keeps each rate's
+            # sum at or above that rate.
             return self._dense_chunk(model, targets, labels, escape)
         remaining = (1.0 - escape.double()).unsqueeze(1)
         padded = _padded(model, labels)
@@ -186,7 +188,7 @@ class LabelRecency:
         """Do what :meth:`_chunk` does with [rates, events, labels] tensors.
 
         It is faster with few labels, and only this form handles a rate that
-        has seen no label yet.
+        has seen no label yet or whose frequencies sum to less than FLOOR.
         """
         count = len(targets)
         known = model.shape[1]

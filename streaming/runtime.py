@@ -214,6 +214,7 @@ class JobRuntime:
         self.account = Account()
         # Counts the learners assigned, so that a change of learner is seen.
         self._learner_generation = 0
+        self._label_excess_logged = False
         self.learner = new_learner()
         self.serving_version: int | None = None
         self.serving_learner: OnlineLearner | None = None
@@ -279,6 +280,17 @@ class JobRuntime:
     def learner(self, learner: OnlineLearner) -> None:
         self._learner = learner
         self._learner_generation += 1
+        limit = self.config.max_labels
+        if learner.label_count > limit and not self._label_excess_logged:
+            # A checkpoint or version from a run with a higher limit.
+            self._label_excess_logged = True
+            logger.warning(
+                "the learner has %d labels, more than --max-labels %d: it keeps "
+                "learning them, and events with any other label are "
+                "dead-lettered as label-limit",
+                learner.label_count,
+                limit,
+            )
 
     # ------------------------------------------------------------ inputs
 
@@ -1008,14 +1020,6 @@ class JobRuntime:
         serving = state["serving_version"]
         if serving is not None and not self._restore_serving(serving):
             serving = None
-        if self.learner.label_count > self.config.max_labels:
-            logger.warning(
-                "the restored learner has %d labels, more than --max-labels %d: "
-                "it keeps learning them, and events with any other label are "
-                "dead-lettered as label-limit",
-                self.learner.label_count,
-                self.config.max_labels,
-            )
         self._record("restored", number=number, **self._totals())
         logger.info(
             "restored checkpoint %d: %d events learned, serving %s",
@@ -1025,6 +1029,27 @@ class JobRuntime:
         )
         self._skip_pending_in_pointer_version()
         self.follow_registry()
+        self._screen_restored_pending()
+
+    def _screen_restored_pending(self) -> None:
+        """Dead-letter the restored pending events whose labels no longer fit.
+
+        A run with a higher --max-labels admitted them.
+        """
+        label_field = self.spec.label_field
+        pending = self.pending
+        publish_s = self.pending_publish_s
+        # Each event is checked as when it was routed: against the learner's
+        # labels and those of the held-out events and the events kept so far.
+        self.pending, self.pending_publish_s = [], []
+        self._labels_counted_at = None
+        for event, published in zip(pending, publish_s, strict=True):
+            if self._over_label_limit(event[label_field]):
+                self.account.pending -= 1
+                self._reject_label(event, event[label_field])
+                continue
+            self.pending.append(event)
+            self.pending_publish_s.append(published)
 
     def _restore_serving(self, version: int) -> bool:
         """Serve ``version``, the checkpoint's serving version; return whether

@@ -132,6 +132,25 @@ def test_many_labels_skip_dense_form(monkeypatch: pytest.MonkeyPatch) -> None:
     assert calls == [256, 44]
 
 
+def test_tiny_frequencies_stay_finite() -> None:
+    # Sums below FLOOR come only from a damaged state; the sparse form would
+    # divide by them.
+    labels = recency.SPARSE_FROM_LABELS + 4
+    state = LabelRecency()
+    state.resize(labels)
+    state.frequencies[:, 0] = 5e-324
+    targets = torch.randint(0, labels, (50,), generator=torch.Generator())
+    escapes = torch.full((50,), 0.1, dtype=torch.float64)
+
+    rows = state.mix_sequence(random_model(50, labels, 0.1, seed=8), targets, escapes)
+
+    assert bool(torch.isfinite(rows).all())
+    # The first event's recency rows are floored to almost nothing; from the
+    # second on, the first label fills them.
+    assert float(rows[0].sum()) <= 0.9
+    assert torch.allclose(rows[1:].sum(dim=1), torch.full((49,), 0.9).double())
+
+
 def test_sequence_ignores_later_labels() -> None:
     model = random_model(50, 3, 0.05, seed=3)
     escapes = torch.full((50,), 0.05, dtype=torch.float64)

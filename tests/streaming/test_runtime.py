@@ -213,6 +213,28 @@ def test_label_limit_counts_restored_pending(tmp_path: Path) -> None:
     assert second.learner.labels == ["A", "B", "C", "D", "E"]
 
 
+def test_lower_label_limit_screens_restored_pending(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first, _ = make_runtime(tmp_path, FakeClock(), max_labels=10)
+    learned = [relabelled(label, 32, label) for label in "ABCD"]
+    feed(first, [event for events in learned for event in events])
+    feed(first, [*relabelled("A", 10, "p"), *relabelled("E", 10, "e")])
+    assert first.learner.label_count == 4
+    first.save_checkpoint()
+
+    second, _ = make_runtime(tmp_path, FakeClock(), max_labels=3)
+    with caplog.at_level(logging.WARNING, logger="streaming.runtime"):
+        second.restore(first.checkpoint_number)
+
+    assert "the learner has 4 labels, more than --max-labels 3" in caplog.text
+    assert {e["job_role"] for e in second.pending} == {"A"}
+    assert len(second.pending_publish_s) == len(second.pending) == 10
+    assert [r.event["job_role"] for r in second.take_rejected()] == ["E"] * 10
+    assert second.account.over_label_limit == 10
+    assert_adds_up(second)
+
+
 def test_label_limit_counts_after_learner_replaced(tmp_path: Path) -> None:
     runtime, _ = make_runtime(tmp_path, FakeClock(), max_labels=3)
     feed(runtime, relabelled("A", 128, "a"))
