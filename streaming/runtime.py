@@ -212,9 +212,10 @@ class JobRuntime:
         self.code_version = code_version
 
         self.account = Account()
-        # Counts the learners assigned, so that a change of learner is seen.
-        self._learner_generation = 0
         self._label_excess_logged = False
+        # When the labels the learner does not know were last counted, or
+        # None to count them afresh.
+        self._labels_counted_at: tuple[int, int] | None = None
         self.learner = new_learner()
         self.serving_version: int | None = None
         self.serving_learner: OnlineLearner | None = None
@@ -265,7 +266,6 @@ class JobRuntime:
         # Labels of pending and held-out events that the learner does not
         # know, counted afresh when the learner has changed.
         self._new_labels: set[Any] = set()
-        self._labels_counted_at: tuple[int, int, int] | None = None
         # Whether this process logged its first event over the label limit.
         self._label_limit_logged = False
         # Events rejected since the caller last took them.
@@ -279,7 +279,7 @@ class JobRuntime:
     @learner.setter
     def learner(self, learner: OnlineLearner) -> None:
         self._learner = learner
-        self._learner_generation += 1
+        self._labels_counted_at = None
         limit = self.config.max_labels
         if learner.label_count > limit and not self._label_excess_logged:
             # A checkpoint or version from a run with a higher limit.
@@ -411,11 +411,7 @@ class JobRuntime:
         # Since the last count the learner may have learned some of the
         # labels, been replaced by a rollback or restored from a checkpoint,
         # so the labels it does not know are counted afresh then.
-        state = (
-            self._learner_generation,
-            learner.label_count,
-            self.account.micro_batches,
-        )
+        state = (learner.label_count, self.account.micro_batches)
         if state != self._labels_counted_at:
             self._labels_counted_at = state
             label_field = self.spec.label_field
@@ -1043,13 +1039,26 @@ class JobRuntime:
         # labels and those of the held-out events and the events kept so far.
         self.pending, self.pending_publish_s = [], []
         self._labels_counted_at = None
+        rejected = 0
         for event, published in zip(pending, publish_s, strict=True):
             if self._over_label_limit(event[label_field]):
                 self.account.pending -= 1
                 self._reject_label(event, event[label_field])
+                # As for an event rejected when routed, so that its dead
+                # letter can be published again once the limit is raised.
+                self.seen_ids.pop(str(event[self.spec.event_id_field]), None)
+                rejected += 1
                 continue
             self.pending.append(event)
             self.pending_publish_s.append(published)
+        if rejected:
+            self.metrics.routed(
+                0,
+                {DeadLetterReason.LABEL_LIMIT.value: rejected},
+                duplicates=0,
+                held_out=0,
+                requests=0,
+            )
 
     def _restore_serving(self, version: int) -> bool:
         """Serve ``version``, the checkpoint's serving version; return whether

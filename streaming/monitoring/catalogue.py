@@ -116,7 +116,8 @@ EVENTS_HELD_OUT = _counter(
 EVENTS_DEAD_LETTERED = _counter(
     "events/dead_lettered",
     "{message}",
-    "Messages sent to the dead-letter topic, by reason.",
+    "Messages sent to the dead-letter topic, by reason. A label-limit letter "
+    "is one event, which events/read counts too.",
     labels=("reason",),
 )
 EVENTS_DUPLICATE = _counter(

@@ -223,15 +223,33 @@ def test_lower_label_limit_screens_restored_pending(
     assert first.learner.label_count == 4
     first.save_checkpoint()
 
-    second, _ = make_runtime(tmp_path, FakeClock(), max_labels=3)
+    clock = FakeClock()
+    session = mon.open_telemetry(
+        mon.TelemetryConfig(job="t", model="job_postings", resource_interval_s=0),
+        clock=clock,
+    )
+    second, _ = make_runtime(tmp_path, clock, telemetry=session.telemetry, max_labels=3)
     with caplog.at_level(logging.WARNING, logger="streaming.runtime"):
         second.restore(first.checkpoint_number)
+    counted = session.telemetry.counter_total(
+        mon.EVENTS_DEAD_LETTERED, reason="label-limit"
+    )
 
     assert "the learner has 4 labels, more than --max-labels 3" in caplog.text
     assert {e["job_role"] for e in second.pending} == {"A"}
     assert len(second.pending_publish_s) == len(second.pending) == 10
-    assert [r.event["job_role"] for r in second.take_rejected()] == ["E"] * 10
+    rejected = [r.event for r in second.take_rejected()]
+    assert [e["job_role"] for e in rejected] == ["E"] * 10
     assert second.account.over_label_limit == 10
+    assert counted == 10
+    assert_adds_up(second)
+
+    # With the limit raised, the dead letters published again are learned.
+    second.config = dataclasses.replace(second.config, max_labels=2000)
+    feed(second, rejected)
+    session.close()
+    assert second.account.duplicates == 0
+    assert [e["job_role"] for e in second.pending].count("E") == 10
     assert_adds_up(second)
 
 
