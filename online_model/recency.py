@@ -138,6 +138,8 @@ class LabelRecency:
         labels: int,
         escape: torch.Tensor,
     ) -> torch.Tensor:
+        """Return one chunk's mixed scores, ``[events, labels]``, and learn
+        from its labels, as :meth:`mix_sequence` describes."""
         count = len(targets)
         known = model.shape[1]
         kernel = self._kernel(count)

@@ -408,9 +408,9 @@ class JobRuntime:
         learner = self.learner
         if learner.knows_label(label):
             return False
-        # Since the last count the learner may have learned some of the
-        # labels, been replaced by a rollback or restored from a checkpoint,
-        # so the labels it does not know are counted afresh then.
+        # The labels the learner does not know are counted afresh after each
+        # learned micro-batch and whenever the learner is replaced (the
+        # learner setter clears the count), as by a rollback or a restore.
         state = (learner.label_count, self.account.micro_batches)
         if state != self._labels_counted_at:
             self._labels_counted_at = state
