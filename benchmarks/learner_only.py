@@ -1,7 +1,8 @@
 """Run the learner alone over the real streams and print its prequential metrics.
 
 Usage: .venv/bin/python benchmarks/learner_only.py [--datasets a,b] [--limit N]
-       [--micro-batch 256] [--seed 0] [--set field=value ...] [--profile]
+       [--micro-batch 256] [--seed 0] [--device cpu] [--set field=value ...]
+       [--profile]
 
 For each stream it prints top-1 accuracy, top-5 hit rate and log loss of the
 test-then-train run. It also prints the number of events whose label was
@@ -10,7 +11,9 @@ Speed comes as examples per wall-clock second and per CPU second of learn()
 on decoded events (featurization included), and as examples per CPU second
 of the model step alone (the same micro-batches, featurized beforehand).
 CPU seconds are those of this process, so other work on a shared machine
-moves them far less than wall-clock time.
+moves them far less than wall-clock time. On a GPU (``--device cuda``) the
+model step is timed in wall-clock seconds instead, after waiting for the
+GPU to finish, because the CPU only queues the GPU's work.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 
 import torch
 
+from online_model.arguments import device_argument
 from online_model.datasets import iter_events
 from online_model.featurize import hashed_tokens, standardize
 from online_model.learner import LearnerConfig, OnlineLearner
@@ -39,6 +43,8 @@ examples, from the repository root:
   .venv/bin/python benchmarks/learner_only.py --set label_recency=false
   # a quick look at the first 10,240 events of one stream
   .venv/bin/python benchmarks/learner_only.py --datasets job_postings --limit 10240
+  # the learner alone on a GPU, at a larger micro-batch
+  .venv/bin/python benchmarks/learner_only.py --device cuda --micro-batch 1024
 """
 
 
@@ -48,10 +54,11 @@ def run_stream(
     micro_batch: int,
     limit: int | None,
     seed: int = 0,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Return prequential metrics and throughput of one test-then-train run."""
     events = list(iter_events(name))[:limit]
-    learner = OnlineLearner(load_spec(name), config, seed=seed, device="cpu")
+    learner = OnlineLearner(load_spec(name), config, seed=seed, device=device)
     hits1 = hits5 = unseen = 0
     log_loss = log_loss_seen = 0.0
     started = time.perf_counter()
@@ -83,22 +90,28 @@ def run_stream(
         "log_loss_seen_labels": log_loss_seen / max(count - unseen, 1),
         "events_per_s": count / elapsed,
         "events_per_cpu_s": count / elapsed_cpu,
-        "model_step_events_per_cpu_s": model_step_rate(
-            name, events, config, micro_batch
+        "model_step_events_per_s": model_step_rate(
+            name, events, config, micro_batch, device
         ),
         "labels": len(learner.labels),
     }
 
 
 def model_step_rate(
-    name: str, events: list[dict[str, Any]], config: LearnerConfig, micro_batch: int
+    name: str,
+    events: list[dict[str, Any]],
+    config: LearnerConfig,
+    micro_batch: int,
+    device: str = "cpu",
 ) -> float:
-    """Return examples per CPU second of the model step alone.
+    """Return examples per second of the model step alone.
 
     The micro-batches are featurized beforehand, so only forward, backward and
     optimizer step are timed, as many times per batch as the learner takes them.
+    On the CPU the seconds are CPU seconds of this process. On a GPU they are
+    wall-clock seconds up to the end of the GPU's last step.
     """
-    learner = OnlineLearner(load_spec(name), config, seed=0, device="cpu")
+    learner = OnlineLearner(load_spec(name), config, seed=0, device=device)
     learner.learn(events)  # learn every label once so the output layer is full size
     model = learner._model
     batches = []
@@ -108,17 +121,21 @@ def model_step_rate(
         z = standardize(
             encoded.numeric,
             learner._layout,
-            model.numeric_count,
-            model.numeric_mean,
-            model.numeric_m2,
+            model.numeric_count.cpu(),
+            model.numeric_mean.cpu(),
+            model.numeric_m2.cpu(),
         )
         targets = torch.tensor(
-            [learner._label_index[e[learner.spec.label_field]] for e in chunk]
+            [learner._label_index[e[learner.spec.label_field]] for e in chunk],
+            device=learner.device,
         )
         batches.append(
             (hashed_tokens(encoded, learner._layout, z, learner.device), targets)
         )
-    started = time.process_time()
+    on_cpu = learner.device.type == "cpu"
+    clock = time.process_time if on_cpu else time.perf_counter
+    _wait_for(learner.device)
+    started = clock()
     for batch, targets in batches:
         for _ in range(config.steps_per_batch):
             for optimizer in learner._optimizers:
@@ -127,15 +144,26 @@ def model_step_rate(
             loss.backward()
             for optimizer in learner._optimizers:
                 optimizer.step()
-    return len(events) / (time.process_time() - started)
+    _wait_for(learner.device)
+    return len(events) / (clock() - started)
+
+
+def _wait_for(device: torch.device) -> None:
+    """Wait until a GPU has finished the work queued on it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def profile_stream(
-    name: str, config: LearnerConfig, micro_batch: int, limit: int | None
+    name: str,
+    config: LearnerConfig,
+    micro_batch: int,
+    limit: int | None,
+    device: str = "cpu",
 ) -> None:
     """Print the functions that take the most time in a test-then-train run."""
     events = list(iter_events(name))[:limit]
-    learner = OnlineLearner(load_spec(name), config, seed=0, device="cpu")
+    learner = OnlineLearner(load_spec(name), config, seed=0, device=device)
     profiler = cProfile.Profile()
     profiler.enable()
     for start in range(0, len(events), micro_batch):
@@ -176,6 +204,12 @@ def main() -> None:
         "(default: 0). The model-step timing and --profile always use seed 0.",
     )
     parser.add_argument(
+        "--device",
+        type=device_argument,
+        default="cpu",
+        help="torch device of the learner: cpu, cuda or cuda:N (default: cpu)",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="also print where the time of the test-then-train run goes (cProfile)",
@@ -194,28 +228,36 @@ def main() -> None:
     types = {f.name: f.type for f in dataclasses.fields(LearnerConfig)}
     parsers = {"int": int, "float": float, "str": str, "bool": _parse_bool}
     for item in args.set:
-        key, value = item.split("=", 1)
+        key, equals, value = item.partition("=")
+        if not equals or key not in types:
+            parser.error(
+                f"--set {item!r}: expected FIELD=VALUE with FIELD one of "
+                f"{', '.join(types)}"
+            )
         overrides[key] = parsers[str(types[key])](value)
     config = LearnerConfig(**overrides)
-    print(f"config: {config}")
+    step_unit = "step/cpu" if args.device == "cpu" else "step/s"
+    print(f"config: {config}; device: {args.device}")
     print(
         f"{'stream':16} {'events':>7} {'top1':>6} {'top5':>6} {'logloss':>7} "
         f"{'unseen':>6} {'ll seen':>7} {'ev/s':>8} {'ev/cpu-s':>8} "
-        f"{'step/cpu':>9} {'labels':>6}"
+        f"{step_unit:>9} {'labels':>6}"
     )
     for name in args.datasets.split(","):
-        row = run_stream(name, config, args.micro_batch, args.limit, args.seed)
+        row = run_stream(
+            name, config, args.micro_batch, args.limit, args.seed, args.device
+        )
         print(
             f"{row['stream']:16} {row['events']:7d} {row['top1']:6.3f} "
             f"{row['top5']:6.3f} {row['log_loss']:7.3f} "
             f"{row['unseen_label_events']:6d} {row['log_loss_seen_labels']:7.3f} "
             f"{row['events_per_s']:8.0f} {row['events_per_cpu_s']:8.0f} "
-            f"{row['model_step_events_per_cpu_s']:9.0f} {row['labels']:6d}",
+            f"{row['model_step_events_per_s']:9.0f} {row['labels']:6d}",
             flush=True,
         )
     if args.profile:
         for name in args.datasets.split(","):
-            profile_stream(name, config, args.micro_batch, args.limit)
+            profile_stream(name, config, args.micro_batch, args.limit, args.device)
 
 
 def _parse_bool(value: str) -> bool:
