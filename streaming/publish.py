@@ -122,7 +122,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--unlabelled-fraction",
         type=_fraction,
         default=0.0,
-        help="share of events sent without a label, as prediction requests",
+        help="share of events sent without a label, as prediction requests "
+        "(default: 0, every event labelled)",
     )
     parser.add_argument(
         "--wrong-labels",
@@ -136,7 +137,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--rate",
         type=non_negative_number,
         default=0.0,
-        help="max events per second (0: no limit)",
+        help="max events per second (default: 0, no limit)",
     )
     parser.add_argument(
         "--format",
