@@ -172,7 +172,9 @@ class _Parser:
     def _error(self, problem: str) -> InvalidInput:
         return InvalidInput(
             f"invalid filter {self.expression!r}: {problem}; write terms as KEY OP "
-            "VALUE, such as 'metrics.holdout.top1_accuracy>=0.9 AND status=serving'"
+            "VALUE, such as 'metrics.holdout.top1_accuracy>=0.9 AND status=serving', "
+            "and quote a value with spaces, a colon or parentheses, such as "
+            "created_at>'2026-12-01T08:00'"
         )
 
 

@@ -23,12 +23,13 @@ EXAMPLES = """examples:
   streamlearn versions list --limit 5
   streamlearn versions list --filter "metrics.holdout.top1_accuracy>0.9 AND version>v9"
   streamlearn versions list --filter "status=serving OR status='rolled back'"
+  streamlearn versions list --filter "created_at>='2026-03-01T08:00' AND name!=v1"
   streamlearn versions list --format json
   streamlearn versions describe v12
   streamlearn versions history --limit 10
 
-Filter keys are the dotted fields of --format json: version, status, parent,
-created_at, events.count, metrics.holdout.NAME, metrics.champion.NAME,
+Filter keys are the dotted fields of --format json: name, version, status,
+parent, created_at, events.count, metrics.holdout.NAME, metrics.champion.NAME,
 fingerprint, code_version. The streaming job's metric NAMEs are n_events,
 top1_accuracy, top_k, top_k_hit_rate, log_loss, macro_precision,
 macro_recall, macro_f1 and n_labels (the labels the macro scores average
@@ -36,7 +37,8 @@ over: those that occurred or were predicted in the holdout window, not all
 the labels the version knows). The job's events.count is the number of
 labelled events it had learned when it published the version, counting
 those that rejected candidates learned before the job dropped them.
-Operators: = != < <= > >= : (contains) ~ (regex).
+Operators: = != < <= > >= : (contains) ~ (regex). Quote a value that
+contains spaces, a colon or parentheses, such as a time.
 """
 
 # Status of a version in the listing, from the pointer history.
@@ -200,7 +202,8 @@ def _apply_filter(text: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]
     from rollback.filters import compile_filter, flatten
 
     expression = compile_filter(text)
-    flat_rows = [flatten(row) for row in rows]
+    # The keys are those of --format json, so the rows are filtered in that form.
+    flat_rows = [flatten(_json_row(row)) for row in rows]
     known = set().union(*flat_rows) if flat_rows else set()
     unknown = sorted(expression.keys - known)
     if flat_rows and unknown:

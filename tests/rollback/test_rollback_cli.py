@@ -672,3 +672,36 @@ def test_commands_on_gcs_registry(gcs_bucket: str, gcs_endpoint: str) -> None:
     assert registry.serving() == 1
     statuses = {row["name"]: row["status"] for row in json.loads(listed.stdout)}
     assert statuses == {"v3": "rolled back", "v2": "retired", "v1": "serving"}
+
+
+def test_versions_list_filter_by_name(registry: Registry) -> None:
+    result = run(
+        "streamlearn",
+        "versions",
+        "list",
+        "--registry",
+        registry.url,
+        "--filter",
+        "name=v2 OR name=V3",
+        "--format",
+        "json",
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert [row["name"] for row in json.loads(result.stdout)] == ["v3", "v2"]
+
+
+def test_versions_list_unquoted_time_hint(registry: Registry) -> None:
+    result = run(
+        "streamlearn",
+        "versions",
+        "list",
+        "--registry",
+        registry.url,
+        "--filter",
+        "created_at>2026-03-01T12:00:00",
+    )
+
+    assert result.returncode == 2
+    assert "unexpected ':'" in result.stderr
+    assert "quote a value with spaces, a colon" in result.stderr
