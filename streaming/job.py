@@ -31,6 +31,7 @@ from online_model.arguments import (
     non_negative_seconds,
     positive_seconds,
 )
+from streaming.decisions import account_decisions, describe_decision
 from streaming.job_config import JobConfig, add_decode_limit_options, decode_limits_from
 from streaming.job_metrics import version_text
 from streaming.topics import (
@@ -680,7 +681,7 @@ def _print_summary(
     reading_rate: float,
 ) -> None:
     account = runtime.account
-    decisions = _read_decisions(Path(settings.run_dir) / "decisions.jsonl")
+    decisions = account_decisions(Path(settings.run_dir) / "decisions.jsonl")
     summary = {
         "event": "finished",
         "elapsed_s": round(elapsed_s, 1),
@@ -698,26 +699,6 @@ def _print_summary(
         _print(args, summary)
         return
     print(render_summary(summary), flush=True)
-
-
-def _read_decisions(path: Path) -> list[dict[str, Any]]:
-    from streaming.pipeline import read_decisions
-
-    kinds = {
-        "promotion",
-        "rejection",
-        "promotion_paused",
-        "publish_lost_race",
-        "rollback",
-        "alert",
-        "adopted",
-        "restored",
-        "skipped_pending",
-        "restore_serving_failed",
-        "adopt_failed",
-        "publish_failed",
-    }
-    return [r for r in read_decisions(path) if r.get("kind") in kinds]
 
 
 def render_summary(summary: dict[str, Any]) -> str:
@@ -747,7 +728,7 @@ def render_summary(summary: dict[str, Any]) -> str:
         "decisions:",
     ]
     for record in summary["decisions"]:
-        lines.append("  " + _describe(record))
+        lines.append("  " + describe_decision(record))
     return "\n".join(lines)
 
 
@@ -774,54 +755,3 @@ def _by_reason(counts: dict[str, int]) -> str:
     if not counts:
         return ""
     return "[" + ", ".join(f"{r} {n}" for r, n in sorted(counts.items())) + "] "
-
-
-def _describe(record: dict[str, Any]) -> str:
-    kind = record["kind"]
-    candidate = record.get("candidate", "a candidate")
-    if kind == "promotion":
-        return (
-            f"published {candidate} as v{record['version']} (parent "
-            f"{version_text(record['parent'])}): {record['reason']} "
-            f"(candidate's holdout top-1 {record['candidate_top1']:.3f}, top-5 "
-            f"{record['candidate_top5']:.3f}, log loss "
-            f"{record['candidate_log_loss']:.3f})"
-        )
-    if kind == "rejection":
-        return (
-            f"rejected {candidate}, kept "
-            f"{version_text(record['serving_version'])}: {record['reason']} "
-            f"(candidate's holdout top-1 {record['candidate_top1']:.3f}, top-5 "
-            f"{record['candidate_top5']:.3f})"
-        )
-    if kind == "rollback":
-        return (
-            f"rolled back {version_text(record['from_version'])} -> "
-            f"v{record['to_version']}: {record['reason']}"
-        )
-    if kind == "promotion_paused":
-        return f"kept {candidate} in training: promotion is paused"
-    if kind == "publish_failed":
-        return f"failed to publish {candidate}: {record['reason']}"
-    if kind == "publish_lost_race":
-        return f"did not publish {candidate}: {record['reason']}"
-    if kind == "skipped_pending":
-        return (
-            f"skipped {record['events']} restored pending events: "
-            f"v{record['version']} learned them before the crash"
-        )
-    if kind == "alert":
-        return f"alert: {record['reason']}"
-    if kind == "restored":
-        return (
-            f"restored checkpoint {record['number']}: {record['events_read']} "
-            f"events read and {record['learned']} learned before this run"
-        )
-    if kind in ("adopt_failed", "restore_serving_failed"):
-        return f"could not load v{record['version']}: {record['error']}"
-    if kind == "adopted":
-        return (
-            f"adopted v{record['version']} (was "
-            f"{version_text(record['previous'])}): {record['reason']}"
-        )
-    return f"{kind}: " + ", ".join(f"{k}={v}" for k, v in record.items() if k != "kind")

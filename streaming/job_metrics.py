@@ -143,7 +143,7 @@ class JobMetrics:
             "drift_alarm": mon.EventKind.DRIFT_ALARM,
         }
         event_kind = kinds.get(kind)
-        manual = kind == "adopted" and _is_rollback(fields)
+        manual = kind == "adopted" and moves_back(fields)
         if manual:
             event_kind = mon.EventKind.ROLLBACK
         if event_kind is None:
@@ -163,6 +163,7 @@ class JobMetrics:
         )
 
 
-def _is_rollback(fields: Mapping[str, Any]) -> bool:
+def moves_back(fields: Mapping[str, Any]) -> bool:
+    """Return whether an adopted pointer change went to an older version."""
     version, previous = fields.get("version"), fields.get("previous")
     return isinstance(version, int) and isinstance(previous, int) and version < previous

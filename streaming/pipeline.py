@@ -45,6 +45,7 @@ from apache_beam.coders import VarIntCoder
 from apache_beam.io.gcp.pubsub import PubsubMessage, ReadFromPubSub, WriteToPubSub
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
+from streaming.decisions import DecisionLog
 from streaming.job_config import JobConfig
 from streaming.topics import JobTopics
 
@@ -347,52 +348,6 @@ def build_runtime(settings: JobSettings) -> Any:
     # A run killed before its first checkpoint has named candidates too.
     runtime.last_candidate_number = decisions.last_candidate_number()
     return runtime
-
-
-def read_decisions(path: Path) -> list[dict[str, Any]]:
-    """Return the records of a decision log, oldest first, skipping lines that
-    a crash cut short or that are not JSON objects."""
-    if not path.exists():
-        return []
-    records = []
-    with open(path, encoding="utf-8", errors="replace") as stream:
-        for line in stream:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict):
-                records.append(record)
-    return records
-
-
-class DecisionLog:
-    """Appends the job's decisions to a JSON-lines file, one line each."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        # A crash or a full disk can leave the last line cut short. The next
-        # record starts on a line of its own, so only the cut line is lost.
-        if path.exists() and path.stat().st_size > 0:
-            with open(path, "rb+") as stream:
-                stream.seek(-1, 2)
-                if stream.read(1) != b"\n":
-                    stream.write(b"\n")
-
-    def __call__(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, default=str)
-        with self._lock, open(self.path, "a", encoding="utf-8") as stream:
-            stream.write(line + "\n")
-
-    def last_candidate_number(self) -> int:
-        """Return the highest candidate number (N of "cN") in the log, or 0."""
-        highest = 0
-        for record in read_decisions(self.path):
-            candidate = record.get("candidate")
-            if isinstance(candidate, str) and candidate[1:].isdigit():
-                highest = max(highest, int(candidate[1:]))
-        return highest
 
 
 class Learn(beam.DoFn):

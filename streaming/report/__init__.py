@@ -1,7 +1,8 @@
 """``streamlearn report RUN_DIR``: one self-contained HTML page of a run.
 
 The page reads ``RUN_DIR/metrics.jsonl`` (written by
-``streaming.monitoring``) and needs no network to view: the charts are
+``streaming.monitoring``) and ``RUN_DIR/decisions.jsonl`` (the job's
+decision log), and needs no network to view: the charts are
 inline SVG and the page has no scripts.
 """
 
@@ -42,7 +43,8 @@ def main(argv: Sequence[str]) -> int:
         description="Write one self-contained HTML page with the charts of a run: "
         "prequential accuracy and loss with promotions, rejections, rollbacks and "
         "drift alarms marked; holdout metrics per version; a confusion matrix; "
-        "events per second and resource use.",
+        "events per second and resource use; the job's other records, such as "
+        "candidates kept while promotion is paused.",
         epilog="example: streamlearn report runs/r1  (writes runs/r1/report.html)",
     )
     parser.add_argument(

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from html import escape
 from pathlib import Path
+from typing import Any
 
+from streaming.decisions import account_decisions, describe_decision
+from streaming.job_metrics import moves_back
 from streaming.report.formats import detail_text, duration_text, utc_text
 from streaming.report.learning import (
     EVENT_TITLES,
@@ -35,6 +38,8 @@ svg.chart { display: block; margin: 10px 0; }
 
 # A long run may decide thousands of times; the page lists the latest.
 MAX_DECISION_ROWS = 300
+# Records of the decision log that metrics.jsonl has as events already.
+_RECORDED_AS_EVENTS = frozenset({"promotion", "rejection", "rollback"})
 
 
 def render_page(records: RunRecords, run_dir: Path, top_roles: int = 10) -> str:
@@ -48,6 +53,7 @@ def render_page(records: RunRecords, run_dir: Path, top_roles: int = 10) -> str:
         throughput_section(records),
         resource_section(records),
         _decisions_section(records),
+        _job_records_section(run_dir),
     ]
     body = "\n".join(sections)
     return (
@@ -137,3 +143,51 @@ def _decisions_section(records: RunRecords) -> str:
         + "<table><tr><th>time (UTC)</th><th>event time (UTC)</th><th>what</th>"
         "<th>labels</th><th>numbers</th></tr>" + "".join(rows) + "</table>"
     )
+
+
+def _job_records_section(run_dir: Path) -> str:
+    """List the decision log's records that metrics.jsonl does not carry.
+
+    These are candidates kept in training while promotion is paused, drift
+    alerts without a rollback, adoptions of an operator's move to a newer
+    version, restores and failures, in the words of the job's account. An
+    adopted move to an older version is listed above, as a rollback.
+    """
+    records = [
+        record
+        for record in account_decisions(run_dir / "decisions.jsonl")
+        if record["kind"] not in _RECORDED_AS_EVENTS
+        and not (record["kind"] == "adopted" and moves_back(record))
+    ]
+    title = "<h2>Other job records</h2>"
+    if not records:
+        return title + "<p>None recorded.</p>"
+    shown = records[-MAX_DECISION_ROWS:]
+    rows = [
+        f'<tr><td class="when">{_time_text(record.get("time"))}</td>'
+        f'<td class="details">{escape(describe_decision(record))}</td></tr>'
+        for record in shown
+    ]
+    note = ""
+    if len(records) > len(shown):
+        note = (
+            f"<p>The {len(records) - len(shown)} earlier records are in "
+            "decisions.jsonl.</p>"
+        )
+    return (
+        title
+        + note
+        + "<table><tr><th>time (UTC)</th><th>what</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
+
+
+def _time_text(value: Any) -> str:
+    """Return a record's time as UTC text, or "" for a time no date can show."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return ""
+    try:
+        return escape(utc_text(float(value)))
+    except (OverflowError, ValueError, OSError):
+        return ""

@@ -19,14 +19,13 @@ from rollback.errors import RegistryNotWritable
 from rollback.registry import Registry, open_registry
 from streaming import monitoring as mon
 from streaming.checkpoint import CheckpointError, CheckpointStore
+from streaming.decisions import DecisionLog, account_decisions, read_decisions
 from streaming.job import (
     _print_progress,
-    _read_decisions,
     _ReadingRate,
     render_summary,
 )
 from streaming.job_config import JobConfig
-from streaming.pipeline import DecisionLog, read_decisions
 from streaming.report.records import read_run
 from streaming.runtime import (
     POINTER_CHECK_S,
@@ -872,7 +871,7 @@ def test_summary_reads_torn_log(tmp_path: Path) -> None:
     with open(log.path, "a", encoding="utf-8") as stream:
         stream.write('{"kind": "promotion", "candidate": "c7"')
 
-    records = _read_decisions(log.path)
+    records = account_decisions(log.path)
 
     assert [r["kind"] for r in records] == ["adopt_failed"]
     text = render_summary(

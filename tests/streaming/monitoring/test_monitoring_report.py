@@ -15,6 +15,7 @@ from monitoring_synthetic_run import write_synthetic_run
 from PIL import Image
 
 from streaming import monitoring as mon
+from streaming.decisions import DecisionLog
 from streaming.report import main, write_report
 from streaming.report.records import CounterSample, counter_rates, read_run
 
@@ -187,3 +188,31 @@ def test_streamlearn_dispatches_report(
 
     assert capsys.readouterr().out.strip() == str(output)
     assert output.stat().st_size > 10_000
+
+
+def test_page_lists_other_job_records(tmp_path: Path) -> None:
+    clock = FakeClock()
+    sink = mon.JsonLinesSink(tmp_path, job="j", model="m", clock=clock)
+    mon.Telemetry([sink], clock=clock).close()
+    log = DecisionLog(tmp_path / "decisions.jsonl")
+    log({"time": 1.0, "kind": "promotion_paused", "candidate": "c7", "reason": "x"})
+    log({"time": 2.0, "kind": "alert", "reason": "drift without a better earlier"})
+    log({"time": 3.0, "kind": "adopted", "version": 1, "previous": 5, "reason": "r"})
+    log({"time": 4.0, "kind": "adopted", "version": 6, "previous": 1, "reason": "up"})
+    log({"time": 5.0, "kind": "promotion", "candidate": "c8", "version": 6})
+    log({"time": 6.0, "kind": "checkpoint", "number": 2})
+    log({"time": 7.0, "kind": "adopt_failed", "version": 4})
+
+    html = write_report(tmp_path, tmp_path / "page.html").read_text()
+
+    section = html[html.index("<h2>Other job records</h2>") :]
+    assert "kept c7 in training: promotion is paused" in section
+    assert "alert: drift without a better earlier" in section
+    assert "adopted v6 (was v1): up" in section
+    # An adopted move back is a rollback event, and the promotion an event too.
+    assert "adopted v1" not in section
+    assert "published c8" not in section
+    assert "checkpoint" not in section
+    # A record without a field its kind needs is shown by its fields.
+    assert "adopt_failed: time=7.0, version=4" in section
+    assert section.count("<tr><td") == 4
