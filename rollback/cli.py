@@ -248,7 +248,8 @@ def _run_rollback(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(f"would {verb} {moved} (dry run, nothing changed)")
         return 0
-    reason = args.reason or "manual rollback, no reason given"
+    action = "rollback" if verb == "roll back" else "move"
+    reason = args.reason or f"manual {action}, no reason given"
     try:
         registry.rollback(target, actor, reason)
     except AlreadyServing as already:

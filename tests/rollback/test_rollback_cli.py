@@ -705,3 +705,24 @@ def test_versions_list_unquoted_time_hint(registry: Registry) -> None:
     assert result.returncode == 2
     assert "unexpected ':'" in result.stderr
     assert "quote a value with spaces, a colon" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("start", "target", "printed", "reason"),
+    [
+        (None, "v1", "rolled back serving from v3 to v1", "manual rollback"),
+        (1, "v3", "moved serving from v1 to v3", "manual move"),
+    ],
+    ids=["back", "forward"],
+)
+def test_rollback_to_default_reason(
+    registry: Registry, start: int | None, target: str, printed: str, reason: str
+) -> None:
+    if start is not None:
+        registry.set_serving(start, "job", "setup")
+
+    result = run("rollback", "--to", target, "--registry", registry.url)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == printed + "\n"
+    assert registry.history()[-1].reason == f"{reason}, no reason given"
