@@ -21,6 +21,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -385,8 +386,14 @@ def _field_from_dict(
         raise SpecError(
             f"{where}: value_token must be true or false, got {value_token!r}"
         )
-    if not isinstance(weight, int | float) or isinstance(weight, bool) or weight <= 0:
-        raise SpecError(f"{where}: weight must be a positive number, got {weight!r}")
+    if (
+        not isinstance(weight, int | float)
+        or isinstance(weight, bool)
+        or not 0 < weight < math.inf
+    ):
+        raise SpecError(
+            f"{where}: weight must be a positive finite number, got {weight!r}"
+        )
     return FieldSpec(
         name=field_name,
         kind=kind,

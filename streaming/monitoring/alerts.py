@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -82,13 +83,15 @@ class AlertThresholds:
         }.items():
             if not 0 < share <= 1:
                 raise ValueError(f"{name} must be in (0, 1], got {share}")
-        if self.loss_min_drop_percent <= 0:
+        # Written so that NaN fails the test too.
+        if not 0 < self.loss_min_drop_percent < math.inf:
             raise ValueError(
-                f"loss_min_drop_percent must be > 0, got {self.loss_min_drop_percent}"
+                "loss_min_drop_percent must be a finite number > 0, got "
+                f"{self.loss_min_drop_percent}"
             )
-        if self.micro_batch_latency_max_s <= 0:
+        if not 0 < self.micro_batch_latency_max_s < math.inf:
             raise ValueError(
-                "micro_batch_latency_max_s must be > 0, got "
+                "micro_batch_latency_max_s must be a finite number > 0, got "
                 f"{self.micro_batch_latency_max_s}"
             )
 

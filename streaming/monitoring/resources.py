@@ -8,6 +8,7 @@ runs it every ``interval_s`` on a named background thread.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import threading
 from dataclasses import dataclass
@@ -47,8 +48,10 @@ class ResourceSamplerConfig:
     sample_gpu: bool = True
 
     def __post_init__(self) -> None:
-        if self.interval_s <= 0:
-            raise ValueError(f"interval_s must be > 0, got {self.interval_s}")
+        if not 0 < self.interval_s < math.inf:
+            raise ValueError(
+                f"interval_s must be a finite number > 0, got {self.interval_s}"
+            )
 
 
 def memory_limit_bytes() -> int:

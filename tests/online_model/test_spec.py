@@ -65,6 +65,15 @@ def test_unknown_option_rejected(tmp_path: Path) -> None:
         load_spec(path)
 
 
+@pytest.mark.parametrize("weight", ["0", "-1.5", "nan", "inf", "true"])
+def test_field_weight_must_be_positive_finite(tmp_path: Path, weight: str) -> None:
+    path = write_spec(
+        tmp_path, f'[fields.country]\nkind = "categorical"\nweight = {weight}\n'
+    )
+    with pytest.raises(SpecError, match="weight must be a positive finite number"):
+        load_spec(path)
+
+
 def test_label_cannot_be_feature(tmp_path: Path) -> None:
     path = write_spec(tmp_path, '[fields.job_role]\nkind = "categorical"\n')
     with pytest.raises(SpecError, match="cannot be a feature"):

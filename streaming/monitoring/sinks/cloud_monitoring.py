@@ -27,6 +27,7 @@ How points are sent:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import socket
@@ -105,9 +106,10 @@ class CloudMonitoringConfig:
     def __post_init__(self) -> None:
         if not self.project_id:
             raise ValueError("project_id is empty: pass a Google Cloud project id")
-        if self.export_interval_s <= 0:
+        if not 0 < self.export_interval_s < math.inf:
             raise ValueError(
-                f"export_interval_s must be > 0, got {self.export_interval_s}"
+                "export_interval_s must be a finite number > 0, got "
+                f"{self.export_interval_s}"
             )
         if not 1 <= self.max_series_per_request <= MAX_SERIES_PER_REQUEST:
             raise ValueError(

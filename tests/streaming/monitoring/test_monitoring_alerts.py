@@ -106,6 +106,10 @@ def test_thresholds_reach_conditions() -> None:
         {"serving_top5_min": 1.5},
         {"memory_utilization_max": 0.0},
         {"loss_min_drop_percent": 0.0},
+        {"loss_min_drop_percent": float("nan")},
+        {"micro_batch_latency_max_s": float("nan")},
+        {"micro_batch_latency_max_s": float("inf")},
+        {"serving_top5_min": float("nan")},
     ],
 )
 def test_invalid_thresholds_rejected(settings: dict[str, float]) -> None:
