@@ -7,8 +7,9 @@ dotted field paths of ``--format json`` (``version``, ``status``,
 ``= != < <= > >=`` compare numbers when both sides are numbers and text
 otherwise; ``:`` is a case-insensitive substring match; ``~`` a regular
 expression search. Values with spaces or ``: ( )`` go in quotes. ``vN``
-compares as the number N, so ``version>=v10`` works. OR binds more loosely
-than AND, as in gcloud.
+compares as the number N, so ``version>=v10`` works. ``KEY=none`` (or
+``null``) matches a null or missing value and ``KEY!=none`` any other. OR
+binds more loosely than AND, as in gcloud.
 """
 
 from __future__ import annotations
@@ -195,9 +196,14 @@ def _comparison(expression: str, key: str, op: str, value: str) -> Predicate:
     compare = _ORDERING[op]
     number = _as_number(value)
 
+    wants_null = value.lower() in ("none", "null")
+
     def predicate(row: Row) -> bool:
         if key not in row or row[key] is None:
-            return op == "!=" and value.lower() not in ("none", "null")
+            # A missing or null value equals none and null, and nothing else.
+            if op == "=":
+                return wants_null
+            return op == "!=" and not wants_null
         actual = row[key]
         actual_number = _as_number(actual)
         if number is not None and actual_number is not None:

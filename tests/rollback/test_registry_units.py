@@ -359,6 +359,9 @@ ROWS = [
         ("code_version~^abc12[0-9]{2}$", [12, 11]),
         ("(status=retired OR status=serving) AND metrics.holdout.accuracy<0.93", [12]),
         ("parent!=none", [12]),
+        ("parent=none", [11, 3]),
+        ("parent=NULL", [11, 3]),
+        ("parent!=v11", [11, 3]),
         ("parent=v11", [12]),
     ],
 )
