@@ -341,7 +341,7 @@ def _open_storage(location: str | Path) -> tuple[str, Storage]:
         return text, GcsStorage(text)
     from rollback.backends.local import LocalStorage
 
-    folder = Path(text)
+    folder = Path(text).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
     storage = LocalStorage(folder)
     return storage.url, storage

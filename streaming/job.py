@@ -240,7 +240,7 @@ def _checkpoint_location(text: str) -> str:
         raise argparse.ArgumentTypeError(str(error)) from None
     if location.startswith("gs://"):
         return location
-    return str(Path(location).resolve())
+    return str(Path(location).expanduser().resolve())
 
 
 def _check_names(args: argparse.Namespace) -> None:
@@ -306,7 +306,7 @@ def main(argv: list[str], epilogue: Callable[[], None] | None = None) -> int:
 
     from streaming.pipeline import JobSettings
 
-    run_dir = Path(args.run_dir).resolve()
+    run_dir = Path(args.run_dir).expanduser().resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         _lock_run_dir(run_dir)

@@ -458,3 +458,16 @@ def test_deploy_rejects_invalid_location(
     error = capsys.readouterr().err
     assert message in error
     assert "local disk" not in error
+
+
+def test_home_folder_location_expanded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+
+    CheckpointStore("~/checkpoints").save(1, {"a": b"x"})
+
+    assert (tmp_path / "home" / "checkpoints").is_dir()
+    assert not (tmp_path / "~").exists()
+    assert CheckpointStore("~/checkpoints").load(1) == {"a": b"x"}
