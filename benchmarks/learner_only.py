@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from online_model.arguments import device_argument
+from online_model.arguments import device_argument, positive_int
 from online_model.datasets import iter_events
 from online_model.featurize import hashed_tokens, standardize
 from online_model.learner import LearnerConfig, OnlineLearner
@@ -186,13 +186,13 @@ def main() -> None:
     )
     parser.add_argument(
         "--limit",
-        type=int,
+        type=positive_int,
         default=None,
         help="stop every stream after this many events (default: whole streams)",
     )
     parser.add_argument(
         "--micro-batch",
-        type=int,
+        type=positive_int,
         default=256,
         help="events per micro-batch of the learner (default: 256)",
     )

@@ -25,6 +25,14 @@ def non_negative_number(text: str) -> float:
     return _finite_number(text, above_zero=False, unit="")
 
 
+def fraction(text: str) -> float:
+    """Parse a share from 0 to 1."""
+    value = _finite_number(text, above_zero=False, unit="")
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"invalid fraction {text!r}: expected 0 to 1")
+    return value
+
+
 def non_negative_seconds(text: str) -> float:
     """Parse a finite number of seconds, 0 or more."""
     return _finite_number(text, above_zero=False, unit=" of seconds")

@@ -25,6 +25,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from online_model.arguments import (
+    device_argument,
+    fraction,
+    non_negative_int,
+    positive_int,
+)
 from rollback.registry import Registry, open_registry
 from streaming.topics import (
     DEFAULT_PROJECT,
@@ -59,7 +65,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         # abbreviations such as --he must not mean --help here.
         allow_abbrev=False,
     )
-    parser.add_argument("--limit", type=int, help="publish only the first N events")
+    parser.add_argument(
+        "--limit", type=positive_int, help="publish only the first N events"
+    )
     parser.add_argument(
         "--demo-bad-labels",
         action="store_true",
@@ -70,7 +78,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--unlabelled-fraction",
-        type=float,
+        type=fraction,
         default=0.05,
         help="share of events sent without a label (default 0.05)",
     )
@@ -79,13 +87,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--keep-runs",
-        type=int,
+        type=non_negative_int,
         default=3,
         help="demo run folders (RUNS_DIR/demo-*) to keep, this one included: "
         "older ones and their emulator topics are removed first; 0 keeps all "
         "(default 3)",
     )
-    parser.add_argument("--device", default="cpu", help="torch device of the learner")
+    parser.add_argument(
+        "--device",
+        type=device_argument,
+        default="cpu",
+        help="torch device of the learner: cpu, cuda or cuda:N (default: cpu)",
+    )
     args = parser.parse_args(argv)
     if args.keep_runs < 0:
         parser.error(f"--keep-runs must be 0 or more, got {args.keep_runs}")

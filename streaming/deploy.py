@@ -19,6 +19,7 @@ import re
 import sys
 from typing import TYPE_CHECKING, Any
 
+from online_model.arguments import positive_int
 from streaming.job_config import JobConfig, add_decode_limit_options, decode_limits_from
 
 if TYPE_CHECKING:
@@ -69,13 +70,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="TYPE",
         help="GPU type per worker, e.g. nvidia-l4 or nvidia-tesla-t4 (none: CPU)",
     )
-    parser.add_argument("--gpu-count", type=int, default=1, help="GPUs per worker")
+    parser.add_argument(
+        "--gpu-count",
+        type=positive_int,
+        default=1,
+        help="GPUs per worker, with --worker-gpu (default: 1)",
+    )
     parser.add_argument(
         "--machine-type", default=None, help="worker machine type, e.g. g2-standard-4"
     )
     parser.add_argument(
         "--max-workers",
-        type=int,
+        type=positive_int,
         default=1,
         help="most workers Dataflow may start (default: 1; the learner trains "
         "on one key, so more workers only spread decoding)",
@@ -155,7 +161,13 @@ def main(argv: list[str]) -> int:
     from streaming.pipeline import build_pipeline
 
     options = PipelineOptions(flags=[], **dataflow_options(args))
-    pipeline = beam.Pipeline(options=options)
+    try:
+        pipeline = beam.Pipeline(options=options)
+    except ValueError as error:
+        # Beam's checks of the options, such as the form of a project id,
+        # come as several lines.
+        print(f"streamlearn deploy: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
     build_pipeline(pipeline, job_settings(args), control="separate")
     result = pipeline.run()
     if args.dry_run:

@@ -24,7 +24,12 @@ from typing import Any
 
 from google.api_core.exceptions import GoogleAPICallError
 
-from online_model.arguments import non_negative_int, non_negative_number, positive_int
+from online_model.arguments import (
+    fraction,
+    non_negative_int,
+    non_negative_number,
+    positive_int,
+)
 from online_model.event_files import InputFileError, check_input_files, read_sources
 from streaming.topics import (
     DEFAULT_PROJECT,
@@ -120,7 +125,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--unlabelled-fraction",
-        type=_fraction,
+        type=fraction,
         default=0.0,
         help="share of events sent without a label, as prediction requests "
         "(default: 0, every event labelled)",
@@ -146,13 +151,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="progress and report as text lines or as JSON lines (default text)",
     )
     return parser.parse_args(argv)
-
-
-def _fraction(text: str) -> float:
-    value = non_negative_number(text)
-    if value > 1:
-        raise argparse.ArgumentTypeError(f"invalid fraction {text!r}: expected 0 to 1")
-    return value
 
 
 def _burst_argument(text: str) -> str:

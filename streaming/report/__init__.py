@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from online_model.arguments import positive_int
 from streaming.report.page import render_page
 from streaming.report.records import read_run
 
@@ -55,7 +56,7 @@ def main(argv: Sequence[str]) -> int:
     )
     parser.add_argument(
         "--top-roles",
-        type=int,
+        type=positive_int,
         default=10,
         help="roles shown in the confusion matrix, most frequent first "
         "(default %(default)s)",

@@ -115,3 +115,23 @@ def test_burst_account_names_versions(tmp_path: Path) -> None:
         f"again: .venv/bin/rollback --registry {registry.url} --to v2 --reason "
         "'wrong labels from 2023-01-03 00:00'"
     )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--limit", "-5"], "expected 1 or more"),
+        (["--unlabelled-fraction", "1.5"], "expected 0 to 1"),
+        (["--keep-runs", "-1"], "expected 0 or more"),
+        (["--device", "tpu"], "expected cpu, cuda or cuda:N"),
+    ],
+    ids=["limit", "fraction", "keep-runs", "device"],
+)
+def test_demo_rejects_bad_values(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(argv)
+
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err

@@ -298,6 +298,28 @@ def test_deploy_invalid_temp_location() -> None:
     assert deploy.main(args) == 2
 
 
+def test_deploy_bad_project_id_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    args = [*DEPLOY_ARGS, "--dry-run"]
+    args[args.index("demo-project")] = "p"
+
+    assert deploy.main(args) == 2
+
+    err = capsys.readouterr().err
+    assert err.startswith("streamlearn deploy: ")
+    assert "Invalid Project ID (p)" in err
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("option", ["--gpu-count", "--max-workers"])
+def test_deploy_counts_at_least_one(
+    option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        deploy.main([*DEPLOY_ARGS, option, "0", "--dry-run"])
+    assert exit_.value.code == 2
+    assert "expected 1 or more" in capsys.readouterr().err
+
+
 def test_transform_names_stable() -> None:
     settings = JobSettings("names", "demo-project", "job_postings", "gs://b/m", "/tmp")
     pipeline = beam.Pipeline(options=PipelineOptions(flags=[], streaming=True))

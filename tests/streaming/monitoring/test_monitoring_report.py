@@ -168,6 +168,16 @@ def test_cli_writes_report(
     assert output.read_text().count('class="cell"') == 4 * 5
 
 
+def test_cli_top_roles_at_least_one(
+    synthetic_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main([str(synthetic_run), "--top-roles", "0"])
+
+    assert exit_.value.code == 2
+    assert "expected 1 or more" in capsys.readouterr().err
+
+
 def test_cli_missing_metrics(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
