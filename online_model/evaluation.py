@@ -8,8 +8,9 @@ cannot disagree on a definition:
   ranked labels (k is ``EvaluationConfig.top_k``, 5 by default);
 - log loss: the mean of ``-ln(p)`` over events, where ``p`` is the probability
   the model gave the true label, clipped to ``[log_loss_clip, 1]`` so a label
-  the model gave probability 0 (for example a label new to it) costs
-  ``-ln(log_loss_clip)``, about 34.5 for the default 1e-15, instead of infinity;
+  the model gave probability 0 (such as a label new to a model without an
+  escape probability) costs ``-ln(log_loss_clip)``, about 34.5 for the
+  default 1e-15, instead of infinity;
 - macro precision, recall and F1 over the top-1 predictions, averaged over every
   label seen as a true label or as a top-1 prediction. A label never predicted
   has precision 0, a label predicted but never true has recall 0, and F1 is 0

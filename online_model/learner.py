@@ -994,7 +994,10 @@ class OnlineLearner:
             if not bool((frequencies >= 0).all()) or not bool(
                 torch.isfinite(frequencies).all()
             ):
-                raise ValueError("recency frequencies must be finite and >= 0")
+                raise ValueError(
+                    "recency frequencies must be finite and >= 0, got min "
+                    f"{float(frequencies.min()) if frequencies.numel() else 0.0}"
+                )
             if (
                 frequencies.shape != self._recency.frequencies.shape
                 or log_weights.shape != self._recency.log_weights.shape

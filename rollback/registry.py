@@ -13,7 +13,7 @@ The API the streaming job uses::
     registry.set_running_fingerprint(fingerprint, actor="job",
                                      state_format="online-learner/1")  # at start
     version = registry.publish(
-        {"weights.safetensors": weights, "learner.json": learner},
+        {"model.safetensors": weights, "learner.json": learner},
         ManifestFields(fingerprint=fingerprint, events_count=4096, ...),
         actor="job", reason="holdout accuracy 0.91 > champion 0.89",
     )                                 # -> 13; also moves the pointer to v13

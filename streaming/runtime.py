@@ -1198,13 +1198,5 @@ def _quantile(values: Sequence[float], q: float) -> float | None:
     return values[index]
 
 
-def _event_time_ms(value: Any) -> int | None:
-    if isinstance(value, datetime):
-        return int(value.timestamp() * 1000)
-    if isinstance(value, int):
-        return value
-    return None
-
-
 def _utc(millis: int) -> datetime:
     return datetime.fromtimestamp(millis / 1000, tz=UTC)

@@ -172,7 +172,7 @@ def _check_columns(row: dict[str, str]) -> None:
         raise RowError("wrong_column_count", "more values than header columns")
 
 
-def utc_millis(text: str, fmt: str) -> datetime:
+def parse_utc_time(text: str, fmt: str) -> datetime:
     """Parse a naive UTC timestamp and return it as an aware datetime."""
     try:
         parsed = datetime.strptime(text, fmt)

@@ -30,8 +30,8 @@ from online_model.datasets.base import (
     optional_float,
     optional_str,
     parse_rows,
+    parse_utc_time,
     shown_value,
-    utc_millis,
 )
 
 JOB_POSTINGS_FILE = "data_jobs_2023_salaried.csv.gz"
@@ -121,7 +121,7 @@ def job_postings(
         )
         return {
             "event_id": _event_id(path, row_number),
-            "event_time": utc_millis(row["job_posted_date"], "%Y-%m-%d %H:%M:%S"),
+            "event_time": parse_utc_time(row["job_posted_date"], "%Y-%m-%d %H:%M:%S"),
             "skills": _skill_list(row.get("job_skills", "")),
             "country": optional_str(row, "job_country"),
             "schedule_type": optional_str(row, "job_schedule_type"),

@@ -45,8 +45,9 @@ class DriftMonitorConfig:
 
     ``adwin`` or ``page_hinkley`` set to None switches that detector off.
     ``log_loss_cap`` bounds the per-event log loss (in nats) fed to
-    Page-Hinkley, because a label new to the model has probability 0 and
-    would otherwise add about 34.5 (``-ln 1e-15``) in one step.
+    Page-Hinkley, because a label new to the model gets only the escape
+    probability (0 from a model without one, which costs about 34.5,
+    ``-ln 1e-15``) and would move the detector in one step.
     ``kswin_features`` names the numeric event fields that get a KSWIN
     detector each.
     """
