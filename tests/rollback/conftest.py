@@ -29,13 +29,8 @@ def clock() -> FixedClock:
 
 
 @pytest.fixture
-def topic_and_subscription() -> Iterator[tuple[str, str]]:
+def topic_and_subscription(pubsub_emulator: str) -> Iterator[tuple[str, str]]:
     """Create a topic and a subscription to it on the Pub/Sub emulator."""
-    if not os.environ.get("PUBSUB_EMULATOR_HOST"):
-        pytest.fail(
-            "PUBSUB_EMULATOR_HOST is not set: start the emulator with "
-            "'eval \"$(scripts/emulator)\"' or run scripts/test"
-        )
     from google.cloud import pubsub_v1
 
     project = os.environ.get("PUBSUB_PROJECT_ID", "streamlearn-local")

@@ -31,7 +31,6 @@ def announcing_registry(tmp_path: Path, topic: str) -> Registry:
     )
 
 
-@pytest.mark.emulator
 def test_rollback_announced(
     tmp_path: Path, topic_and_subscription: tuple[str, str]
 ) -> None:
@@ -62,7 +61,6 @@ def test_rollback_announced(
     assert registry.last_announce_error is None
 
 
-@pytest.mark.emulator
 def test_follow_delivers_changes(
     tmp_path: Path, topic_and_subscription: tuple[str, str]
 ) -> None:
@@ -83,7 +81,6 @@ def test_follow_delivers_changes(
     assert [a.serving for a in by_seq] == [1, 1]
 
 
-@pytest.mark.emulator
 def test_failed_announce_keeps_change(
     tmp_path: Path, topic_and_subscription: tuple[str, str]
 ) -> None:

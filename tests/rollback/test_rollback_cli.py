@@ -522,7 +522,6 @@ def test_versions_describe_unknown(registry: Registry) -> None:
     )
 
 
-@pytest.mark.emulator
 def test_rollback_announces_on_topic(
     registry: Registry, topic_and_subscription: tuple[str, str]
 ) -> None:
@@ -546,7 +545,6 @@ def test_rollback_announces_on_topic(
     assert message.attributes["kind"] == "rollback"
 
 
-@pytest.mark.emulator
 def test_failed_announcement_warns(
     registry: Registry, topic_and_subscription: tuple[str, str]
 ) -> None:

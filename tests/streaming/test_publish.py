@@ -197,9 +197,7 @@ def test_bad_input_one_line_exit_2(
 
 
 @pytest.fixture
-def topics() -> Any:
-    if not os.environ.get("PUBSUB_EMULATOR_HOST"):
-        pytest.fail("PUBSUB_EMULATOR_HOST is not set; run scripts/test")
+def topics(pubsub_emulator: str) -> Any:
     job = JobTopics(DEFAULT_PROJECT, f"publish-{os.getpid()}-{time.time_ns()}")
     delete_topics(job)
     ensure_topics(job)

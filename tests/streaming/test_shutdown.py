@@ -22,9 +22,7 @@ EVENTS = list(itertools.islice(iter_events("job_postings"), 300))
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Any:
-    if not os.environ.get("PUBSUB_EMULATOR_HOST"):
-        pytest.fail("PUBSUB_EMULATOR_HOST is not set; run scripts/test")
+def settings(tmp_path: Path, pubsub_emulator: str) -> Any:
     settings = JobSettings(
         job_name=f"shutdown-{os.getpid()}-{time.time_ns()}",
         project="streamlearn-local",
