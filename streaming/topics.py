@@ -176,7 +176,9 @@ def require_emulator() -> str:
 
 
 def ensure_topics(topics: JobTopics, ack_deadline_s: int = 60) -> None:
-    """Create the job's topics and subscriptions where they do not exist."""
+    """Create the job's topics and subscriptions on the emulator where they
+    do not exist."""
+    _require_emulator_variable("create topics")
     publisher = PublisherClient()
     subscriber = SubscriberClient()
     try:
@@ -198,7 +200,9 @@ def ensure_topics(topics: JobTopics, ack_deadline_s: int = 60) -> None:
 
 
 def delete_topics(topics: JobTopics) -> None:
-    """Delete the job's subscriptions and topics; missing ones are skipped."""
+    """Delete the job's subscriptions and topics on the emulator; missing ones
+    are skipped."""
+    _require_emulator_variable("delete topics")
     publisher = PublisherClient()
     subscriber = SubscriberClient()
     try:
@@ -209,3 +213,17 @@ def delete_topics(topics: JobTopics) -> None:
                 publisher.delete_topic(topic=topic)
     finally:
         subscriber.close()
+
+
+def _require_emulator_variable(action: str) -> None:
+    """Raise unless the Pub/Sub clients point at an emulator.
+
+    Without the variable the clients would reach Google Cloud's Pub/Sub, which
+    the local commands and tests must never do.
+    """
+    if not os.environ.get(EMULATOR_VARIABLE):
+        raise TopicSetupError(
+            f"{EMULATOR_VARIABLE} is not set, so streamlearn will not {action}: "
+            "they are made on the Pub/Sub emulator only. Start it with "
+            "'eval \"$(scripts/emulator)\"'"
+        )

@@ -359,6 +359,7 @@ def test_wrong_labels_burst_caught(tmp_path: Path) -> None:
     assert worse, "no candidate was rejected for a clearly worse log loss"
 
 
+@pytest.mark.usefixtures("pubsub_emulator")
 def test_demo_removes_only_old_runs(tmp_path: Path) -> None:
     names = [f"demo-20260101-00000{n}" for n in range(1, 5)]
     for name in [*names, "demo-mine", "other"]:

@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,13 @@ from online_model.datasets import iter_events, write_events
 from online_model.event_files import InputFileError, read_sources
 from online_model.spec import load_spec
 from streaming import publish
-from streaming.topics import DEFAULT_PROJECT, JobTopics, delete_topics, ensure_topics
+from streaming.topics import (
+    DEFAULT_PROJECT,
+    JobTopics,
+    TopicSetupError,
+    delete_topics,
+    ensure_topics,
+)
 
 HEADER = (
     "job_title_short,job_title,job_location,job_via,job_schedule_type,"
@@ -292,6 +299,16 @@ def test_unusable_emulator_address_one_line(
     assert code == 2
     assert len(err.strip().splitlines()) == 1
     assert message in err
+
+
+@pytest.mark.parametrize("manage", [ensure_topics, delete_topics])
+def test_topics_only_on_emulator(
+    manage: Callable[[JobTopics], None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PUBSUB_EMULATOR_HOST", raising=False)
+
+    with pytest.raises(TopicSetupError, match="PUBSUB_EMULATOR_HOST is not set"):
+        manage(JobTopics(DEFAULT_PROJECT, "never-created"))
 
 
 def test_publish_wrongly_typed_avro_fails_in_one_line(
