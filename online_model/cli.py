@@ -7,17 +7,16 @@ import csv
 import itertools
 import json
 import logging
-import math
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from online_model.arguments import device_argument, non_negative_int, positive_int
+from online_model.evaluation import EvaluationConfig, MetricsAccumulator
 
 logger = logging.getLogger(__name__)
 
-LOG_LOSS_FLOOR = 1e-15
 DATASET_NAMES = ("job_postings", "so_survey_2016", "aijobs_salaries", "electricity")
 
 CONVERT_EXAMPLE = """example:
@@ -207,18 +206,13 @@ def _read_event_file(
 def _run(
     learner: Any, events: list[dict[str, Any]], micro_batch: int, quiet: bool
 ) -> dict[str, Any]:
-    hits_top1 = hits_top5 = scored = 0
-    log_loss = 0.0
+    metrics = MetricsAccumulator(EvaluationConfig(top_k=5))
     invalid: dict[str, int] = {}
     started = time.perf_counter()
     last_progress = started
     for start in range(0, len(events), micro_batch):
         report = learner.learn(events[start : start + micro_batch])
-        for record in report.scored:
-            scored += 1
-            hits_top1 += record.predicted_label == record.true_label
-            hits_top5 += record.true_label in record.ranked_labels[:5]
-            log_loss -= math.log(max(record.true_label_probability, LOG_LOSS_FLOOR))
+        metrics.update(report.scored)
         for reason, count in report.invalid.items():
             invalid[reason] = invalid.get(reason, 0) + count
         now = time.perf_counter()
@@ -227,15 +221,16 @@ def _run(
         ):
             last_progress = now
             done = min(start + micro_batch, len(events))
+            so_far = metrics.result()
             print(
                 f"\r  {done}/{len(events)} events, top-1 "
-                f"{hits_top1 / max(scored, 1):.3f}, top-5 "
-                f"{hits_top5 / max(scored, 1):.3f}",
+                f"{so_far.top1_accuracy:.3f}, top-5 {so_far.top_k_hit_rate:.3f}",
                 end="",
                 file=sys.stderr,
                 flush=True,
             )
     elapsed = time.perf_counter() - started
+    result = metrics.result()
     if not quiet:
         print(file=sys.stderr)
     examples = []
@@ -253,10 +248,11 @@ def _run(
         "dataset": learner.spec.name,
         "device": str(learner.device),
         "events": len(events),
-        "scored": scored,
-        "top1": hits_top1 / max(scored, 1),
-        "top5": hits_top5 / max(scored, 1),
-        "log_loss": log_loss / max(scored, 1),
+        "scored": result.n_events,
+        # None, not NaN, when nothing was scored, so that the JSON stays valid.
+        "top1": result.top1_accuracy if result.n_events else None,
+        "top5": result.top_k_hit_rate if result.n_events else None,
+        "log_loss": result.log_loss if result.n_events else None,
         "examples_per_s": len(events) / elapsed,
         "seconds": elapsed,
         "invalid": invalid,

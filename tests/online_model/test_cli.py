@@ -1,14 +1,17 @@
 from __future__ import annotations
 
+import itertools
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
 
 from online_model.cli import convert_main, learn_main
-from online_model.datasets import convert, read_events, write_events
+from online_model.datasets import convert, iter_events, read_events, write_events
 from online_model.learner import OnlineLearner
+from online_model.spec import load_spec
 
 
 def test_learn_prints_json_summary(
@@ -35,7 +38,18 @@ def test_learn_prints_json_summary(
     assert summary["events"] == 600
     assert summary["scored"] == 600
     assert summary["labels"] == ["UP", "DOWN"]
-    assert 0.0 <= summary["top1"] <= 1.0
+    # The same run, scored by hand.
+    events = list(itertools.islice(iter_events("electricity"), 600))
+    learner = OnlineLearner(load_spec("electricity"), seed=0, device="cpu")
+    scored = [
+        record
+        for start in range(0, 600, 200)
+        for record in learner.learn(events[start : start + 200]).scored
+    ]
+    hits = sum(record.predicted_label == record.true_label for record in scored)
+    loss = -sum(math.log(max(r.true_label_probability, 1e-15)) for r in scored)
+    assert summary["top1"] == pytest.approx(hits / 600)
+    assert summary["log_loss"] == pytest.approx(loss / 600)
     assert summary["conversion"]["events"] == 600
     assert len(summary["examples"]) == 3
     restored = OnlineLearner.load(tmp_path / "state")
@@ -277,3 +291,22 @@ def test_learn_without_scored_events_shows_no_metrics(
     assert "prequential metrics: none, because no labelled event was scored" in out_text
     assert "log loss" not in out_text
     assert "example predictions" not in out_text
+
+    code = learn_main(
+        [
+            "--dataset",
+            "electricity",
+            "--events",
+            str(unlabelled),
+            "--device",
+            "cpu",
+            "--format",
+            "json",
+        ]
+    )
+
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert summary["scored"] == 0
+    assert summary["top1"] is None
+    assert summary["log_loss"] is None
