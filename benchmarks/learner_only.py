@@ -26,6 +26,7 @@ import dataclasses
 import math
 import pstats
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -240,7 +241,12 @@ def main() -> None:
     args = parser.parse_args()
     overrides: dict[str, Any] = {}
     types = {f.name: f.type for f in dataclasses.fields(LearnerConfig)}
-    parsers = {"int": int, "float": float, "str": str, "bool": _parse_bool}
+    parsers: dict[str, Callable[[str], Any]] = {
+        "int": int,
+        "float": float,
+        "str": str,
+        "bool": _parse_bool,
+    }
     for item in args.set:
         key, equals, value = item.partition("=")
         if not equals or key not in types:

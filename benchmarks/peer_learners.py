@@ -20,6 +20,7 @@ from typing import Any
 
 from peer_features import FieldKinds, PeerFeaturizer
 
+from online_model.featurize import EncodedBatch
 from online_model.scored import Scored
 from online_model.spec import FeatureSpec
 
@@ -443,7 +444,7 @@ class StreamlearnLearner(StreamLearner):
         self.rejected_events = 0
         encode = self.learner.featurizer.encode
 
-        def timed_encode(events: list[dict[str, Any]]) -> Any:
+        def timed_encode(events: Sequence[Mapping[str, Any]]) -> EncodedBatch:
             started = time.perf_counter()
             encoded = encode(events)
             self.inner_featurize_s += time.perf_counter() - started
