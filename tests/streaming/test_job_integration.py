@@ -481,6 +481,7 @@ def test_run_rejects_invalid_argument(
     assert not (tmp_path / "d").exists()
 
 
+@pytest.mark.usefixtures("pubsub_emulator")
 def test_run_dir_in_use_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
