@@ -164,17 +164,17 @@ class EventScreen:
             exact_types = frozenset(_PYTHON_TYPES.get(base, (object,)))
             if base == "boolean":
                 exact_types = frozenset({bool})
-            check = {"float": 1, "double": 1, "array": 2, "enum": 3}.get(base, 0)
+            check = _BASE_TESTS.get(base, _NO_TEST)
             if base in _INTEGER_RANGES:
-                check = 5 if base == "long" else 6
+                check = _LONG_RANGE if base == "long" else _INT_RANGE
             if avro_field.name == spec.event_time_field and base == "long":
-                check = 7
+                check = _TIME_RANGE
             if avro_field.name == spec.event_id_field and base == "string":
-                check = 8
+                check = _EVENT_ID
             if base not in _PYTHON_TYPES or (
                 base == "array" and avro_field.items != "string"
             ):
-                check = 4
+                check = _UNSUPPORTED
             symbols = frozenset(_enum_symbols(spec, avro_field.name))
             nullable = avro_field.nullable
             self._rules.append(
@@ -229,9 +229,9 @@ class EventScreen:
             if value_type is _NONE_TYPE:
                 if not rule.nullable:
                     return None
-            elif value_type not in rule.exact_types or rule.check == 4:
+            elif value_type not in rule.exact_types or rule.check == _UNSUPPORTED:
                 return None
-            elif rule.check != 0:
+            elif rule.check != _NO_TEST:
                 tests.append((position, rule.value_test()))
         value_tests = tuple(tests)
         # The limit bounds the memory that input with many odd types can take.
@@ -303,15 +303,29 @@ def _is_label(label: Any) -> bool:
     return not isinstance(label, str) or (label != "" and not label.isspace())
 
 
+# The test that a _FieldRule runs on a value after its type passed. Plain
+# integers, because the screen compares them for every field of a batch.
+_NO_TEST = 0
+_FINITE = 1  # a finite number
+_STRING_LIST = 2  # a list of strings
+_ENUM_SYMBOL = 3  # one of the enum's symbols
+_UNSUPPORTED = 4  # always fails: a type the screen leaves to check_event
+_LONG_RANGE = 5  # an integer in the range of Avro's long
+_INT_RANGE = 6  # an integer in the range of Avro's int
+_TIME_RANGE = 7  # an event time in milliseconds that a datetime can carry
+_EVENT_ID = 8  # an id that is not empty or only spaces, within MAX_EVENT_ID_BYTES
+_BASE_TESTS = {
+    "float": _FINITE,
+    "double": _FINITE,
+    "array": _STRING_LIST,
+    "enum": _ENUM_SYMBOL,
+}
+
+
 class _FieldRule(NamedTuple):
     """The requirements :class:`EventScreen` places on one field's value.
 
-    ``check`` selects the test after the type test: 0 none, 1 a finite
-    number, 2 a list of strings, 3 an enum symbol. 4 always fails (a type the
-    screen does not handle, left to :func:`check_event`). 5 and 6 test for an
-    integer in the range of Avro's long and int, 7 for an event time in
-    milliseconds that a datetime can carry, 8 for an event id string that is
-    not empty or only spaces and fits in MAX_EVENT_ID_BYTES.
+    ``check`` is the test after the type test, one of the constants above.
     """
 
     name: str
@@ -324,23 +338,23 @@ class _FieldRule(NamedTuple):
         """Return whether one value passes, as :meth:`EventScreen.screen` decides."""
         if value is None:
             return self.nullable
-        if type(value) not in self.exact_types or self.check == 4:
+        if type(value) not in self.exact_types or self.check == _UNSUPPORTED:
             return False
-        return self.check == 0 or self.value_test()(value)
+        return self.check == _NO_TEST or self.value_test()(value)
 
     def value_test(self) -> Callable[[Any], bool]:
         """Return the test of a value whose type passed (checks 1-3 and 5-8)."""
-        if self.check == 1:
+        if self.check == _FINITE:
             return _is_finite
-        if self.check == 2:
+        if self.check == _STRING_LIST:
             return _is_string_list
-        if self.check == 5:
+        if self.check == _LONG_RANGE:
             return _in_long_range
-        if self.check == 6:
+        if self.check == _INT_RANGE:
             return _in_int_range
-        if self.check == 7:
+        if self.check == _TIME_RANGE:
             return _in_time_range
-        if self.check == 8:
+        if self.check == _EVENT_ID:
             return _is_id
         return self.symbols.__contains__
 
@@ -359,7 +373,7 @@ class _FieldRule(NamedTuple):
             values = [value for value in column if value is not None]
         if not types <= self.exact_types:
             return False
-        if self.check == 1:
+        if self.check == _FINITE:
             # A sum is finite only if every term is, because NaN and
             # infinities propagate. A finite sum that overflows is a false
             # alarm, and so is an int too large for a float beside a float.
@@ -373,24 +387,24 @@ class _FieldRule(NamedTuple):
             except OverflowError:
                 return False
             return bool(total - total == 0)
-        if self.check == 2:
+        if self.check == _STRING_LIST:
             try:
                 "".join(itertools.chain.from_iterable(values))
             except TypeError:
                 return False
             return True
-        if self.check == 3:
+        if self.check == _ENUM_SYMBOL:
             return set(values) <= self.symbols
-        if self.check == 4:
+        if self.check == _UNSUPPORTED:
             return not values
-        if self.check == 8:
+        if self.check == _EVENT_ID:
             return all(map(_is_id, values))
-        if self.check in (5, 6, 7):
+        if self.check in (_LONG_RANGE, _INT_RANGE, _TIME_RANGE):
             integers = [value for value in values if type(value) is int]
             low, high = (
                 _TIME_MILLIS_RANGE
-                if self.check == 7
-                else _INTEGER_RANGES["long" if self.check == 5 else "int"]
+                if self.check == _TIME_RANGE
+                else _INTEGER_RANGES["long" if self.check == _LONG_RANGE else "int"]
             )
             return not integers or (low <= min(integers) and max(integers) <= high)
         return True
