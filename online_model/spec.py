@@ -39,11 +39,14 @@ FieldKind = Literal["categorical", "multi_valued", "numeric", "text"]
 FIELD_KINDS: tuple[str, ...] = ("categorical", "multi_valued", "numeric", "text")
 NUMERIC_TRANSFORMS: tuple[str, ...] = ("none", "log1p")
 
+# Avro base types of numbers (after removing "null" from a union).
+NUMERIC_AVRO_TYPES: tuple[str, ...] = ("int", "long", "float", "double")
+
 # Avro base types each kind accepts (after removing "null" from a union).
 _KIND_AVRO_TYPES: dict[str, tuple[str, ...]] = {
     "categorical": ("string", "boolean", "int", "long", "enum"),
     "multi_valued": ("array",),
-    "numeric": ("int", "long", "float", "double"),
+    "numeric": NUMERIC_AVRO_TYPES,
     "text": ("string",),
 }
 

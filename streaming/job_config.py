@@ -61,6 +61,13 @@ class JobConfig:
     # labelled event whose label would be one more than this is
     # dead-lettered as label-limit.
     max_labels: int = 2000
+    # Numeric event fields whose distribution KSWIN watches, none by default:
+    # River's KSWIN runs a Kolmogorov-Smirnov test for each value it gets,
+    # 0.18 ms on 2 cores (0.6-0.9 ms busy, benchmarks/results/
+    # drift_detectors.md), so each field gets only every kswin_sample_every-th
+    # learned event's value: 21 us per event at 8 (ad-hoc timing).
+    kswin_features: tuple[str, ...] = ()
+    kswin_sample_every: int = 8
     top_k: int = 5
     seed: int = 0
     decode_limits: DecodeLimits = field(default_factory=DecodeLimits)
@@ -73,6 +80,14 @@ class JobConfig:
         _at_least("rollback_versions_kept", self.rollback_versions_kept, 1)
         _at_least("dedup_window_size", self.dedup_window_size, 1)
         _at_least("max_labels", self.max_labels, 1)
+        _at_least("kswin_sample_every", self.kswin_sample_every, 1)
+        if isinstance(self.kswin_features, str) or len(set(self.kswin_features)) != len(
+            self.kswin_features
+        ):
+            raise ValueError(
+                "kswin_features must be distinct field names, got "
+                f"{self.kswin_features!r}"
+            )
         _at_least("top_k", self.top_k, 1)
         if self.gate_metric not in METRIC_FIELDS:
             raise ValueError(

@@ -35,7 +35,7 @@ from typing import Any, Protocol, cast
 
 import fastavro
 
-from online_model.drift import DriftMonitor
+from online_model.drift import DriftMonitor, DriftMonitorConfig, KswinConfig
 from online_model.evaluation import ConfusionMatrix, Metrics
 from online_model.gate import LOWER_IS_BETTER, METRIC_FIELDS, GateConfig, ValidationGate
 from online_model.learner import STATE_FORMAT_NAME, LearnerStateError, OnlineLearner
@@ -231,7 +231,12 @@ class JobRuntime:
         self.finished = False
         self.pending_publish_s: list[float] = []
         self.seen_ids: OrderedDict[str, None] = OrderedDict()
-        self.drift = DriftMonitor()
+        self.drift = DriftMonitor(
+            DriftMonitorConfig(
+                kswin=KswinConfig(sample_every=config.kswin_sample_every),
+                kswin_features=config.kswin_features,
+            )
+        )
         self.gate = ValidationGate(
             GateConfig(
                 metric=config.gate_metric,
@@ -519,7 +524,7 @@ class JobRuntime:
             self._alert_cooldown -= 1
         self.metrics.learned(report, len(batch), elapsed_s)
 
-        alarms = self.drift.update(report.scored)
+        alarms = self.drift.update(report.scored, batch)
         for alarm in alarms:
             self.account.drift_alarms += 1
             self._record(

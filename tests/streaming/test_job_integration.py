@@ -441,6 +441,13 @@ def test_run_help_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:
         ("--schema-folder", "/nonexistent", "schema folder '/nonexistent' does"),
         ("--job-name", "bad/name", "job name 'bad/name' cannot prefix Pub/Sub"),
         ("--job-name", "top_k/seed", "job name 'top_k/seed' cannot prefix Pub/Sub"),
+        (
+            "--kswin-feature",
+            "job_role",
+            "--kswin-feature 'job_role' is not a numeric field of the job_postings "
+            "events; numeric fields: salary_hour_avg, salary_year_avg",
+        ),
+        ("--kswin-sample-every", "0", "--kswin-sample-every must be an int >= 1"),
     ],
 )
 def test_run_rejects_invalid_setting(

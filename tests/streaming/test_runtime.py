@@ -1042,3 +1042,23 @@ def test_control_messages_counted(tmp_path: Path) -> None:
     assert runtime.account.control_messages == 3
     assert runtime.account.messages_read == 1
     assert runtime.account.dead_lettered == {"invalid-control": 1}
+
+
+def test_kswin_feature_raises_drift_alarm(tmp_path: Path) -> None:
+    runtime, records = make_runtime(
+        tmp_path, FakeClock(), kswin_features=("salary_year_avg",), kswin_sample_every=1
+    )
+    feed(runtime, EVENTS[:2000])
+    assert kinds(records, "drift_alarm") == []
+
+    # The same postings, paid a thousand times more.
+    shifted = [
+        {**e, "event_id": e["event_id"] + "-x", "salary_year_avg": 1000 * value}
+        for e in EVENTS[2000:3000]
+        if (value := e["salary_year_avg"]) is not None
+    ]
+    feed(runtime, shifted)
+
+    alarms = kinds(records, "drift_alarm")
+    assert [a["detector"] for a in alarms] == ["kswin_salary_year_avg"]
+    assert runtime.account.drift_alarms == 1
