@@ -429,9 +429,19 @@ def run_job(
 
     from streaming.pipeline import build_pipeline, runtime_slot
 
+    from online_model.learner import LearnerStateError
+
     # Build the runtime before the pipeline starts, so that the restore of a
     # checkpoint and its log lines come first.
-    slot = runtime_slot(settings)
+    try:
+        slot = runtime_slot(settings)
+    except LearnerStateError as error:
+        print(
+            f"streamlearn run: cannot restore the newest checkpoint of "
+            f"{settings.run_dir}: {error}. Give this job its own --run-dir",
+            file=sys.stderr,
+        )
+        return 2
     # A restored checkpoint's counts are not this run's work.
     restored_read = slot.runtime.account.events_read
     stop = threading.Event()

@@ -962,8 +962,18 @@ class JobRuntime:
     # ------------------------------------------------------------ loading
 
     def _load(self, files: Mapping[str, bytes]) -> OnlineLearner:
+        """Load a learner from a version or checkpoint; raise LearnerStateError
+        when it was saved for events other than this job's."""
         with _quiet_learner_setup():
-            return self.load_learner(files)
+            learner = self.load_learner(files)
+        problem = spec_mismatch(learner.spec, self.spec)
+        if problem is not None:
+            raise LearnerStateError(
+                f"the learner was saved for the feature spec {learner.spec.name!r}, "
+                f"which does not fit this job's events (spec {self.spec.name!r}): "
+                f"{problem}"
+            )
+        return learner
 
     def _copy(self, learner: OnlineLearner) -> OnlineLearner:
         return learner.clone()
@@ -1205,3 +1215,33 @@ def _quantile(values: Sequence[float], q: float) -> float | None:
 
 def _utc(millis: int) -> datetime:
     return datetime.fromtimestamp(millis / 1000, tz=UTC)
+
+
+def spec_mismatch(saved: FeatureSpec, job: FeatureSpec) -> str | None:
+    """Return why a learner saved with spec ``saved`` cannot learn the events
+    of a job with spec ``job``, or None when it can.
+
+    The learner must find its id, time and label fields, and every field it
+    reads with the same Avro type, in the job's events. Feature settings may
+    differ: a restarted job keeps the settings its learner was saved with.
+    """
+    for role, saved_name, job_name in (
+        ("id", saved.event_id_field, job.event_id_field),
+        ("time", saved.event_time_field, job.event_time_field),
+        ("label", saved.label_field, job.label_field),
+    ):
+        if saved_name != job_name:
+            return f"its event {role} field is {saved_name!r}, the job's {job_name!r}"
+    differing = [
+        name
+        for name, avro_field in saved.avro_fields.items()
+        if name not in job.avro_fields
+        or job.avro_fields[name].base_type != avro_field.base_type
+    ]
+    if differing:
+        return (
+            "the job's events lack or type differently the fields "
+            + ", ".join(differing[:5])
+            + (f" and {len(differing) - 5} more" if len(differing) > 5 else "")
+        )
+    return None

@@ -471,3 +471,41 @@ def test_home_folder_location_expanded(
     assert (tmp_path / "home" / "checkpoints").is_dir()
     assert not (tmp_path / "~").exists()
     assert CheckpointStore("~/checkpoints").load(1) == {"a": b"x"}
+
+
+@pytest.mark.usefixtures("pubsub_emulator")
+def test_restart_with_other_spec_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = JobSettings(
+        job_name="other-spec",
+        project="streamlearn-local",
+        spec_name="job_postings",
+        registry_url=str(tmp_path / "registry"),
+        run_dir=str(tmp_path / "run"),
+        config=JobConfig(micro_batch_size=64, checkpoint_every_s=10_000.0),
+        announce=False,
+        metrics_file=False,
+    )
+    try:
+        runtime = build_runtime(settings)
+        runtime.handle_batch(
+            EventBatch(list(itertools.islice(iter_events("job_postings"), 300)))
+        )
+        runtime.save_checkpoint()
+    finally:
+        mon.close_shared_telemetry()
+    argv = ["--job-name", "other-spec", "--spec", "so_survey_2016"]
+    argv += ["--registry", settings.registry_url, "--run-dir", settings.run_dir]
+
+    try:
+        code = job.main(argv)
+    finally:
+        mon.close_shared_telemetry()
+        job._RUN_DIR_LOCKS.pop().close()
+
+    assert code == 2
+    error = capsys.readouterr().err
+    assert "cannot restore the newest checkpoint of" in error
+    assert "saved for the feature spec 'job_postings'" in error
+    assert "Give this job its own --run-dir" in error

@@ -33,6 +33,7 @@ from streaming.runtime import (
     EventBatch,
     JobRuntime,
     holdout_share,
+    spec_mismatch,
 )
 
 SPEC = load_spec("job_postings")
@@ -1062,3 +1063,47 @@ def test_kswin_feature_raises_drift_alarm(tmp_path: Path) -> None:
     alarms = kinds(records, "drift_alarm")
     assert [a["detector"] for a in alarms] == ["kswin_salary_year_avg"]
     assert runtime.account.drift_alarms == 1
+
+
+def test_version_of_other_spec_not_adopted(tmp_path: Path) -> None:
+    registry = open_registry(tmp_path / "registry", create=True)
+    runtime, records = make_runtime(tmp_path, FakeClock(), registry)
+    feed(runtime, EVENTS[:1500])
+    serving = runtime.serving_version
+    assert serving is not None
+
+    # A survey learner, published to this job's registry by another job.
+    survey = OnlineLearner(load_spec("so_survey_2016"), seed=0, device="cpu")
+    survey.learn(list(itertools.islice(iter_events("so_survey_2016"), 300)))
+    other = registry.publish(
+        survey.to_files(),
+        {"fingerprint": survey.fingerprint},
+        actor="job:survey",
+        reason="another job's version",
+    )
+    runtime.follow_registry()
+
+    assert runtime.serving_version == serving
+    failures = kinds(records, "adopt_failed")
+    assert [f["version"] for f in failures] == [other]
+    assert "saved for the feature spec 'so_survey_2016'" in failures[0]["error"]
+    assert (
+        "its event label field is 'occupation', the job's 'job_role'"
+        in (failures[0]["error"])
+    )
+    feed(runtime, EVENTS[1500:2000])
+    assert_adds_up(runtime)
+
+
+def test_spec_mismatch_allows_new_fields_and_settings() -> None:
+    job = load_spec("job_postings")
+    saved = dataclasses.replace(
+        job,
+        fields=job.fields[1:],
+        avro_fields={k: v for k, v in job.avro_fields.items() if k != "skills"},
+    )
+
+    assert spec_mismatch(saved, job) is None
+    assert spec_mismatch(job, saved) == (
+        "the job's events lack or type differently the fields skills"
+    )
