@@ -427,9 +427,8 @@ def run_job(
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from streaming.pipeline import build_pipeline, runtime_slot
-
     from online_model.learner import LearnerStateError
+    from streaming.pipeline import build_pipeline, runtime_slot
 
     # Build the runtime before the pipeline starts, so that the restore of a
     # checkpoint and its log lines come first.
