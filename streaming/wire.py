@@ -148,10 +148,12 @@ class DecodeLimits:
 
 @dataclass(frozen=True)
 class DeadLetter:
-    """A rejected message or event, with the original message intact.
+    """A rejected message or event.
 
-    ``record_index`` is the event's position in the message when one event of
-    a message was rejected, and None when the whole message was.
+    ``data`` is the original message, or for one rejected event of a
+    container of several, that event alone in a container of its own.
+    ``record_index`` is the event's position in ``data`` when one event was
+    rejected, and None when the whole message was.
     """
 
     reason: DeadLetterReason
@@ -354,19 +356,60 @@ class MessageDecoder:
         letters: list[DeadLetter] = []
         for index, event in enumerate(events):
             problems = [] if passed[index] else self.validate(event)
-            if problems:
+            if not problems:
+                valid.append(event)
+                continue
+            detail = "; ".join(problems)
+            if len(events) == 1:
                 letters.append(
                     DeadLetter(
                         DeadLetterReason.INVALID_FIELDS,
-                        "; ".join(problems),
+                        detail,
                         data,
                         attributes,
                         record_index=index,
                     )
                 )
             else:
-                valid.append(event)
+                letters.append(
+                    self._event_letter(event, index, detail, data, attributes)
+                )
         return DecodedMessage(valid, letters, encoding)
+
+    def _event_letter(
+        self,
+        event: Event,
+        index: int,
+        detail: str,
+        data: bytes,
+        attributes: dict[str, str],
+    ) -> DeadLetter:
+        """Return the dead letter of one invalid event of a container.
+
+        It carries the event alone, in a container of the reader schema,
+        because a copy of the whole message for each invalid event would
+        multiply a bad producer's traffic by the events per message. The
+        detail names the event's position in the original message.
+        """
+        try:
+            single = encode_container([event], self.reader_schema)
+        except (ValueError, TypeError, OverflowError) as error:
+            # Not seen: a decoded event fits the schema it was decoded with.
+            logger.warning("cannot encode invalid record %d alone: %s", index, error)
+            return DeadLetter(
+                DeadLetterReason.INVALID_FIELDS,
+                detail,
+                data,
+                attributes,
+                record_index=index,
+            )
+        return DeadLetter(
+            DeadLetterReason.INVALID_FIELDS,
+            f"record {index} of the message: {detail}",
+            single,
+            {**attributes, ENCODING_ATTRIBUTE: Encoding.CONTAINER.value},
+            record_index=0,
+        )
 
 
 def _read_record(body: bytes, writer_schema: Schema, reader_schema: Schema) -> Event:

@@ -47,6 +47,7 @@ from streaming.pipeline import (
 )
 from streaming.topics import allow_large_emulator_messages
 from streaming.wire import (
+    DETAIL_ATTRIBUTE,
     REASON_ATTRIBUTE,
     RECORD_INDEX_ATTRIBUTE,
     encode_container,
@@ -132,8 +133,16 @@ def test_stream_with_bad_messages(tmp_path: Path) -> None:
     for reason, data in bad_messages.items():
         assert by_origin[reason].data == data
         assert by_origin[reason].attributes[REASON_ATTRIBUTE] == reason
-    assert by_origin["mixed"].data == mixed
-    assert by_origin["mixed"].attributes[RECORD_INDEX_ATTRIBUTE] == "1"
+    # The invalid event of a container comes back alone, with its position.
+    mixed_letter = by_origin["mixed"]
+    (returned,) = fastavro.reader(io.BytesIO(mixed_letter.data))
+    assert isinstance(returned, dict)
+    assert returned["event_id"] == bad_event["event_id"]
+    assert math.isnan(returned["salary_year_avg"])
+    assert mixed_letter.attributes[RECORD_INDEX_ATTRIBUTE] == "0"
+    assert mixed_letter.attributes[DETAIL_ATTRIBUTE].startswith(
+        "record 1 of the message: "
+    )
     for origin in ("forged-tick", "forged-pointer"):
         letter = by_origin[origin]
         assert letter.attributes[REASON_ATTRIBUTE] == INVALID_CONTROL_REASON

@@ -16,6 +16,7 @@ from streaming.schema_registry import (
 )
 from streaming.wire import (
     DETAIL_ATTRIBUTE,
+    ENCODING_ATTRIBUTE,
     FINGERPRINT_ATTRIBUTE,
     MAX_KEPT_SCHEMAS,
     REASON_ATTRIBUTE,
@@ -239,12 +240,15 @@ def test_invalid_event_in_container(decoder: MessageDecoder) -> None:
     data = encode_container(events, READER)
     result = decoder.decode(data, {"batch": "7"})
     assert [e["event_id"] for e in result.events] == ["e0", "e2", "e4"]
-    assert [letter.record_index for letter in result.dead_letters] == [1, 3]
-    for letter in result.dead_letters:
-        assert letter.reason is DeadLetterReason.INVALID_FIELDS
-        assert letter.data == data
-        assert "skills" in letter.detail
     assert count_reasons(result.dead_letters) == {"invalid-fields": 2}
+    # Each letter carries its event alone, not a copy of the whole message.
+    for letter, index in zip(result.dead_letters, [1, 3], strict=True):
+        assert letter.record_index == 0
+        assert letter.detail.startswith(f"record {index} of the message: ")
+        assert "skills" in letter.detail
+        assert letter.attributes["batch"] == "7"
+        assert letter.attributes[ENCODING_ATTRIBUTE] == "container"
+        assert list(fastavro.reader(io.BytesIO(letter.data))) == [events[index]]
 
 
 def test_prescreen_skips_passed_events() -> None:
@@ -263,7 +267,8 @@ def test_prescreen_skips_passed_events() -> None:
     result = decoder.decode(encode_container(events, READER))
     assert validated == ["e1", "e3", "e5"]
     assert [e["event_id"] for e in result.events] == ["e0", "e1", "e2", "e4", "e5"]
-    assert [letter.record_index for letter in result.dead_letters] == [3]
+    details = [letter.detail.split(":")[0] for letter in result.dead_letters]
+    assert details == ["record 3 of the message"]
 
 
 def test_dead_letter_attributes(decoder: MessageDecoder) -> None:
