@@ -41,7 +41,12 @@ from online_model.gate import LOWER_IS_BETTER, METRIC_FIELDS, GateConfig, Valida
 from online_model.learner import STATE_FORMAT_NAME, LearnerStateError, OnlineLearner
 from online_model.scored import Scored
 from online_model.spec import FeatureSpec
-from rollback.errors import PointerConflict, RegistryError
+from rollback.errors import (
+    CorruptVersion,
+    PointerConflict,
+    RegistryError,
+    VersionNotFound,
+)
 from rollback.manifest import ManifestFields
 from rollback.state import ServingState
 from streaming.checkpoint import CheckpointError, CheckpointStore
@@ -676,6 +681,21 @@ class JobRuntime:
             logger.warning("publish lost a race with a pointer change: %s", conflict)
             self._record("publish_lost_race", reason=str(conflict), **numbers)
             self.follow_registry()
+            return None
+        except (VersionNotFound, CorruptVersion) as error:
+            # The parent, the version the job serves, was deleted or damaged
+            # in the registry. Every later publish would fail the same way
+            # until an operator moves the pointer, so the job stops trying.
+            serving = self.serving_version
+            if serving is not None:
+                self._unloadable.add(serving)
+            reason = (
+                f"{error}: the serving version {version_text(serving)} is missing "
+                "or damaged in the registry, so nothing is published until an "
+                "operator serves an intact version (rollback --to)"
+            )
+            logger.error("failed to publish %s: %s", numbers["candidate"], reason)
+            self._record("publish_failed", reason=reason, **numbers)
             return None
         except RegistryError as error:
             # A full disk, for example. The candidate keeps training and meets

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import itertools
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -1107,3 +1108,30 @@ def test_spec_mismatch_allows_new_fields_and_settings() -> None:
     assert spec_mismatch(job, saved) == (
         "the job's events lack or type differently the fields skills"
     )
+
+
+def test_deleted_serving_version_stops_publishing(tmp_path: Path) -> None:
+    registry = open_registry(tmp_path / "registry", create=True)
+    runtime, records = make_runtime(tmp_path, FakeClock(), registry)
+    feed(runtime, EVENTS[:3000])
+    serving = runtime.serving_version
+    assert serving is not None and serving >= 2
+    shutil.rmtree(tmp_path / "registry" / "versions" / f"v{serving:06d}")
+
+    feed(runtime, EVENTS[3000:5000])
+
+    failed = kinds(records, "publish_failed")
+    assert len(failed) == 1
+    assert (
+        f"the serving version v{serving} is missing or damaged" in (failed[0]["reason"])
+    )
+    blocked = kinds(records, "publish_lost_race")
+    assert blocked
+    assert all(f"serves v{serving}, which this job" in r["reason"] for r in blocked)
+
+    registry.rollback(serving - 1, actor="ops:test", reason="v gone")
+    runtime.follow_registry()
+    feed(runtime, EVENTS[5000:5500])
+    assert runtime.serving_version is not None
+    assert runtime.serving_version > serving
+    assert_adds_up(runtime)
