@@ -74,6 +74,8 @@ STATE_FORMAT_NAME = f"online-learner/{STATE_FORMAT}"
 TENSORS_FILE = "model.safetensors"
 STATE_FILE = "learner.json"
 OPTIMIZERS = ("adam", "adagrad")
+# The most weights in the embedding, as many again in its optimizer state.
+MAX_EMBEDDING_CELLS = 1 << 28
 
 
 class LearnerStateError(ValueError):
@@ -177,6 +179,15 @@ class LearnerConfig:
             raise ValueError(
                 f"LearnerConfig.optimizer is {self.optimizer!r}; allowed: "
                 f"{', '.join(OPTIMIZERS)}"
+            )
+        # The two bounds above allow together an embedding that no machine
+        # holds, and a learner.json from a registry names both.
+        cells = (1 << self.hash_bits) * self.embedding_dim
+        if cells > MAX_EMBEDDING_CELLS:
+            raise ValueError(
+                f"LearnerConfig: the embedding would have {cells:,} weights "
+                f"(2**hash_bits * embedding_dim); allowed: at most "
+                f"{MAX_EMBEDDING_CELLS:,} (1 GiB of float32)"
             )
 
 

@@ -56,8 +56,9 @@ Guarantees, for both backends (a local folder and ``gs://bucket/prefix``):
   written, without these checks.
 - While automatic promotion is paused, ``publish`` stores the version,
   leaves the pointer and raises PromotionPaused (a PointerConflict) with the
-  stored number, and ``set_serving(kind="promote")`` raises PromotionPaused.
-  Rollbacks, manual or automatic, still move the pointer.
+  stored number, and ``set_serving`` with the kind "promote" or
+  "auto_rollback" raises PromotionPaused: a pause holds back every move of
+  the job's own. An operator's rollback still moves the pointer.
 
 Every pointer change and pause is sent to the announcer, if one is given
 (rollback/announce.py sends them to a Pub/Sub topic). An announcement that

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections import Counter
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from online_model.learner import LearnerConfig, OnlineLearner
+from online_model.learner import LearnerConfig, LearnerStateError, OnlineLearner
 from online_model.spec import load_spec
 
 # Small enough that a test learner builds in milliseconds.
@@ -290,6 +291,24 @@ def test_config_validation_names_field() -> None:
         LearnerConfig(hash_bits=40)
     with pytest.raises(ValueError, match="optimizer is 'sgd'"):
         LearnerConfig(optimizer="sgd")
+
+
+def test_config_bounds_combined_size() -> None:
+    # 2**26 buckets of 4,096 columns: 1 TiB of weights.
+    with pytest.raises(ValueError, match="the embedding would have 274,877,906,944"):
+        LearnerConfig(hash_bits=26, embedding_dim=4096)
+    assert LearnerConfig(hash_bits=26, embedding_dim=4).embedding_dim == 4
+
+
+def test_forged_state_too_large_rejected() -> None:
+    learner = new_learner()
+    files = learner.to_files()
+    state = json.loads(files["learner.json"])
+    state["config"].update(hash_bits=26, embedding_dim=4096)
+    files["learner.json"] = json.dumps(state).encode("utf-8")
+
+    with pytest.raises(LearnerStateError, match="the embedding would have"):
+        OnlineLearner.from_files(files)
 
 
 def test_mixed_batch_learns_labelled_only(job_postings: list[dict[str, Any]]) -> None:
