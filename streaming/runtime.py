@@ -263,6 +263,8 @@ class JobRuntime:
         self._last_gate = now
         self._last_validation = -math.inf
         self._last_checkpoint = now
+        # What the newest checkpoint holds, as _progress() gives it.
+        self._checkpointed: tuple[Any, ...] | None = None
         self._batches_since_gate = 0
         self._learned_since_gate = 0
         self._rollback_cooldown = 0
@@ -490,7 +492,12 @@ class JobRuntime:
         if gate_due and since_validation_s >= self.config.gate_min_interval_s:
             self._run_gate()
         if now - self._last_checkpoint >= self.config.checkpoint_every_s:
-            self.save_checkpoint()
+            if self._progress() == self._checkpointed:
+                # An idle job would write the same checkpoint again, about
+                # 17 MB every 5 s for the default learner.
+                self._last_checkpoint = now
+            else:
+                self.save_checkpoint()
 
     # ------------------------------------------------------------ learning
 
@@ -1022,6 +1029,7 @@ class JobRuntime:
             logger.error("%s. The job goes on and tries at the next checkpoint", error)
             self._record("checkpoint_failed", error=str(error))
             return
+        self._checkpointed = self._progress()
         self._record("checkpoint", number=self.checkpoint_number, **self._totals())
 
     def restore(self, number: int) -> None:
@@ -1058,6 +1066,7 @@ class JobRuntime:
             self.account.learned,
             version_text(serving),
         )
+        self._checkpointed = self._progress()
         self._skip_pending_in_pointer_version()
         self.follow_registry()
         self._screen_restored_pending()
@@ -1158,6 +1167,17 @@ class JobRuntime:
             "account": self.account.to_dict(),
             "event_time_range": self._event_time_range,
         }
+
+    def _progress(self) -> tuple[Any, ...]:
+        """Return what a checkpoint would hold that ticks do not change.
+
+        Every event, dead letter, decision and adoption moves a count of the
+        account; ticks and checkpoints move only their own.
+        """
+        counts = self.account.to_dict()
+        for name in ("control_messages", "checkpoints", "checkpoints_failed"):
+            counts.pop(name)
+        return (self.serving_version, json.dumps(counts, sort_keys=True))
 
     def _totals(self) -> dict[str, Any]:
         return {

@@ -1135,3 +1135,26 @@ def test_deleted_serving_version_stops_publishing(tmp_path: Path) -> None:
     assert runtime.serving_version is not None
     assert runtime.serving_version > serving
     assert_adds_up(runtime)
+
+
+def test_idle_job_writes_no_new_checkpoint(tmp_path: Path) -> None:
+    clock = FakeClock()
+    runtime, records = make_runtime(tmp_path, clock, checkpoint_every_s=5.0)
+    feed(runtime, EVENTS[:600])
+    clock.now += 6
+    runtime.handle_tick()
+    written = runtime.checkpoint_number
+    assert written >= 1
+
+    # Ticks alone change nothing a checkpoint holds.
+    for _ in range(5):
+        clock.now += 6
+        runtime.handle_tick()
+    assert runtime.checkpoint_number == written
+
+    # An event does.
+    feed(runtime, EVENTS[600:601])
+    clock.now += 6
+    runtime.handle_tick()
+    assert runtime.checkpoint_number == written + 1
+    assert len(kinds(records, "checkpoint")) == written + 1
