@@ -13,7 +13,8 @@ reason                    rejects   behaviour
 ``wrong_type``            yes       a value of the wrong Python type for its Avro type
 ``non_finite_number``     yes       NaN or an infinite number
 ``unknown_category``      yes       a symbol outside an Avro enum
-``invalid_label``         yes       a label string that is empty or only spaces
+``invalid_label``         yes       a label string that is empty, only spaces, or
+                                    has a character that does not print
 ``invalid_event_id``      yes       an event id string that is empty, only spaces or
                                     over 1,024 bytes in UTF-8
 ``duplicate_event_id``    yes       an event id seen earlier in the same micro-batch
@@ -298,9 +299,16 @@ def _label_status(label: Any) -> int:
 
 
 def _is_label(label: Any) -> bool:
-    """Return whether a label that is not None may be learned: not empty and
-    not only spaces (a value of the wrong type fails elsewhere)."""
-    return not isinstance(label, str) or (label != "" and not label.isspace())
+    """Return whether a label that is not None may be learned (a value of the
+    wrong type fails elsewhere).
+
+    A label must contain a character other than a space, and only characters
+    that print: a control character, a zero-width space or a no-break space
+    would make labels that look the same but are not.
+    """
+    return not isinstance(label, str) or (
+        label.isprintable() and label.strip(" ") != ""
+    )
 
 
 # The test that a _FieldRule runs on a value after its type passed. Plain
@@ -525,7 +533,10 @@ def _check_field(
         return _check_array(name, value, avro_field)
     if name == spec.label_field and isinstance(value, str) and not _is_label(value):
         return EventProblem(
-            INVALID_LABEL, name, f"the label {value!r} is empty or only spaces"
+            INVALID_LABEL,
+            name,
+            f"the label {value!r} is empty, only spaces, or contains a character "
+            "that does not print (a control, format or non-ASCII space character)",
         )
     if name == spec.event_id_field and isinstance(value, str) and not _is_id(value):
         return EventProblem(

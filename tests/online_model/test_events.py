@@ -94,6 +94,22 @@ def test_empty_label_rejects() -> None:
     assert reasons(posting(job_role=" Data Engineer")) == []
 
 
+@pytest.mark.parametrize(
+    "label", ["\u200b", "\x00", "Data\x00Engineer", "Data\u00a0Engineer", "a\tb"]
+)
+def test_label_that_does_not_print_rejects(label: str) -> None:
+    problems = check_event(posting(job_role=label), SPEC)
+    assert [p.reason for p in problems] == [ev.INVALID_LABEL]
+    assert "does not print" in problems[0].detail
+    assert SCREEN.screen(posting(job_role=label)) == ev.NEEDS_CHECK
+
+
+def test_printable_labels_pass() -> None:
+    for label in ["Data Engineer", "Ingénieur données", "データ", "C++ dev 🙂"]:
+        assert reasons(posting(job_role=label)) == []
+        assert SCREEN.screen(posting(job_role=label)) == ev.CLEAN
+
+
 def test_blank_event_id_rejects() -> None:
     assert reasons(posting(event_id="")) == [ev.INVALID_EVENT_ID]
     assert reasons(posting(event_id="  ")) == [ev.INVALID_EVENT_ID]
