@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rollback.backends.base import Blob, Storage
+from rollback.backends.local import LocalStorage
 from rollback.errors import RegistryError
 
 logger = logging.getLogger(__name__)
@@ -131,6 +132,10 @@ class CheckpointStore:
         if blob is not None:
             current = self._parse(blob)
         slot, claim = self._claim(current, generation, number)
+        if isinstance(self._storage, LocalStorage):
+            # A writer killed during an earlier save of this slot left its
+            # temporary files, about the size of the learner each.
+            self._storage.remove_stale_temporaries(slot)
 
         entries = {}
         for name, data in files.items():
@@ -339,8 +344,6 @@ def _open_storage(location: str | Path) -> tuple[str, Storage]:
         from rollback.backends.gcs import GcsStorage  # loads google-cloud-storage
 
         return text, GcsStorage(text)
-    from rollback.backends.local import LocalStorage
-
     folder = Path(text).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
     storage = LocalStorage(folder)

@@ -15,6 +15,8 @@ import errno
 import fcntl
 import hashlib
 import os
+import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +24,10 @@ from rollback.backends.base import Blob
 from rollback.errors import NotARegistry, RegistryError, RegistryNotWritable
 
 LOCK_NAME = ".lock"
+# A temporary file this old was left by a writer that died: a write takes
+# seconds.
+STALE_TEMPORARY_S = 3600.0
+_TEMPORARY = re.compile(r"\..+\.[0-9]+\.[0-9a-f]{8}")
 
 
 class LocalStorage:
@@ -132,6 +138,28 @@ class LocalStorage:
             if not child.startswith(".")
             and _may_exist(os.path.join(parent, child, name))
         ]
+
+    def remove_stale_temporaries(self, prefix: str) -> int:
+        """Remove the temporary files in folder ``prefix`` that writers killed
+        mid-write left behind; return how many.
+
+        Only files older than STALE_TEMPORARY_S go, so a write in progress,
+        by this host or another one sharing the folder, keeps its file.
+        """
+        try:
+            entries = list(os.scandir(self._root / prefix))
+        except (FileNotFoundError, NotADirectoryError):
+            return 0
+        oldest_kept = time.time() - STALE_TEMPORARY_S
+        removed = 0
+        for entry in entries:
+            if not _TEMPORARY.fullmatch(entry.name) or not entry.is_file():
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if entry.stat().st_mtime < oldest_kept:
+                    os.unlink(entry.path)
+                    removed += 1
+        return removed
 
     def is_empty(self) -> bool:
         return not any(

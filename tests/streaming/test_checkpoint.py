@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -509,3 +511,24 @@ def test_restart_with_other_spec_refused(
     assert "cannot restore the newest checkpoint of" in error
     assert "saved for the feature spec 'job_postings'" in error
     assert "Give this job its own --run-dir" in error
+
+
+def test_stale_temporaries_removed(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path)
+    store.save(1, {"a": b"x"})
+    store.save(2, {"a": b"y"})
+    # A writer killed an hour ago, and one writing now, in the slot the next
+    # save takes.
+    slot = tmp_path / "slot-0"
+    stale = slot / ".learner.model.safetensors.4242.0123abcd"
+    fresh = slot / ".learner.model.safetensors.4243.89abcdef"
+    stale.write_bytes(b"z" * 100)
+    fresh.write_bytes(b"z" * 100)
+    an_hour_ago = time.time() - 3700
+    os.utime(stale, (an_hour_ago, an_hour_ago))
+
+    store.save(3, {"a": b"w"})
+
+    assert not stale.exists()
+    assert fresh.exists()
+    assert store.load(3) == {"a": b"w"}
