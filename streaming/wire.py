@@ -59,6 +59,9 @@ ENCODING_ATTRIBUTE = "avro-encoding"
 REASON_ATTRIBUTE = "dead-letter-reason"
 DETAIL_ATTRIBUTE = "dead-letter-detail"
 RECORD_INDEX_ATTRIBUTE = "dead-letter-record-index"
+DROPPED_ATTRIBUTE = "dead-letter-dropped-attributes"
+# Pub/Sub takes at most 100 attributes per message.
+MAX_ATTRIBUTES = 100
 _SYNC_MARKER_BYTES = 16
 # Pub/Sub takes attribute values of at most 1,024 bytes, so the detail is
 # cut to this many bytes of UTF-8, at a character boundary.
@@ -166,6 +169,14 @@ class DeadLetter:
         """Return the attributes for the dead-letter topic: the original ones
         plus the reason, the detail and the record index."""
         attributes = dict(self.attributes)
+        # Room for the reason, the detail, the record index and the count of
+        # attributes left out. The original's own come first, by name.
+        room = MAX_ATTRIBUTES - 4
+        if len(attributes) > room:
+            kept = sorted(attributes)[:room]
+            dropped = len(attributes) - room
+            attributes = {name: attributes[name] for name in kept}
+            attributes[DROPPED_ATTRIBUTE] = str(dropped)
         attributes[REASON_ATTRIBUTE] = self.reason.value
         detail = self.detail.encode("utf-8")[:_MAX_DETAIL_BYTES]
         attributes[DETAIL_ATTRIBUTE] = detail.decode("utf-8", errors="ignore")

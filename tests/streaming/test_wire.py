@@ -527,3 +527,17 @@ def test_registry_accepts_sibling_named_types() -> None:
         ],
     }
     assert len(SchemaRegistry([schema]).fingerprints()) == 1
+
+
+def test_dead_letter_keeps_within_attribute_limit() -> None:
+    original = {f"key-{n:03d}": "v" for n in range(120)}
+    letter = DeadLetter(DeadLetterReason.UNDECODABLE, "bad", b"x", original, 3)
+
+    attributes = letter.to_attributes()
+
+    assert len(attributes) == 100
+    assert attributes["dead-letter-dropped-attributes"] == "24"
+    assert attributes[REASON_ATTRIBUTE] == "undecodable"
+    assert attributes[RECORD_INDEX_ATTRIBUTE] == "3"
+    assert "key-095" in attributes
+    assert "key-096" not in attributes
