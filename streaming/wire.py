@@ -401,12 +401,21 @@ class MessageDecoder:
         because a copy of the whole message for each invalid event would
         multiply a bad producer's traffic by the events per message. The
         detail names the event's position in the original message.
+
+        An event that does not read back from that container, such as an
+        event time past the year 9999 from a writer that declared it a plain
+        long, gets a copy of the whole message with its position instead.
         """
         try:
             single = encode_container([event], self.reader_schema)
+            list(fastavro.reader(io.BytesIO(single)))
         except (ValueError, TypeError, OverflowError) as error:
-            # Not seen: a decoded event fits the schema it was decoded with.
-            logger.warning("cannot encode invalid record %d alone: %s", index, error)
+            logger.info(
+                "invalid record %d does not read back alone, so its dead letter "
+                "carries the whole message: %s",
+                index,
+                error,
+            )
             return DeadLetter(
                 DeadLetterReason.INVALID_FIELDS,
                 detail,

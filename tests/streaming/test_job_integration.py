@@ -547,7 +547,10 @@ def test_job_decoder_rejects_as_check_event(tmp_path: Path) -> None:
     ]
     result = decoder.decode(encode_container(events, SCHEMA))
     assert rejected == [5, 9, 31]
-    assert [letter.record_index for letter in result.dead_letters] == rejected
+    # Each letter carries its event alone; the detail names its position.
+    positions = [int(letter.detail.split()[1]) for letter in result.dead_letters]
+    assert positions == rejected
+    assert [letter.record_index for letter in result.dead_letters] == [0, 0, 0]
     assert len(result.events) == 297
 
 
@@ -565,12 +568,16 @@ def test_job_decoder_rejects_time_past_year_9999(tmp_path: Path) -> None:
     for event in events:
         event["event_time"] = int(event["event_time"].timestamp() * 1000)
     events[1]["event_time"] = 2**62
-    result = decoder.decode(encode_container(events, writer))
+    message = encode_container(events, writer)
+    result = decoder.decode(message)
     assert [e["event_id"] for e in result.events] == [
         events[0]["event_id"],
         events[2]["event_id"],
     ]
+    # The event does not read back on its own, so its letter carries the
+    # whole message.
     assert [letter.record_index for letter in result.dead_letters] == [1]
+    assert result.dead_letters[0].data == message
     assert "event_time" in result.dead_letters[0].detail
 
 
