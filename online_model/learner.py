@@ -74,8 +74,9 @@ STATE_FORMAT_NAME = f"online-learner/{STATE_FORMAT}"
 TENSORS_FILE = "model.safetensors"
 STATE_FILE = "learner.json"
 OPTIMIZERS = ("adam", "adagrad")
-# The most weights in the embedding, as many again in its optimizer state.
-MAX_EMBEDDING_CELLS = 1 << 28
+# The most weights in the embedding and the hidden layer together: 1 GiB of
+# float32, and once (Adagrad) or twice (Adam) that in optimizer state.
+MAX_WEIGHT_CELLS = 1 << 28
 
 
 class LearnerStateError(ValueError):
@@ -180,14 +181,14 @@ class LearnerConfig:
                 f"LearnerConfig.optimizer is {self.optimizer!r}; allowed: "
                 f"{', '.join(OPTIMIZERS)}"
             )
-        # The two bounds above allow together an embedding that no machine
-        # holds, and a learner.json from a registry names both.
-        cells = (1 << self.hash_bits) * self.embedding_dim
-        if cells > MAX_EMBEDDING_CELLS:
+        # The bounds above allow together a model that no machine holds, and a
+        # learner.json from a registry names them all.
+        cells = ((1 << self.hash_bits) + self.hidden_units) * self.embedding_dim
+        if cells > MAX_WEIGHT_CELLS:
             raise ValueError(
-                f"LearnerConfig: the embedding would have {cells:,} weights "
-                f"(2**hash_bits * embedding_dim); allowed: at most "
-                f"{MAX_EMBEDDING_CELLS:,} (1 GiB of float32)"
+                f"LearnerConfig: the embedding and the hidden layer would have "
+                f"{cells:,} weights ((2**hash_bits + hidden_units) * "
+                f"embedding_dim); allowed: at most {MAX_WEIGHT_CELLS:,}"
             )
 
 

@@ -435,9 +435,13 @@ def run_job(
     try:
         slot = runtime_slot(settings)
     except LearnerStateError as error:
+        location = settings.checkpoint_location or str(
+            Path(settings.run_dir) / "checkpoints"
+        )
+        where = "--checkpoint-location" if settings.checkpoint_location else "--run-dir"
         print(
-            f"streamlearn run: cannot restore the newest checkpoint of "
-            f"{settings.run_dir}: {error}. Give this job its own --run-dir",
+            f"streamlearn run: cannot restore the newest checkpoint in {location}: "
+            f"{error}. Give this job its own {where}",
             file=sys.stderr,
         )
         return 2

@@ -1261,9 +1261,11 @@ def spec_mismatch(saved: FeatureSpec, job: FeatureSpec) -> str | None:
     """Return why a learner saved with spec ``saved`` cannot learn the events
     of a job with spec ``job``, or None when it can.
 
-    The learner must find its id, time and label fields, and every field it
-    reads with the same Avro type, in the job's events. Feature settings may
-    differ: a restarted job keeps the settings its learner was saved with.
+    The learner checks each event against its own Avro schema and rejects
+    one that lacks a field of it, even a field no feature uses. So it must
+    find its id, time and label fields, and every field of its schema with
+    the same Avro type, in the job's events. Feature settings may differ: a
+    restarted job keeps the settings its learner was saved with.
     """
     for role, saved_name, job_name in (
         ("id", saved.event_id_field, job.event_id_field),

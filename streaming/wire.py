@@ -170,10 +170,17 @@ class DeadLetter:
         plus the reason, the detail and the record index."""
         attributes = dict(self.attributes)
         # Room for the reason, the detail, the record index and the count of
-        # attributes left out. The original's own come first, by name.
+        # attributes left out. The ones needed to decode the message again
+        # come first, then the others by name.
         room = MAX_ATTRIBUTES - 4
         if len(attributes) > room:
-            kept = sorted(attributes)[:room]
+            needed = [
+                name
+                for name in (FINGERPRINT_ATTRIBUTE, ENCODING_ATTRIBUTE)
+                if name in attributes
+            ]
+            others = sorted(name for name in attributes if name not in needed)
+            kept = [*needed, *others][:room]
             dropped = len(attributes) - room
             attributes = {name: attributes[name] for name in kept}
             attributes[DROPPED_ATTRIBUTE] = str(dropped)

@@ -295,8 +295,11 @@ def test_config_validation_names_field() -> None:
 
 def test_config_bounds_combined_size() -> None:
     # 2**26 buckets of 4,096 columns: 1 TiB of weights.
-    with pytest.raises(ValueError, match="the embedding would have 274,877,906,944"):
+    with pytest.raises(ValueError, match="would have 274,877,906,944 weights"):
         LearnerConfig(hash_bits=26, embedding_dim=4096)
+    # 2**16 buckets and 65,536 hidden units of 4,096: 2 GiB of weights.
+    with pytest.raises(ValueError, match="would have 536,870,912 weights"):
+        LearnerConfig(hash_bits=16, embedding_dim=4096, hidden_units=65536)
     assert LearnerConfig(hash_bits=26, embedding_dim=4).embedding_dim == 4
 
 
@@ -307,7 +310,7 @@ def test_forged_state_too_large_rejected() -> None:
     state["config"].update(hash_bits=26, embedding_dim=4096)
     files["learner.json"] = json.dumps(state).encode("utf-8")
 
-    with pytest.raises(LearnerStateError, match="the embedding would have"):
+    with pytest.raises(LearnerStateError, match="hidden layer would have"):
         OnlineLearner.from_files(files)
 
 

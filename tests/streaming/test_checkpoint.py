@@ -508,7 +508,8 @@ def test_restart_with_other_spec_refused(
 
     assert code == 2
     error = capsys.readouterr().err
-    assert "cannot restore the newest checkpoint of" in error
+    location = f"{settings.run_dir}/checkpoints"
+    assert f"cannot restore the newest checkpoint in {location}" in error
     assert "saved for the feature spec 'job_postings'" in error
     assert "Give this job its own --run-dir" in error
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import itertools
 import logging
@@ -15,7 +16,7 @@ import pytest
 from online_model.datasets import iter_events
 from online_model.drift.monitor import DriftMonitor, DriftMonitorConfig
 from online_model.learner import LearnerConfig, OnlineLearner
-from online_model.spec import load_spec
+from online_model.spec import load_spec, spec_from_dict
 from rollback.errors import RegistryNotWritable
 from rollback.registry import Registry, open_registry
 from streaming import monitoring as mon
@@ -1098,16 +1099,33 @@ def test_version_of_other_spec_not_adopted(tmp_path: Path) -> None:
 
 def test_spec_mismatch_allows_new_fields_and_settings() -> None:
     job = load_spec("job_postings")
+    # Saved before the schema had 'skills', and with other feature weights.
     saved = dataclasses.replace(
         job,
-        fields=job.fields[1:],
+        fields=tuple(
+            dataclasses.replace(f, weight=2.0) for f in job.fields if f.name != "skills"
+        ),
         avro_fields={k: v for k, v in job.avro_fields.items() if k != "skills"},
     )
-
     assert spec_mismatch(saved, job) is None
-    assert spec_mismatch(job, saved) == (
-        "the job's events lack or type differently the fields skills"
+
+
+def test_spec_mismatch_field_the_job_lacks() -> None:
+    job = load_spec("job_postings")
+    raw = job.to_dict()
+    schema = copy.deepcopy(raw["schema"])
+    schema["fields"].append(
+        {"name": "posting_url", "type": ["null", "string"], "default": None}
     )
+    saved = spec_from_dict({**raw, "schema": schema})
+
+    # No feature reads the field, but the saved learner rejects every event
+    # without it as missing_field, so it cannot learn this job's events.
+    assert spec_mismatch(saved, job) == (
+        "the job's events lack or type differently the fields posting_url"
+    )
+    learner = OnlineLearner(saved, seed=0, device="cpu")
+    assert dict(learner.learn(EVENTS[:50]).invalid) == {"missing_field": 50}
 
 
 def test_deleted_serving_version_stops_publishing(tmp_path: Path) -> None:

@@ -531,13 +531,18 @@ def test_registry_accepts_sibling_named_types() -> None:
 
 def test_dead_letter_keeps_within_attribute_limit() -> None:
     original = {f"key-{n:03d}": "v" for n in range(120)}
+    original[FINGERPRINT_ATTRIBUTE] = "00" * 8
+    original[ENCODING_ATTRIBUTE] = "schemaless"
     letter = DeadLetter(DeadLetterReason.UNDECODABLE, "bad", b"x", original, 3)
 
     attributes = letter.to_attributes()
 
     assert len(attributes) == 100
-    assert attributes["dead-letter-dropped-attributes"] == "24"
+    assert attributes["dead-letter-dropped-attributes"] == "26"
+    # Kept first, though other names sort before them: they decode the data.
+    assert attributes[FINGERPRINT_ATTRIBUTE] == "00" * 8
+    assert attributes[ENCODING_ATTRIBUTE] == "schemaless"
     assert attributes[REASON_ATTRIBUTE] == "undecodable"
     assert attributes[RECORD_INDEX_ATTRIBUTE] == "3"
-    assert "key-095" in attributes
-    assert "key-096" not in attributes
+    assert "key-093" in attributes
+    assert "key-094" not in attributes
