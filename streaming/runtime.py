@@ -263,6 +263,8 @@ class JobRuntime:
         self._last_gate = now
         self._last_validation = -math.inf
         self._last_checkpoint = now
+        # The serving version that a publish found missing from the registry.
+        self._missing_parent: int | None = None
         # What the newest checkpoint holds, as _progress() gives it.
         self._checkpointed: tuple[Any, ...] | None = None
         self._batches_since_gate = 0
@@ -656,6 +658,16 @@ class JobRuntime:
             )
             return None
 
+        if self._parent_still_missing():
+            self._record(
+                "publish_lost_race",
+                reason=f"the serving version {version_text(self.serving_version)} "
+                "is missing or damaged in the registry; nothing is published "
+                "until it is restored or an operator serves an intact version "
+                "(rollback --to)",
+                **numbers,
+            )
+            return None
         blocked = self._pointer_unloadable()
         if blocked is not None:
             # Publishing would lose the race with the pointer every time and
@@ -694,8 +706,7 @@ class JobRuntime:
             # in the registry. Every later publish would fail the same way
             # until an operator moves the pointer, so the job stops trying.
             serving = self.serving_version
-            if serving is not None:
-                self._unloadable.add(serving)
+            self._missing_parent = serving
             reason = (
                 f"{error}: the serving version {version_text(serving)} is missing "
                 "or damaged in the registry, so nothing is published until an "
@@ -916,6 +927,20 @@ class JobRuntime:
         self._roll_back(
             best, _unsign(metric, serving_score), _unsign(metric, scores[best]), trigger
         )
+
+    def _parent_still_missing(self) -> bool:
+        """Return whether the serving version, found missing or damaged at an
+        earlier publish, still is; forget it once it is intact or no longer
+        serves."""
+        if self._missing_parent is None:
+            return False
+        if self._missing_parent == self.serving_version:
+            try:
+                self.registry.describe(self._missing_parent)
+            except RegistryError:
+                return True
+        self._missing_parent = None
+        return False
 
     def _pointer_unloadable(self) -> int | None:
         """Return the version the pointer names if the job could not load it."""

@@ -1134,7 +1134,9 @@ def test_deleted_serving_version_stops_publishing(tmp_path: Path) -> None:
     feed(runtime, EVENTS[:3000])
     serving = runtime.serving_version
     assert serving is not None and serving >= 2
-    shutil.rmtree(tmp_path / "registry" / "versions" / f"v{serving:06d}")
+    folder = tmp_path / "registry" / "versions" / f"v{serving:06d}"
+    kept = tmp_path / "kept"
+    shutil.move(folder, kept)
 
     feed(runtime, EVENTS[3000:5000])
 
@@ -1145,11 +1147,31 @@ def test_deleted_serving_version_stops_publishing(tmp_path: Path) -> None:
     )
     blocked = kinds(records, "publish_lost_race")
     assert blocked
-    assert all(f"serves v{serving}, which this job" in r["reason"] for r in blocked)
+    assert all(f"version v{serving} is missing" in r["reason"] for r in blocked)
+
+    # The folder comes back: the next gates publish again.
+    shutil.move(kept, folder)
+    feed(runtime, EVENTS[5000:5500])
+    assert len(kinds(records, "publish_lost_race")) == len(blocked)
+    assert runtime.serving_version is not None
+    assert runtime.serving_version > serving
+    assert_adds_up(runtime)
+
+
+def test_deleted_serving_version_rolled_back(tmp_path: Path) -> None:
+    registry = open_registry(tmp_path / "registry", create=True)
+    runtime, records = make_runtime(tmp_path, FakeClock(), registry)
+    feed(runtime, EVENTS[:3000])
+    serving = runtime.serving_version
+    assert serving is not None and serving >= 2
+    shutil.rmtree(tmp_path / "registry" / "versions" / f"v{serving:06d}")
+    feed(runtime, EVENTS[3000:5000])
+    assert len(kinds(records, "publish_failed")) == 1
 
     registry.rollback(serving - 1, actor="ops:test", reason="v gone")
     runtime.follow_registry()
     feed(runtime, EVENTS[5000:5500])
+
     assert runtime.serving_version is not None
     assert runtime.serving_version > serving
     assert_adds_up(runtime)
