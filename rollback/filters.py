@@ -7,7 +7,9 @@ dotted field paths of ``--format json`` (``version``, ``status``,
 ``= != < <= > >=`` compare numbers when both sides are numbers and text
 otherwise; ``:`` is a case-insensitive substring match; ``~`` a regular
 expression search. Values with spaces or ``: ( )`` go in quotes. ``vN``
-compares as the number N, so ``version>=v10`` works. ``KEY=none`` (or
+compares as the number N, so ``version>=v10`` works, and two dates or
+times in ISO 8601 (``2026-12-05``, ``2026-12-05 08:00``, with or without a
+zone, UTC when none) compare as times. ``KEY=none`` (or
 ``null``) matches a null or missing value and ``KEY!=none`` any other. OR
 binds more loosely than AND, as in gcloud.
 """
@@ -18,6 +20,7 @@ import operator
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from rollback.errors import InvalidInput
@@ -39,6 +42,7 @@ _ORDERING: dict[str, Callable[[Any, Any], bool]] = {
     ">=": operator.ge,
 }
 _VERSION = re.compile(r"[vV]([0-9]+)")
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 @dataclass(frozen=True)
@@ -195,6 +199,7 @@ def _comparison(expression: str, key: str, op: str, value: str) -> Predicate:
 
     compare = _ORDERING[op]
     number = _as_number(value)
+    moment = _as_time(value)
 
     wants_null = value.lower() in ("none", "null")
 
@@ -208,9 +213,24 @@ def _comparison(expression: str, key: str, op: str, value: str) -> Predicate:
         actual_number = _as_number(actual)
         if number is not None and actual_number is not None:
             return compare(actual_number, number)
+        actual_moment = _as_time(actual)
+        if moment is not None and actual_moment is not None:
+            return compare(actual_moment, moment)
         return compare(str(actual).lower(), value.lower())
 
     return predicate
+
+
+def _as_time(value: Any) -> datetime | None:
+    """Return an ISO 8601 date or time as an aware datetime (UTC when it
+    names no zone), or None for other values."""
+    if not isinstance(value, str) or not _DATE.match(value):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _as_number(value: Any) -> float | None:

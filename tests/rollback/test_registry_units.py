@@ -423,3 +423,21 @@ def test_failed_write_leaves_no_partial_file(
     left = sorted(path.name for path in tmp_path.rglob("*") if path.is_file())
     assert left == ["weights.bin"]
     assert (tmp_path / "versions/v000001/weights.bin").read_bytes() == b"kept"
+
+
+@pytest.mark.parametrize(
+    ("expression", "versions"),
+    [
+        ("created_at>'2026-12-05 08:00'", [2]),
+        ("created_at>='2026-12-05'", [2, 1]),
+        ("created_at<'2026-12-05T09:30+01:00'", [1]),
+        ("created_at>'2026-12-05 23:59:59'", []),
+    ],
+)
+def test_filter_compares_times(expression: str, versions: list[int]) -> None:
+    rows = [
+        {"version": 2, "created_at": "2026-12-05T08:54:50.628773+00:00"},
+        {"version": 1, "created_at": "2026-12-05T07:10:00+00:00"},
+    ]
+    matches = compile_filter(expression).matches
+    assert [row["version"] for row in rows if matches(row)] == versions
