@@ -254,8 +254,14 @@ def main() -> None:
                 f"--set {item!r}: expected FIELD=VALUE with FIELD one of "
                 f"{', '.join(types)}"
             )
-        overrides[key] = parsers[str(types[key])](value)
-    config = LearnerConfig(**overrides)
+        try:
+            overrides[key] = parsers[str(types[key])](value)
+        except ValueError as error:
+            parser.error(f"--set {item!r}: {error}")
+    try:
+        config = LearnerConfig(**overrides)
+    except ValueError as error:
+        parser.error(str(error))
     step_unit = "step/cpu" if args.device == "cpu" else "step/s"
     top_k_column = f"top{shown_top_k(config)}"
     print(f"config: {config}; device: {args.device}")
@@ -283,7 +289,7 @@ def main() -> None:
 
 def _parse_bool(value: str) -> bool:
     if value.lower() not in ("true", "false"):
-        raise SystemExit(f"invalid boolean {value!r}: expected true or false")
+        raise ValueError(f"invalid boolean {value!r}: expected true or false")
     return value.lower() == "true"
 
 

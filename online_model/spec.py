@@ -482,7 +482,7 @@ def _avro_field(name: str, avro_type: Any) -> AvroField:
 
 
 def _resolve(name_or_path: str | Path, directory: Path, suffix: str, what: str) -> Path:
-    candidate = Path(name_or_path)
+    candidate = Path(name_or_path).expanduser()
     if candidate.is_file():
         return candidate
     named = directory / f"{name_or_path}{suffix}"

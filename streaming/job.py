@@ -300,6 +300,15 @@ def main(argv: list[str], epilogue: Callable[[], None] | None = None) -> int:
     # The runtime logs each gate decision with the candidate and the versions
     # involved; the gate's own INFO line would repeat it without them.
     logging.getLogger("online_model.gate").setLevel(logging.WARNING)
+    features = args.kswin_feature
+    repeated = sorted({name for name in features if features.count(name) > 1})
+    if repeated:
+        print(
+            "streamlearn run: invalid setting: --kswin-feature names "
+            f"{', '.join(repeated)} more than once",
+            file=sys.stderr,
+        )
+        return 2
     try:
         config = JobConfig(
             micro_batch_size=args.micro_batch_size,

@@ -145,7 +145,7 @@ class SchemaRegistry:
     @classmethod
     def from_folder(cls, folder: str | Path) -> SchemaRegistry:
         """Load every ``*.avsc`` file in ``folder``."""
-        path = Path(folder)
+        path = Path(folder).expanduser()
         if not path.is_dir():
             raise SchemaRegistryError(
                 f"schema folder {str(path)!r} does not exist or is not a folder"

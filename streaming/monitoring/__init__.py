@@ -20,6 +20,7 @@ describes them and the records of ``RUN_DIR/metrics.jsonl``.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -113,19 +114,16 @@ class TelemetryConfig:
     file_point_interval_s: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.export_interval_s < 5.0:
+        # Written so that NaN fails each test too.
+        if not 5.0 <= self.export_interval_s < math.inf:
             raise ValueError(
-                "export_interval_s must be >= 5 s, because Cloud Monitoring "
-                f"rejects faster writes; got {self.export_interval_s}"
+                "export_interval_s must be a finite number >= 5 s, because Cloud "
+                f"Monitoring rejects faster writes; got {self.export_interval_s}"
             )
-        if self.file_point_interval_s < 0:
-            raise ValueError(
-                f"file_point_interval_s must be >= 0, got {self.file_point_interval_s}"
-            )
-        if self.resource_interval_s < 0:
-            raise ValueError(
-                f"resource_interval_s must be >= 0, got {self.resource_interval_s}"
-            )
+        for name in ("file_point_interval_s", "resource_interval_s"):
+            value = getattr(self, name)
+            if not 0 <= value < math.inf:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
 
 
 class TelemetrySession:

@@ -141,3 +141,14 @@ def test_timestamp_field_not_a_feature(tmp_path: Path) -> None:
     path = write_spec(tmp_path, '[fields.event_time]\nkind = "numeric"\n')
     with pytest.raises(SpecError, match="logical type 'timestamp-millis'"):
         load_spec(path)
+
+
+def test_spec_path_with_home_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    write_spec(tmp_path, '[fields.country]\nkind = "categorical"\n')
+
+    spec = load_spec("~/custom.toml")
+
+    assert spec.name == "custom"

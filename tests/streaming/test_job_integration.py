@@ -599,3 +599,17 @@ def test_decoder_built_once_per_process(
     assert second is first
     loaded = [r for r in caplog.records if r.getMessage().startswith("loaded ")]
     assert len(loaded) == 1
+
+
+def test_run_rejects_repeated_kswin_feature(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--registry", str(tmp_path / "r"), "--run-dir", str(tmp_path / "d")]
+    argv += ["--kswin-feature", "salary_year_avg"] * 2
+
+    assert job.main(argv) == 2
+
+    error = capsys.readouterr().err
+    assert (
+        "invalid setting: --kswin-feature names salary_year_avg more than once" in error
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 from typing import Any
 
 import fastavro
@@ -325,6 +326,18 @@ def test_registry_from_folder(tmp_path: Any) -> None:
     assert registry.get(schema_fingerprint(OLDER_WRITER)) == fastavro.parse_schema(
         OLDER_WRITER, _write_hint=False
     )
+
+
+def test_registry_from_home_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "schemas").mkdir()
+    (tmp_path / "schemas" / "older.avsc").write_text(json.dumps(OLDER_WRITER))
+
+    registry = SchemaRegistry.from_folder("~/schemas")
+
+    assert registry.fingerprints() == [schema_fingerprint(OLDER_WRITER)]
 
 
 def _zigzag(value: int) -> bytes:

@@ -6,6 +6,7 @@ import errno
 import io
 import json
 import logging
+import math
 import sys
 import threading
 from pathlib import Path
@@ -380,8 +381,16 @@ def test_open_telemetry_session(tmp_path: Path) -> None:
 
 
 def test_telemetry_config_rejects_fast_export() -> None:
-    with pytest.raises(ValueError, match="export_interval_s must be >= 5 s"):
+    with pytest.raises(ValueError, match=r"export_interval_s must be .* >= 5 s"):
         mon.TelemetryConfig(job="j", model="m", export_interval_s=1.0)
+
+
+@pytest.mark.parametrize(
+    "field", ["export_interval_s", "resource_interval_s", "file_point_interval_s"]
+)
+def test_telemetry_config_rejects_nan(field: str) -> None:
+    with pytest.raises(ValueError, match=f"{field} must be a finite number"):
+        mon.TelemetryConfig(job="j", model="m", **{field: math.nan})
 
 
 def test_catalogue_is_consistent() -> None:
