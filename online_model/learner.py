@@ -74,8 +74,9 @@ STATE_FORMAT_NAME = f"online-learner/{STATE_FORMAT}"
 TENSORS_FILE = "model.safetensors"
 STATE_FILE = "learner.json"
 OPTIMIZERS = ("adam", "adagrad")
-# The most weights in the embedding and the hidden layer together: 1 GiB of
-# float32, and once (Adagrad) or twice (Adam) that in optimizer state.
+# The maximum number of weights in the embedding and the hidden layer
+# together: 1 GiB of float32, plus once (Adagrad) or twice (Adam) that in
+# optimizer state.
 MAX_WEIGHT_CELLS = 1 << 28
 
 

@@ -61,11 +61,11 @@ class JobConfig:
     # labelled event whose label would be one more than this is
     # dead-lettered as label-limit.
     max_labels: int = 2000
-    # Numeric event fields whose distribution KSWIN watches, none by default:
+    # Numeric event fields whose distribution KSWIN watches, none by default.
     # River's KSWIN runs a Kolmogorov-Smirnov test for each value it gets,
-    # 0.18 ms on 2 cores (0.6-0.9 ms busy, benchmarks/results/
-    # drift_detectors.md), so each field gets only every kswin_sample_every-th
-    # learned event's value: 21 us per event at 8 (ad-hoc timing).
+    # 0.18 ms on 2 cores and 0.6-0.9 ms on a busy machine
+    # (benchmarks/results/drift_detectors.md). So each field gets only every
+    # kswin_sample_every-th learned event's value: 21 us per event at 8.
     kswin_features: tuple[str, ...] = ()
     kswin_sample_every: int = 8
     top_k: int = 5

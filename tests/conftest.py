@@ -99,7 +99,7 @@ def gcs_bucket(gcs_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
 
 @pytest.fixture
 def pubsub_emulator() -> str:
-    """Return the Pub/Sub emulator's address; fail at once when none answers.
+    """Return the Pub/Sub emulator's address; fail at once when none responds.
 
     Without this check a test whose emulator is gone waits in the client
     library's retries for minutes.

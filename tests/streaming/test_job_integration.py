@@ -155,7 +155,7 @@ def test_stream_with_bad_messages(tmp_path: Path) -> None:
     for message in answers:
         body = json.loads(message.data)
         assert body["event_id"] == message.attributes["event_id"]
-        # Before the first version, a request gets an empty answer.
+        # Before the first version, a request gets an empty list of labels.
         expected = 5 if message.attributes["model_version"] else 0
         assert len(body["top"]) == expected
 
