@@ -580,7 +580,13 @@ class JobRuntime:
             return
         self._learned_since_gate = 0
         self._last_validation = self._last_gate
+        adopted_before = self.account.pointer_changes_adopted
         self.follow_registry()
+        if self.account.pointer_changes_adopted > adopted_before:
+            # The learner now is a copy of the version just adopted, which
+            # learned nothing since: publishing it would replace the
+            # operator's choice with an identical new version.
+            return
         if len(self.recent_versions) > 1:
             rollbacks = self.account.rollbacks_automatic
             self.confirm_drop(alert=False)

@@ -1198,3 +1198,26 @@ def test_idle_job_writes_no_new_checkpoint(tmp_path: Path) -> None:
     runtime.handle_tick()
     assert runtime.checkpoint_number == written + 1
     assert len(kinds(records, "checkpoint")) == written + 1
+
+
+def test_gate_after_adoption_publishes_no_copy(tmp_path: Path) -> None:
+    registry = open_registry(tmp_path / "registry", create=True)
+    runtime, records = make_runtime(
+        tmp_path, FakeClock(), registry, gate_metric="top5", gate_tolerance=0.5
+    )
+    feed(runtime, EVENTS[:2600])
+    # Not followed at once: the next gate finds the operator's rollback.
+    registry.rollback(1, actor="ops:test", reason="test")
+
+    feed(runtime, EVENTS[2600:5500], size=128)
+
+    positions = {kind: [] for kind in ("adopted", "learned_from_adopted", "promotion")}
+    for position, record in enumerate(records):
+        positions.get(record["kind"], []).append(position)
+    adopted = positions["adopted"][0]
+    learned = positions["learned_from_adopted"][0]
+    later = [p for p in positions["promotion"] if p > adopted]
+    # A promotion comes only after v1's copy learned something.
+    assert later
+    assert all(p > learned for p in later)
+    assert records[later[0]]["parent"] == 1
