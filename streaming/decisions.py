@@ -9,11 +9,16 @@ describe the records in the same words.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from pathlib import Path
 from typing import Any
 
 from streaming.job_metrics import version_text
+
+# A candidate's name in the log, such as c12. The number is at most 18 ASCII
+# digits, so that a hand-edited line cannot make a number Python refuses.
+_CANDIDATE = re.compile(r"c([0-9]{1,18})")
 
 # The kinds of record that the closing account lists. Checkpoints and
 # failed checkpoints are counted in the account instead.
@@ -76,14 +81,21 @@ class DecisionLog:
         highest = 0
         for record in read_decisions(self.path):
             candidate = record.get("candidate")
-            if isinstance(candidate, str) and candidate[1:].isdigit():
-                highest = max(highest, int(candidate[1:]))
+            match = (
+                _CANDIDATE.fullmatch(candidate) if isinstance(candidate, str) else None
+            )
+            if match:
+                highest = max(highest, int(match.group(1)))
         return highest
 
 
 def account_decisions(path: Path) -> list[dict[str, Any]]:
     """Return the records of the log at ``path`` that the closing account lists."""
-    return [r for r in read_decisions(path) if r.get("kind") in ACCOUNT_KINDS]
+    return [
+        record
+        for record in read_decisions(path)
+        if isinstance(record.get("kind"), str) and record["kind"] in ACCOUNT_KINDS
+    ]
 
 
 def describe_decision(record: dict[str, Any]) -> str:

@@ -165,7 +165,8 @@ def _job_records_section(run_dir: Path) -> str:
     shown = records[-MAX_DECISION_ROWS:]
     rows = [
         f'<tr><td class="when">{_time_text(record.get("time"))}</td>'
-        f'<td class="details">{escape(describe_decision(record))}</td></tr>'
+        f'<td class="details">{escape(_shortened(describe_decision(record)))}</td>'
+        "</tr>"
         for record in shown
     ]
     note = ""
@@ -181,6 +182,11 @@ def _job_records_section(run_dir: Path) -> str:
         + "".join(rows)
         + "</table>"
     )
+
+
+def _shortened(text: str, limit: int = 2000) -> str:
+    """Return ``text`` cut to ``limit`` characters, marked where it was cut."""
+    return text if len(text) <= limit else text[:limit] + " [cut]"
 
 
 def _time_text(value: Any) -> str:

@@ -1221,3 +1221,14 @@ def test_gate_after_adoption_publishes_no_copy(tmp_path: Path) -> None:
     assert later
     assert all(p > learned for p in later)
     assert records[later[0]]["parent"] == 1
+
+
+def test_candidate_number_skips_odd_names(tmp_path: Path) -> None:
+    log = DecisionLog(tmp_path / "decisions.jsonl")
+    log({"kind": "rejection", "candidate": "c7"})
+    # Hand-edited names that are no candidate numbers are passed over.
+    log({"kind": "rejection", "candidate": "c\u00b2"})
+    log({"kind": "rejection", "candidate": "c" + "9" * 5000})
+    log({"kind": "rejection", "candidate": ["c8"]})
+
+    assert log.last_candidate_number() == 7

@@ -226,3 +226,20 @@ def test_page_lists_other_job_records(tmp_path: Path) -> None:
     # A record without a field its kind needs is shown by its fields.
     assert "adopt_failed: time=7.0, version=4" in section
     assert section.count("<tr><td") == 4
+
+
+def test_page_survives_odd_decision_lines(tmp_path: Path) -> None:
+    clock = FakeClock()
+    sink = mon.JsonLinesSink(tmp_path, job="j", model="m", clock=clock)
+    mon.Telemetry([sink], clock=clock).close()
+    log = DecisionLog(tmp_path / "decisions.jsonl")
+    log({"kind": ["alert"]})
+    log({"time": 1e300, "kind": "alert", "reason": "<b>x</b>" * 1000})
+
+    html = write_report(tmp_path, tmp_path / "page.html").read_text()
+
+    section = html[html.index("<h2>Other job records</h2>") :]
+    assert section.count("<tr><td") == 1
+    assert "&lt;b&gt;x&lt;/b&gt;" in section
+    assert "<b>x</b>" not in section
+    assert "[cut]" in section
