@@ -441,8 +441,13 @@ def run_job(
 
     # Build the runtime before the pipeline starts, so that the restore of a
     # checkpoint and its log lines come first.
+    from streaming.runtime import ForeignLearner
+
     try:
         slot = runtime_slot(settings)
+    except ForeignLearner as error:
+        print(f"streamlearn run: {error}", file=sys.stderr)
+        return 2
     except LearnerStateError as error:
         location = settings.checkpoint_location or str(
             Path(settings.run_dir) / "checkpoints"

@@ -300,7 +300,7 @@ def build_runtime(settings: JobSettings) -> Any:
     from rollback.registry import open_registry
     from streaming import monitoring as mon
     from streaming.checkpoint import CheckpointStore
-    from streaming.runtime import JobRuntime
+    from streaming.runtime import ForeignLearner, JobRuntime
 
     spec = load_spec(settings.spec_name)
     announcer = (
@@ -340,6 +340,14 @@ def build_runtime(settings: JobSettings) -> Any:
         runtime.restore(latest)
     else:
         runtime.follow_registry()
+    if runtime.foreign_version is not None:
+        # Another job's registry: recording this job's fingerprint would make
+        # that job's rollbacks fail its compatibility check.
+        raise ForeignLearner(
+            f"the registry {settings.registry_url} serves "
+            f"v{runtime.foreign_version}, a learner saved for other events "
+            "(see the adopt_failed line above); give this job its own --registry"
+        )
     # Recorded after the restore: a learner from a checkpoint or a version
     # keeps the settings it was saved with, which may differ from the defaults.
     registry.set_running_fingerprint(

@@ -263,6 +263,8 @@ class JobRuntime:
         self._last_gate = now
         self._last_validation = -math.inf
         self._last_checkpoint = now
+        # The last version the pointer named that was saved for other events.
+        self.foreign_version: int | None = None
         # The serving version that a publish found missing from the registry.
         self._missing_parent: int | None = None
         # What the newest checkpoint holds, as _progress() gives it.
@@ -840,6 +842,8 @@ class JobRuntime:
                 # Keep serving what works rather than stop learning. The
                 # pointer is read every few seconds, so each version that
                 # cannot be loaded is recorded and logged once.
+                if isinstance(error, ForeignLearner):
+                    self.foreign_version = version
                 if version not in self._unloadable:
                     self._unloadable.add(version)
                     self._record("adopt_failed", version=version, error=str(error))
@@ -1026,7 +1030,7 @@ class JobRuntime:
             learner = self.load_learner(files)
         problem = spec_mismatch(learner.spec, self.spec)
         if problem is not None:
-            raise LearnerStateError(
+            raise ForeignLearner(
                 f"the learner was saved for the feature spec {learner.spec.name!r}, "
                 f"which does not fit this job's events (spec {self.spec.name!r}): "
                 f"{problem}"
@@ -1074,7 +1078,11 @@ class JobRuntime:
             for name, data in files.items()
             if name.startswith("learner.")
         }
-        self.learner = self._load(learner_files)
+        try:
+            self.learner = self._load(learner_files)
+        except ForeignLearner as error:
+            # Not the registry's fault: the checkpoint is another job's.
+            raise LearnerStateError(str(error)) from error
         self.holdout.replace(self._avro_to_events(files["holdout.avro"]))
         self.pending = self._avro_to_events(files["pending.avro"])
 
@@ -1286,6 +1294,10 @@ def _quantile(values: Sequence[float], q: float) -> float | None:
 
 def _utc(millis: int) -> datetime:
     return datetime.fromtimestamp(millis / 1000, tz=UTC)
+
+
+class ForeignLearner(LearnerStateError):
+    """A learner saved for events other than the job's, by spec_mismatch."""
 
 
 def spec_mismatch(saved: FeatureSpec, job: FeatureSpec) -> str | None:

@@ -533,3 +533,46 @@ def test_stale_temporaries_removed(tmp_path: Path) -> None:
     assert not stale.exists()
     assert fresh.exists()
     assert store.load(3) == {"a": b"w"}
+
+
+@pytest.mark.usefixtures("pubsub_emulator")
+def test_job_on_foreign_registry_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry_url = str(tmp_path / "registry")
+    settings = JobSettings(
+        job_name="owner",
+        project="streamlearn-local",
+        spec_name="job_postings",
+        registry_url=registry_url,
+        run_dir=str(tmp_path / "owner"),
+        config=JobConfig(
+            micro_batch_size=64, holdout_min_events=10, gate_every_micro_batches=2
+        ),
+        announce=False,
+        metrics_file=False,
+    )
+    try:
+        owner = build_runtime(settings)
+        owner.handle_batch(
+            EventBatch(list(itertools.islice(iter_events("job_postings"), 1500)))
+        )
+    finally:
+        mon.close_shared_telemetry()
+    assert owner.serving_version is not None
+    running = (tmp_path / "registry" / "running.json").read_bytes()
+    argv = ["--job-name", "intruder", "--spec", "so_survey_2016"]
+    argv += ["--registry", registry_url, "--run-dir", str(tmp_path / "intruder")]
+
+    try:
+        code = job.main(argv)
+    finally:
+        mon.close_shared_telemetry()
+        job._RUN_DIR_LOCKS.pop().close()
+
+    assert code == 2
+    error = capsys.readouterr().err
+    assert f"the registry {registry_url} serves v{owner.serving_version}" in error
+    assert "give this job its own --registry" in error
+    # The owner's fingerprint stays, so its rollbacks still pass their check.
+    assert (tmp_path / "registry" / "running.json").read_bytes() == running
