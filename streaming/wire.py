@@ -270,6 +270,8 @@ class MessageDecoder:
         prescreen: EventPrescreen | None = None,
     ) -> None:
         self.reader_schema: Schema = parse_schema(reader_schema)
+        self._reader = reader_schema
+        self._plain_schema: Schema | None = None
         self.registry = registry
         self.validate = validate
         self.prescreen = prescreen
@@ -372,6 +374,8 @@ class MessageDecoder:
                 return DecodedMessage(events, [], encoding)
         valid: list[Event] = []
         letters: list[DeadLetter] = []
+        # The index of the event whose letter carries the whole message.
+        carried_by: list[int] = []
         for index, event in enumerate(events):
             problems = [] if passed[index] else self.validate(event)
             if not problems:
@@ -390,7 +394,9 @@ class MessageDecoder:
                 )
             else:
                 letters.append(
-                    self._event_letter(event, index, detail, data, attributes)
+                    self._event_letter(
+                        event, index, detail, data, attributes, carried_by
+                    )
                 )
         return DecodedMessage(valid, letters, encoding)
 
@@ -401,6 +407,7 @@ class MessageDecoder:
         detail: str,
         data: bytes,
         attributes: dict[str, str],
+        carried_by: list[int],
     ) -> DeadLetter:
         """Return the dead letter of one invalid event of a container.
 
@@ -411,32 +418,74 @@ class MessageDecoder:
 
         An event that does not read back from that container, such as an
         event time past the year 9999 from a writer that declared it a plain
-        long, gets a copy of the whole message with its position instead.
+        long, is written with the reader schema's logical types left out.
+        If that fails too, the first such event's letter carries the whole
+        message (``carried_by`` then holds its index), and later ones carry
+        no data and name that event.
         """
-        try:
-            single = encode_container([event], self.reader_schema)
-            list(fastavro.reader(io.BytesIO(single)))
-        except (ValueError, TypeError, OverflowError) as error:
-            logger.info(
-                "invalid record %d does not read back alone, so its dead letter "
-                "carries the whole message: %s",
-                index,
-                error,
-            )
+        position = f"record {index} of the message: {detail}"
+        container_attributes = {**attributes, ENCODING_ATTRIBUTE: "container"}
+        for schema in (self.reader_schema, self._plain_reader_schema()):
+            single = _single_container(event, schema)
+            if single is not None:
+                return DeadLetter(
+                    DeadLetterReason.INVALID_FIELDS,
+                    position,
+                    single,
+                    container_attributes,
+                    record_index=0,
+                )
+        if carried_by:
             return DeadLetter(
                 DeadLetterReason.INVALID_FIELDS,
-                detail,
-                data,
+                f"{position} (the message is in the dead letter of record "
+                f"{carried_by[0]})",
+                b"",
                 attributes,
                 record_index=index,
             )
+        carried_by.append(index)
+        logger.warning(
+            "invalid record %d cannot be written alone, so its dead letter "
+            "carries the whole message",
+            index,
+        )
         return DeadLetter(
             DeadLetterReason.INVALID_FIELDS,
-            f"record {index} of the message: {detail}",
-            single,
-            {**attributes, ENCODING_ATTRIBUTE: Encoding.CONTAINER.value},
-            record_index=0,
+            detail,
+            data,
+            attributes,
+            record_index=index,
         )
+
+    def _plain_reader_schema(self) -> Schema:
+        """Return the reader schema without its logical types (parsed once)."""
+        if self._plain_schema is None:
+            self._plain_schema = parse_schema(_without_logical_types(self._reader))
+        return self._plain_schema
+
+
+def _single_container(event: Event, schema: Schema) -> bytes | None:
+    """Return ``event`` alone in a container of ``schema`` if it reads back."""
+    try:
+        single = encode_container([event], schema)
+        list(fastavro.reader(io.BytesIO(single)))
+    except (ValueError, TypeError, OverflowError):
+        return None
+    return single
+
+
+def _without_logical_types(schema: Any) -> Any:
+    """Return a copy of a schema's JSON with every ``logicalType`` left out."""
+    if isinstance(schema, Mapping):
+        return {
+            key: _without_logical_types(value)
+            for key, value in schema.items()
+            if key != "logicalType"
+        }
+    if isinstance(schema, list):
+        return [_without_logical_types(item) for item in schema]
+    return schema
 
 
 def _read_record(body: bytes, writer_schema: Schema, reader_schema: Schema) -> Event:

@@ -10,6 +10,7 @@ from typing import Any
 import fastavro
 import pytest
 
+from streaming import wire
 from streaming.schema_registry import (
     SchemaRegistry,
     SchemaRegistryError,
@@ -559,3 +560,22 @@ def test_dead_letter_keeps_within_attribute_limit() -> None:
     assert attributes[RECORD_INDEX_ATTRIBUTE] == "3"
     assert "key-093" in attributes
     assert "key-094" not in attributes
+
+
+def test_unwritable_events_share_one_copy(
+    decoder: MessageDecoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No decoded event has been seen that cannot be written alone, so the
+    # writer is made to fail.
+    monkeypatch.setattr(wire, "_single_container", lambda event, schema: None)
+    events = [posting(i, country="US") for i in range(4)]
+    for event in events[1:]:
+        event["skills"] = []
+    data = encode_container(events, READER)
+
+    letters = decoder.decode(data).dead_letters
+
+    assert [letter.record_index for letter in letters] == [1, 2, 3]
+    assert letters[0].data == data
+    assert [letter.data for letter in letters[1:]] == [b"", b""]
+    assert "(the message is in the dead letter of record 1)" in letters[2].detail
