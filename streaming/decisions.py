@@ -28,6 +28,7 @@ ACCOUNT_KINDS = frozenset(
         "rejection",
         "promotion_paused",
         "publish_lost_race",
+        "publish_blocked",
         "rollback",
         "alert",
         "adopted",
@@ -137,7 +138,7 @@ def _described(record: dict[str, Any]) -> str:
         return f"kept {candidate} in training: promotion is paused"
     if kind == "publish_failed":
         return f"failed to publish {candidate}: {record['reason']}"
-    if kind == "publish_lost_race":
+    if kind in ("publish_lost_race", "publish_blocked"):
         return f"did not publish {candidate}: {record['reason']}"
     if kind == "skipped_pending":
         return (

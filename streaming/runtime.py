@@ -263,6 +263,8 @@ class JobRuntime:
         self._last_gate = now
         self._last_validation = -math.inf
         self._last_checkpoint = now
+        # The error of the last pointer read that failed, until one succeeds.
+        self._pointer_error: str | None = None
         # The last version the pointer named that was saved for other events.
         self.foreign_version: int | None = None
         # The serving version that a publish found missing from the registry.
@@ -668,7 +670,7 @@ class JobRuntime:
 
         if self._parent_still_missing():
             self._record(
-                "publish_lost_race",
+                "publish_blocked",
                 reason=f"the serving version {version_text(self.serving_version)} "
                 "is missing or damaged in the registry; nothing is published "
                 "until it is restored or an operator serves an intact version "
@@ -681,7 +683,7 @@ class JobRuntime:
             # Publishing would lose the race with the pointer every time and
             # leave an unused version behind at every gate.
             self._record(
-                "publish_lost_race",
+                "publish_blocked",
                 reason=f"the registry serves v{blocked}, which this job cannot "
                 "load; nothing is published until the pointer moves "
                 "(rollback --to)",
@@ -717,8 +719,8 @@ class JobRuntime:
             self._missing_parent = serving
             reason = (
                 f"{error}: the serving version {version_text(serving)} is missing "
-                "or damaged in the registry, so nothing is published until an "
-                "operator serves an intact version (rollback --to)"
+                "or damaged in the registry, so nothing is published until it is "
+                "restored or an operator serves an intact version (rollback --to)"
             )
             logger.error("failed to publish %s: %s", numbers["candidate"], reason)
             self._record("publish_failed", reason=reason, **numbers)
@@ -809,8 +811,18 @@ class JobRuntime:
         try:
             state = self.registry.state()
         except RegistryError as error:
-            logger.warning("cannot read the serving pointer: %s", error)
+            # Read every few seconds: logged when the failure starts or changes.
+            if str(error) != self._pointer_error:
+                self._pointer_error = str(error)
+                logger.warning(
+                    "cannot read the serving pointer: %s (logged again only "
+                    "when this changes)",
+                    error,
+                )
             return
+        if self._pointer_error is not None:
+            logger.info("the serving pointer is readable again")
+            self._pointer_error = None
         serving = state.serving
         # A version the pointer no longer names gets a new record and log line
         # if it fails to load again later.

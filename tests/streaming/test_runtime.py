@@ -17,7 +17,7 @@ from online_model.datasets import iter_events
 from online_model.drift.monitor import DriftMonitor, DriftMonitorConfig
 from online_model.learner import LearnerConfig, OnlineLearner
 from online_model.spec import load_spec, spec_from_dict
-from rollback.errors import RegistryNotWritable
+from rollback.errors import RegistryError, RegistryNotWritable
 from rollback.registry import Registry, open_registry
 from streaming import monitoring as mon
 from streaming.checkpoint import CheckpointError, CheckpointStore
@@ -629,7 +629,7 @@ def test_restore_survives_damaged_serving(tmp_path: Path) -> None:
     assert second.account == first.account
     versions_before = registry.versions()
     feed(second, EVENTS[2600:3600])
-    blocked = kinds(records, "publish_lost_race")
+    blocked = kinds(records, "publish_blocked")
     assert blocked
     assert (
         f"the registry serves v{damaged}, which this job cannot load"
@@ -1145,14 +1145,14 @@ def test_deleted_serving_version_stops_publishing(tmp_path: Path) -> None:
     assert (
         f"the serving version v{serving} is missing or damaged" in (failed[0]["reason"])
     )
-    blocked = kinds(records, "publish_lost_race")
+    blocked = kinds(records, "publish_blocked")
     assert blocked
     assert all(f"version v{serving} is missing" in r["reason"] for r in blocked)
 
     # The folder comes back: the next gates publish again.
     shutil.move(kept, folder)
     feed(runtime, EVENTS[5000:5500])
-    assert len(kinds(records, "publish_lost_race")) == len(blocked)
+    assert len(kinds(records, "publish_blocked")) == len(blocked)
     assert runtime.serving_version is not None
     assert runtime.serving_version > serving
     assert_adds_up(runtime)
@@ -1232,3 +1232,25 @@ def test_candidate_number_skips_odd_names(tmp_path: Path) -> None:
     log({"kind": "rejection", "candidate": ["c8"]})
 
     assert log.last_candidate_number() == 7
+
+
+def test_unreadable_pointer_logged_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = open_registry(tmp_path / "registry", create=True)
+    runtime, _ = make_runtime(tmp_path, FakeClock(), registry)
+    readable = registry.state
+
+    def unreadable() -> Any:
+        raise RegistryError("state.json is damaged")
+
+    monkeypatch.setattr(registry, "state", unreadable)
+    with caplog.at_level(logging.INFO, logger="streaming.runtime"):
+        for _ in range(3):
+            runtime.follow_registry()
+        monkeypatch.setattr(registry, "state", readable)
+        runtime.follow_registry()
+
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("cannot read the serving pointer" in m for m in messages) == 1
+    assert "the serving pointer is readable again" in messages
