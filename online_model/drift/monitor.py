@@ -36,6 +36,10 @@ from online_model.scored import Scored
 
 logger = logging.getLogger(__name__)
 
+# A KSWIN field null or absent in this many events, every one so far, is
+# reported once.
+MISSING_WARNING_EVENTS = 1000
+
 QualitySignal = Literal["error", "log_loss"]
 
 
@@ -117,6 +121,8 @@ class DriftMonitor:
         self._n_missing_values: Counter[str] = Counter()
         self._n_invalid_values: Counter[str] = Counter()
         self._n_events = 0
+        # KSWIN fields already reported as having no value at all.
+        self._warned_missing: set[str] = set()
 
     @property
     def detectors(self) -> tuple[DriftDetector, ...]:
@@ -221,6 +227,20 @@ class DriftMonitor:
                 if alarm is not None:
                     alarms.append(dataclasses.replace(alarm, position=event_position))
 
+        for name in self._feature_detectors:
+            missing = self._n_missing_values[name]
+            if (
+                name not in self._warned_missing
+                and missing >= MISSING_WARNING_EVENTS
+                and missing == self._n_events
+            ):
+                self._warned_missing.add(name)
+                logger.warning(
+                    "KSWIN on %r has had no value in %d events: the field is "
+                    "null or absent in every event so far, so it watches nothing",
+                    name,
+                    missing,
+                )
         if invalid_in_batch:
             self._n_invalid_values.update(invalid_in_batch)
             logger.warning(

@@ -450,3 +450,24 @@ def test_monitor_reset_clears_all() -> None:
 
     assert [detector.n_updates for detector in monitor.detectors] == [0, 0, 0]
     assert monitor.n_missing_values == {}
+
+
+def test_monitor_reports_field_without_values(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monitor = DriftMonitor(
+        DriftMonitorConfig(
+            adwin=None, page_hinkley=None, kswin_features=("salary", "bonus")
+        )
+    )
+    events: list[dict[str, object]] = [
+        {"salary": None, "bonus": float(i % 7)} for i in range(2500)
+    ]
+
+    with caplog.at_level(logging.WARNING, logger="online_model.drift.monitor"):
+        for start in range(0, 2500, 500):
+            monitor.update([], events[start : start + 500])
+
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1
+    assert "KSWIN on 'salary' has had no value in 1000 events" in warnings[0]
