@@ -180,9 +180,9 @@ class DeadLetter:
                 if name in attributes
             ]
             others = sorted(name for name in attributes if name not in needed)
-            kept = [*needed, *others][:room]
+            kept_names = [*needed, *others][:room]
             dropped = len(attributes) - room
-            attributes = {name: attributes[name] for name in kept}
+            attributes = {name: attributes[name] for name in kept_names}
             attributes[DROPPED_ATTRIBUTE] = str(dropped)
         attributes[REASON_ATTRIBUTE] = self.reason.value
         detail = self.detail.encode("utf-8")[:_MAX_DETAIL_BYTES]
@@ -420,8 +420,8 @@ class MessageDecoder:
         event time past the year 9999 from a writer that declared it a plain
         long, is written with the reader schema's logical types left out.
         If that fails too, the first such event's letter carries the whole
-        message (``carried_by`` then holds its index), and later ones carry
-        no data and name that event.
+        message (``carried_by`` then contains its index), and later ones
+        carry no data and name that event.
         """
         position = f"record {index} of the message: {detail}"
         container_attributes = {**attributes, ENCODING_ATTRIBUTE: "container"}

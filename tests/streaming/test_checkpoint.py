@@ -7,12 +7,14 @@ is really exercised.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -337,18 +339,28 @@ def test_invalid_file_name_rejected(tmp_path: Path, name: str) -> None:
 # ---------------------------------------------------------------- the job
 
 
-def test_job_restores_from_gcs(gcs_bucket: str, tmp_path: Path) -> None:
-    location = f"gs://{gcs_bucket}/checkpoints"
-    settings = JobSettings(
-        job_name="gcs-checkpoints",
+def job_settings(
+    tmp_path: Path, job_name: str, run_folder: str = "run", **config: Any
+) -> JobSettings:
+    """Return settings of a job-postings job in tmp_path, without telemetry."""
+    return JobSettings(
+        job_name=job_name,
         project="streamlearn-local",
         spec_name="job_postings",
         registry_url=str(tmp_path / "registry"),
-        run_dir=str(tmp_path / "run"),
-        config=JobConfig(micro_batch_size=64, checkpoint_every_s=10_000.0),
+        run_dir=str(tmp_path / run_folder),
+        config=JobConfig(
+            **{"micro_batch_size": 64, "checkpoint_every_s": 10_000.0, **config}
+        ),
         announce=False,
         metrics_file=False,
-        checkpoint_location=location,
+    )
+
+
+def test_job_restores_from_gcs(gcs_bucket: str, tmp_path: Path) -> None:
+    location = f"gs://{gcs_bucket}/checkpoints"
+    settings = dataclasses.replace(
+        job_settings(tmp_path, "gcs-checkpoints"), checkpoint_location=location
     )
     events = list(itertools.islice(iter_events("job_postings"), 300))
     try:
@@ -479,16 +491,7 @@ def test_home_folder_location_expanded(
 def test_restart_with_other_spec_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    settings = JobSettings(
-        job_name="other-spec",
-        project="streamlearn-local",
-        spec_name="job_postings",
-        registry_url=str(tmp_path / "registry"),
-        run_dir=str(tmp_path / "run"),
-        config=JobConfig(micro_batch_size=64, checkpoint_every_s=10_000.0),
-        announce=False,
-        metrics_file=False,
-    )
+    settings = job_settings(tmp_path, "other-spec")
     try:
         runtime = build_runtime(settings)
         runtime.handle_batch(
@@ -539,19 +542,10 @@ def test_stale_temporaries_removed(tmp_path: Path) -> None:
 def test_job_on_foreign_registry_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    registry_url = str(tmp_path / "registry")
-    settings = JobSettings(
-        job_name="owner",
-        project="streamlearn-local",
-        spec_name="job_postings",
-        registry_url=registry_url,
-        run_dir=str(tmp_path / "owner"),
-        config=JobConfig(
-            micro_batch_size=64, holdout_min_events=10, gate_every_micro_batches=2
-        ),
-        announce=False,
-        metrics_file=False,
+    settings = job_settings(
+        tmp_path, "owner", "owner", holdout_min_events=10, gate_every_micro_batches=2
     )
+    registry_url = settings.registry_url
     try:
         owner = build_runtime(settings)
         owner.handle_batch(
