@@ -112,6 +112,7 @@ def describe_decision(record: dict[str, Any]) -> str:
 
 
 def _described(record: dict[str, Any]) -> str:
+    """Return the line of a record; raise KeyError when a field is missing."""
     kind = record["kind"]
     candidate = record.get("candidate", "a candidate")
     if kind == "promotion":
@@ -122,6 +123,7 @@ def _described(record: dict[str, Any]) -> str:
             f"{record['candidate_top5']:.3f}, log loss "
             f"{record['candidate_log_loss']:.3f})"
         )
+
     if kind == "rejection":
         return (
             f"rejected {candidate}, kept "
@@ -129,31 +131,40 @@ def _described(record: dict[str, Any]) -> str:
             f"(candidate's holdout top-1 {record['candidate_top1']:.3f}, top-5 "
             f"{record['candidate_top5']:.3f})"
         )
+
     if kind == "rollback":
         return (
             f"rolled back {version_text(record['from_version'])} -> "
             f"v{record['to_version']}: {record['reason']}"
         )
+
     if kind == "promotion_paused":
         return f"kept {candidate} in training: promotion is paused"
+
     if kind == "publish_failed":
         return f"failed to publish {candidate}: {record['reason']}"
+
     if kind in ("publish_lost_race", "publish_blocked"):
         return f"did not publish {candidate}: {record['reason']}"
+
     if kind == "skipped_pending":
         return (
             f"skipped {record['events']} restored pending events: "
             f"v{record['version']} learned them before the crash"
         )
+
     if kind == "alert":
         return f"alert: {record['reason']}"
+
     if kind == "restored":
         return (
             f"restored checkpoint {record['number']}: {record['events_read']} "
             f"events read and {record['learned']} learned before this run"
         )
+
     if kind in ("adopt_failed", "restore_serving_failed"):
         return f"could not load v{record['version']}: {record['error']}"
+
     if kind == "adopted":
         return (
             f"adopted v{record['version']} (was "

@@ -162,17 +162,17 @@ def _job_records_section(run_dir: Path) -> str:
     title = "<h2>Other job records</h2>"
     if not records:
         return title + "<p>None recorded.</p>"
-    shown = records[-MAX_DECISION_ROWS:]
+    latest = records[-MAX_DECISION_ROWS:]
     rows = [
         f'<tr><td class="when">{_time_text(record.get("time"))}</td>'
         f'<td class="details">{escape(_shortened(describe_decision(record)))}</td>'
         "</tr>"
-        for record in shown
+        for record in latest
     ]
     note = ""
-    if len(records) > len(shown):
+    if len(records) > len(latest):
         note = (
-            f"<p>The {len(records) - len(shown)} earlier records are in "
+            f"<p>The {len(records) - len(latest)} earlier records are in "
             "decisions.jsonl.</p>"
         )
     return (

@@ -357,6 +357,15 @@ def job_settings(
     )
 
 
+def run_job_main(argv: list[str]) -> int:
+    """Run 'streamlearn run' with ``argv``; release its telemetry and its lock."""
+    try:
+        return job.main(argv)
+    finally:
+        mon.close_shared_telemetry()
+        job._RUN_DIR_LOCKS.pop().close()
+
+
 def test_job_restores_from_gcs(gcs_bucket: str, tmp_path: Path) -> None:
     location = f"gs://{gcs_bucket}/checkpoints"
     settings = dataclasses.replace(
@@ -503,11 +512,7 @@ def test_restart_with_other_spec_refused(
     argv = ["--job-name", "other-spec", "--spec", "so_survey_2016"]
     argv += ["--registry", settings.registry_url, "--run-dir", settings.run_dir]
 
-    try:
-        code = job.main(argv)
-    finally:
-        mon.close_shared_telemetry()
-        job._RUN_DIR_LOCKS.pop().close()
+    code = run_job_main(argv)
 
     assert code == 2
     error = capsys.readouterr().err
@@ -558,11 +563,7 @@ def test_job_on_foreign_registry_refused(
     argv = ["--job-name", "intruder", "--spec", "so_survey_2016"]
     argv += ["--registry", registry_url, "--run-dir", str(tmp_path / "intruder")]
 
-    try:
-        code = job.main(argv)
-    finally:
-        mon.close_shared_telemetry()
-        job._RUN_DIR_LOCKS.pop().close()
+    code = run_job_main(argv)
 
     assert code == 2
     error = capsys.readouterr().err

@@ -1135,8 +1135,8 @@ def test_deleted_serving_version_stops_publishing(tmp_path: Path) -> None:
     serving = runtime.serving_version
     assert serving is not None and serving >= 2
     folder = tmp_path / "registry" / "versions" / f"v{serving:06d}"
-    kept = tmp_path / "kept"
-    shutil.move(folder, kept)
+    moved_away = tmp_path / "moved-away"
+    shutil.move(folder, moved_away)
 
     feed(runtime, EVENTS[3000:5000])
 
@@ -1150,7 +1150,7 @@ def test_deleted_serving_version_stops_publishing(tmp_path: Path) -> None:
     assert all(f"version v{serving} is missing" in r["reason"] for r in blocked)
 
     # The folder comes back: the next gates publish again.
-    shutil.move(kept, folder)
+    shutil.move(moved_away, folder)
     feed(runtime, EVENTS[5000:5500])
     assert len(kinds(records, "publish_blocked")) == len(blocked)
     assert runtime.serving_version is not None
